@@ -1,0 +1,138 @@
+"""What a pipeline family must define.
+
+A family knows its own facts (defaults, size rules, which files to fetch, how to call diffusers);
+the runtime knows nothing model-specific. Heavy imports (torch, diffusers) happen inside methods,
+never at import time, so settings and validation stay importable without them.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a job gets for every field it leaves out."""
+
+    steps: int
+    guidance: float
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class SizeRules:
+    """Height and width must be multiples of ``factor``, within sides and total pixels."""
+
+    factor: int
+    min_side: int
+    max_side: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated job: every field set, defaults already applied."""
+
+    prompt: str
+    steps: int
+    guidance: float
+    height: int
+    width: int
+    seed: int
+
+
+class PipelineFamily(ABC):
+    """One family of diffusers pipelines (Flux, SDXL, ...), bound to one model directory."""
+
+    name: ClassVar[str]
+    # model_index.json `_class_name` values this family serves; empty means "decided by matches()".
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model_dir: Path, model_index: dict[str, Any]) -> None:
+        self.model_dir = Path(model_dir)
+        self.model_index = model_index
+        self.variant = self._detect_variant()
+
+    # ---- detection -------------------------------------------------------------------------
+    @classmethod
+    def matches(cls, model_index: dict[str, Any]) -> bool:
+        return model_index.get("_class_name") in cls.pipeline_classes
+
+    def _detect_variant(self) -> str:
+        """A short name for the model within the family (e.g. 'schnell', 'dev')."""
+        return self.name
+
+    def component_config(self, component: str, filename: str = "config.json") -> dict[str, Any]:
+        path = self.model_dir / component / filename
+        if not path.is_file():
+            return {}
+        return json.loads(path.read_text())
+
+    # ---- the family's facts ------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def defaults(self) -> Defaults: ...
+
+    @property
+    @abstractmethod
+    def size_rules(self) -> SizeRules: ...
+
+    @property
+    def limits(self) -> dict[str, tuple[float, float]]:
+        """Allowed ranges of the numeric job fields (inclusive)."""
+        return {"num_inference_steps": (1, 100), "guidance_scale": (0.0, 20.0)}
+
+    def preferred_dtype(self, device: str) -> str:
+        """'bf16', 'fp16' or 'fp32' for precision=auto on this device."""
+        return "bf16" if device.startswith("cuda") else "fp32"
+
+    # The denoiser is what optimizations (compile, fp8, attention) target.
+    denoiser_attr: ClassVar[str] = "unet"
+
+    # ---- diffusers -----------------------------------------------------------------------------
+    @abstractmethod
+    def pipeline_class(self) -> type: ...
+
+    def load(self, torch_dtype: Any, device: str) -> Any:
+        cls = self.pipeline_class()
+        pipe = cls.from_pretrained(str(self.model_dir), dtype=torch_dtype)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
+        """Family-specific keyword arguments beyond prompt/steps/guidance/size/generator."""
+        return {}
+
+    def generate(self, pipe: Any, request: GenerationRequest) -> Any:
+        """Run the pipeline; return the image as a HxWx3 uint8 numpy array."""
+        import torch
+
+        device = pipe._execution_device  # where the denoiser runs, so the seed means the same everywhere
+        generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(request.seed)
+        with torch.inference_mode():
+            out = pipe(
+                prompt=request.prompt,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance,
+                height=request.height,
+                width=request.width,
+                generator=generator,
+                # Tensors stay on the device until the last moment: the uint8 conversion
+                # there moves a quarter of the bytes that a float image would.
+                output_type="pt",
+                **self.call_kwargs(request),
+            ).images
+            image = (out[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+            return image.cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        d = self.defaults
+        return {"family": self.name, "variant": self.variant,
+                "defaults": {"num_inference_steps": d.steps, "guidance_scale": d.guidance,
+                             "height": d.height, "width": d.width}}

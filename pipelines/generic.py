@@ -1,0 +1,79 @@
+"""Any other diffusers text-to-image pipeline, through AutoPipelineForText2Image.
+
+Its facts are read from the repository's configs and the pipeline's own call signature, so a
+model served here gets the defaults its authors chose.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import cached_property
+from typing import Any
+
+from pipelines.base import Defaults, PipelineFamily, SizeRules
+
+
+def text2image_class_names() -> tuple[str, ...]:
+    """Pipeline class names AutoPipelineForText2Image can build, from diffusers' own mapping."""
+    from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING
+
+    return tuple(sorted(cls.__name__ for cls in AUTO_TEXT2IMAGE_PIPELINES_MAPPING.values()))
+
+
+class GenericFamily(PipelineFamily):
+    name = "generic"
+
+    @classmethod
+    def matches(cls, model_index: dict[str, Any]) -> bool:
+        return model_index.get("_class_name") in text2image_class_names()
+
+    def _detect_variant(self) -> str:
+        return str(self.model_index.get("_class_name"))
+
+    @cached_property
+    def _denoiser_config(self) -> dict[str, Any]:
+        for component in ("transformer", "unet", "prior", "decoder"):
+            config = self.component_config(component)
+            if config:
+                return config
+        return {}
+
+    @property
+    def vae_scale_factor(self) -> int:
+        blocks = self.component_config("vae").get("block_out_channels")
+        return 2 ** (len(blocks) - 1) if blocks else 8
+
+    @cached_property
+    def _call_defaults(self) -> dict[str, Any]:
+        import diffusers
+
+        cls = getattr(diffusers, str(self.model_index.get("_class_name")), None)
+        if cls is None:
+            return {}
+        params = inspect.signature(cls.__call__).parameters
+        return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+    @property
+    def defaults(self) -> Defaults:
+        side = int(self._denoiser_config.get("sample_size", 128)) * self.vae_scale_factor
+        side = max(self.size_rules.min_side, min(side, self.size_rules.max_side))
+        steps = self._call_defaults.get("num_inference_steps")
+        guidance = self._call_defaults.get("guidance_scale")
+        return Defaults(steps=steps if isinstance(steps, int) else 30,
+                        guidance=float(guidance) if isinstance(guidance, (int, float)) else 5.0,
+                        height=side, width=side)
+
+    @property
+    def size_rules(self) -> SizeRules:
+        patch = int(self._denoiser_config.get("patch_size", 1) or 1)
+        return SizeRules(factor=self.vae_scale_factor * patch, min_side=256, max_side=2048,
+                         max_pixels=2048 * 2048)
+
+    @property
+    def denoiser_attr(self) -> str:  # type: ignore[override]
+        return "transformer" if (self.model_dir / "transformer").is_dir() else "unet"
+
+    def pipeline_class(self) -> type:
+        from diffusers import AutoPipelineForText2Image
+
+        return AutoPipelineForText2Image

@@ -1,0 +1,50 @@
+"""Stable Diffusion XL: base-style models and distilled "turbo"-style ones.
+
+Turbo-style checkpoints (sdxl-turbo) are trained at 512 px (UNet sample_size 64) with a
+trailing-timestep scheduler and no classifier-free guidance: 1 step, guidance 0. Base-style
+ones (SDXL base 1.0) serve 1024 px, 30 steps, guidance 5.
+"""
+
+from __future__ import annotations
+
+from pipelines.base import Defaults, PipelineFamily, SizeRules
+
+
+class SDXLFamily(PipelineFamily):
+    name = "sdxl"
+    pipeline_classes = ("StableDiffusionXLPipeline",)
+    denoiser_attr = "unet"
+
+    def _detect_variant(self) -> str:
+        scheduler = self.component_config("scheduler", "scheduler_config.json")
+        sample_size = self.component_config("unet").get("sample_size", 128)
+        if scheduler.get("timestep_spacing") == "trailing" and sample_size <= 64:
+            return "turbo"
+        return "base"
+
+    @property
+    def vae_scale_factor(self) -> int:
+        blocks = self.component_config("vae").get("block_out_channels", [0, 0, 0, 0])
+        return 2 ** (len(blocks) - 1)
+
+    @property
+    def defaults(self) -> Defaults:
+        side = self.component_config("unet").get("sample_size", 128) * self.vae_scale_factor
+        if self.variant == "turbo":
+            return Defaults(steps=1, guidance=0.0, height=side, width=side)
+        return Defaults(steps=30, guidance=5.0, height=side, width=side)
+
+    @property
+    def size_rules(self) -> SizeRules:
+        return SizeRules(factor=self.vae_scale_factor, min_side=256, max_side=2048,
+                         max_pixels=2048 * 2048)
+
+    def preferred_dtype(self, device: str) -> str:
+        # The SDXL UNet is trained and shipped in fp16; the VAE is kept safe from fp16 overflow
+        # by diffusers' force_upcast (see load()).
+        return "fp16" if device.startswith("cuda") else "fp32"
+
+    def pipeline_class(self) -> type:
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline

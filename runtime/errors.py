@@ -1,0 +1,42 @@
+"""The worker's small exception family.
+
+Boot errors carry the stage they happened in and a message that is safe to show (no traceback,
+no secrets). Job errors carry a message for the client and whether the worker must be replaced.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Base of every error the worker raises on purpose; its message is safe to show."""
+
+
+class SettingsError(WorkerError):
+    """An environment variable is missing or invalid."""
+
+
+class BootError(WorkerError):
+    """A boot stage failed; the worker reports it and exits non-zero."""
+
+    def __init__(self, message: str, stage: str = "boot") -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class UnsupportedModelError(BootError):
+    """The repository is not a text-to-image pipeline we can serve."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, stage="load")
+
+
+class JobInputError(WorkerError):
+    """The job's input is invalid; the message names the field and what is allowed."""
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """Replace every secret in ``text``; used wherever a foreign message may echo one back."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

@@ -1,0 +1,130 @@
+"""The job handler: validate -> generate -> encode.
+
+``job_error`` is the one place where an exception becomes a job response. A job never raises out
+of the handler: whatever happens, Runpod gets ``{"error": <string>, "model_id"}`` and the worker
+takes the next job (or, after an unrecoverable device error, asks Runpod to replace it).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pipelines.base import PipelineFamily
+from runtime.encode import PngEncoder
+from runtime.errors import JobInputError, WorkerError, redact
+from runtime.validate import validate
+
+log = logging.getLogger(__name__)
+
+# Substrings of errors after which a CUDA context is unusable: only a new process recovers.
+FATAL_DEVICE_MARKERS = (
+    "illegal memory access", "device-side assert", "unspecified launch failure",
+    "cuda error: misaligned address", "an illegal instruction", "ecc error",
+    "uncorrectable", "cudaerrorlaunchfailure", "cublas_status_execution_failed",
+    "cuda driver error", "device not ready", "nvml", "gpu has fallen off the bus",
+)
+MAX_ERROR_CHARS = 500
+
+
+@dataclass
+class Service:
+    """Everything a job needs, built once at boot."""
+
+    model_id: str
+    family: PipelineFamily
+    pipe: Any
+    encoder: PngEncoder
+    secrets: tuple[str, ...] = ()
+
+
+def generate_png(service: Service, job_input: Any) -> dict[str, Any]:
+    family = service.family
+    request = validate(job_input, family.defaults, family.size_rules, family.limits)
+    started = time.perf_counter()
+    image = family.generate(service.pipe, request)
+    generated = time.perf_counter()
+    png = service.encoder.encode(image)
+    log.info("job done: %dx%d, %d steps, generate %.3fs, encode %.3fs (%s)", request.width,
+             request.height, request.steps, generated - started, time.perf_counter() - generated,
+             service.encoder.name)
+    return {
+        "image_base64": base64.b64encode(png).decode("ascii"),
+        "model_id": service.model_id,
+        "seed": request.seed,
+        "height": request.height,
+        "width": request.width,
+    }
+
+
+def make_handler(service: Service) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def handler(job: dict[str, Any]) -> dict[str, Any]:
+        try:
+            job_input = job.get("input") if isinstance(job, dict) else None
+            return generate_png(service, job_input)
+        except BaseException as exc:  # noqa: BLE001 - a job must never take the worker down
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return job_error(exc, service.model_id, service.secrets)
+
+    return handler
+
+
+def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The one mapping from an exception to the contract's error shape."""
+    if isinstance(exc, JobInputError):
+        return {"error": redact(str(exc), secrets), "model_id": model_id}
+    response: dict[str, Any] = {"model_id": model_id}
+    if _is_out_of_memory(exc):
+        _free_device_memory()
+        log.warning("job ran out of GPU memory; cache freed")
+        response["error"] = ("CUDA out of memory: reduce height/width (pixels) or "
+                             "num_inference_steps and retry; the worker freed its cache")
+        return response
+    detail = _one_line(redact(str(exc), secrets))
+    log.error("job failed: %s: %s", exc.__class__.__name__, detail)
+    if _is_fatal_device_error(exc):
+        # The CUDA context is poisoned: every later job would fail too. Runpod replaces us.
+        response["refresh_worker"] = True
+        response["error"] = f"unrecoverable GPU error, the worker will be replaced: {detail}"
+        return response
+    kind = "" if isinstance(exc, WorkerError) else f"{exc.__class__.__name__}: "
+    response["error"] = f"generation failed: {kind}{detail}"
+    return response
+
+
+def _one_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "no details"
+    return line[:MAX_ERROR_CHARS]
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
+
+
+def _is_fatal_device_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return ("cuda" in text or "cublas" in text or "gpu" in text) and any(
+        marker in text for marker in FATAL_DEVICE_MARKERS)
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # freeing is best effort; the error response matters more
+        log.debug("could not empty the CUDA cache", exc_info=True)

@@ -1,0 +1,82 @@
+"""Load stage: bind the pipeline family to the fetched model and load it on the device."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.base import PipelineFamily
+from pipelines.registry import detect_family
+from runtime.errors import BootError
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+@dataclass
+class Loaded:
+    family: PipelineFamily
+    pipe: Any
+    precision: str  # bf16 / fp16 / fp32, as actually loaded
+    device: str
+
+
+def check_device(device: str) -> None:
+    """Fail boot clearly when the asked device is missing: no silent CPU fallback."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BootError(f"DEVICE={device} but no CUDA GPU is available "
+                        "(set DEVICE=cpu to run on the CPU)", stage="load")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise BootError(f"DEVICE={device} but only {torch.cuda.device_count()} CUDA device(s) exist",
+                        stage="load")
+
+
+def choose_precision(setting: str, family: PipelineFamily, device: str) -> str:
+    if setting != "auto":
+        return setting
+    preferred = family.preferred_dtype(device)
+    if preferred == "bf16" and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            # Pre-Ampere GPUs emulate bf16 slowly; fp16 is their native half precision.
+            return "fp16"
+    return preferred
+
+
+def quiet_libraries() -> None:
+    """Progress bars and load chatter would flood the worker's logs on every boot."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def load(settings: Settings, model_dir: Path) -> Loaded:
+    family = detect_family(model_dir)
+    check_device(settings.device)
+    precision = choose_precision(settings.precision, family, settings.device)
+    import torch
+
+    quiet_libraries()
+    dtype = getattr(torch, DTYPE_NAMES[precision])
+    log.info("loading %s (%s/%s) as %s on %s", settings.model_id, family.name, family.variant,
+             precision, settings.device)
+    try:
+        pipe = family.load(dtype, settings.device)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise BootError(f"the model does not fit in GPU memory as {precision}: use a larger GPU "
+                        "or VISGATE_QUANTIZE=int8-weight", stage="load") from exc
+    return Loaded(family=family, pipe=pipe, precision=precision, device=settings.device)

@@ -1,0 +1,140 @@
+"""Settings: the environment read once into a frozen, typed object.
+
+Nothing else in the worker reads ``os.environ`` for configuration: every stage receives a
+``Settings``. ``Settings.from_env`` is a pure function of the mapping it is given (plus the
+one filesystem fact it needs, whether the Runpod volume is mounted), so tests build settings
+from a plain dict.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from runtime.errors import SettingsError
+
+RUNPOD_VOLUME = Path("/runpod-volume")
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+ATTENTIONS = ("auto", "sdpa", "flash", "flash3", "xformers", "native")
+COMPILE_MODES = ("off", "regional", "full", "max-autotune")
+QUANTIZE_MODES = ("none", "fp8", "fp8-weight", "int8-weight")
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+_SHAPE_RE = re.compile(r"^(\d+)x(\d+)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_id: str
+    device: str = "cuda"
+    revision: str = "main"
+    # Secrets are kept out of repr() so that logging a Settings can never leak them.
+    hf_token: str | None = field(default=None, repr=False)
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    cache_dir: Path = Path(".cache/visgate")
+    precision: str = "auto"
+    attention: str = "auto"
+    compile: str = "off"
+    quantize: str = "none"
+    warmup_shapes: tuple[tuple[int, int], ...] = ()
+    # Runpod ids, carried into the webhook so the orchestrator can match the worker.
+    worker_id: str | None = None
+    endpoint_id: str | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in logs, outputs or errors."""
+        return tuple(s for s in (self.hf_token, self.webhook_secret) if s)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], volume_root: Path = RUNPOD_VOLUME) -> "Settings":
+        """Build settings from an environment mapping; raise SettingsError naming the bad variable."""
+        model_id = _text(env, "HF_MODEL_ID")
+        if not model_id:
+            raise SettingsError("HF_MODEL_ID is required: set it to a Hugging Face model id "
+                                "(e.g. black-forest-labs/FLUX.1-schnell), a local model directory, "
+                                "or a built-in tiny model (visgate/tiny-flux, visgate/tiny-sdxl)")
+        device = _text(env, "DEVICE") or "cuda"
+        if not _DEVICE_RE.match(device):
+            raise SettingsError(f"DEVICE={device!r} is not valid: use cuda, cuda:N or cpu")
+        on_cuda = device.startswith("cuda")
+        return cls(
+            model_id=model_id,
+            device=device,
+            revision=_text(env, "HF_MODEL_REVISION") or "main",
+            hf_token=_text(env, "HF_TOKEN"),
+            webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
+            webhook_secret=_text(env, "VISGATE_WEBHOOK_SECRET"),
+            cache_dir=_cache_dir(_text(env, "VISGATE_CACHE_DIR"), volume_root),
+            precision=_choice(env, "VISGATE_PRECISION", PRECISIONS, "auto"),
+            attention=_choice(env, "VISGATE_ATTENTION", ATTENTIONS, "auto"),
+            # Compilation pays off on a GPU; on CPU it costs more boot time than it saves.
+            compile=_choice(env, "VISGATE_COMPILE", COMPILE_MODES, "regional" if on_cuda else "off"),
+            quantize=_choice(env, "VISGATE_QUANTIZE", QUANTIZE_MODES, "none"),
+            warmup_shapes=_shapes(_text(env, "VISGATE_WARMUP_SHAPES")),
+            worker_id=_text(env, "RUNPOD_POD_ID"),
+            endpoint_id=_text(env, "RUNPOD_ENDPOINT_ID"),
+        )
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _choice(env: Mapping[str, str], name: str, valid: tuple[str, ...], default: str) -> str:
+    value = _text(env, name)
+    if value is None:
+        return default
+    value = value.lower()
+    if value not in valid:
+        raise SettingsError(f"{name}={value!r} is not valid: use one of {', '.join(valid)}")
+    return value
+
+
+def _webhook_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # The URL may carry a token in its query, so the message names only what is wrong.
+        raise SettingsError("VISGATE_WEBHOOK must be an http:// or https:// URL with a host")
+    return url
+
+
+def _cache_dir(value: str | None, volume_root: Path) -> Path:
+    if value:
+        return Path(value).expanduser()
+    if volume_root.is_dir() and os.access(volume_root, os.W_OK):
+        return volume_root / "visgate"
+    return Path.home() / ".cache" / "visgate"
+
+
+def _shapes(value: str | None) -> tuple[tuple[int, int], ...]:
+    if value is None:
+        return ()
+    shapes = []
+    for item in value.replace(" ", "").split(","):
+        if not item:
+            continue
+        match = _SHAPE_RE.match(item.lower())
+        if not match:
+            raise SettingsError(f"VISGATE_WARMUP_SHAPES item {item!r} is not HEIGHTxWIDTH "
+                                "(e.g. 1024x1024,768x1344)")
+        shape = (int(match.group(1)), int(match.group(2)))
+        if shape not in shapes:
+            shapes.append(shape)
+    return tuple(shapes)

@@ -1,0 +1,50 @@
+"""Warmup stage: real generations at the serving shapes before any job is taken.
+
+Every compiled graph runs at each shape here, so the first user does not pay for compilation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pipelines.base import GenerationRequest, PipelineFamily
+from runtime.errors import BootError, JobInputError
+from runtime.validate import check_shape
+
+log = logging.getLogger(__name__)
+
+WARMUP_PROMPT = "a photo of a cat sitting on a wooden table, warm light"
+# Two steps run the denoiser twice (the second call is the steady state a compiled graph needs)
+# and the VAE decoder once: enough to touch every graph at each shape.
+WARMUP_STEPS = 2
+
+
+def serving_shapes(family: PipelineFamily, extra: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+    """The family's default shape first, then the extra shapes, each checked against its rules."""
+    d = family.defaults
+    shapes = [(d.height, d.width)]
+    for height, width in extra:
+        try:
+            check_shape(height, width, family.size_rules)
+        except JobInputError as exc:
+            raise BootError(f"VISGATE_WARMUP_SHAPES {height}x{width} is not valid for this model: {exc}",
+                            stage="settings") from exc
+        if (height, width) not in shapes:
+            shapes.append((height, width))
+    return shapes
+
+
+def warmup(family: PipelineFamily, pipe: Any, shapes: list[tuple[int, int]],
+           steps: int = WARMUP_STEPS) -> list[dict[str, Any]]:
+    runs = []
+    for height, width in shapes:
+        request = GenerationRequest(prompt=WARMUP_PROMPT, steps=steps, guidance=family.defaults.guidance,
+                                    height=height, width=width, seed=0)
+        t0 = time.perf_counter()
+        family.generate(pipe, request)
+        seconds = round(time.perf_counter() - t0, 3)
+        log.info("warmup %dx%d, %d steps: %.2fs", width, height, steps, seconds)
+        runs.append({"height": height, "width": width, "steps": steps, "seconds": seconds})
+    return runs
