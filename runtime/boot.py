@@ -16,6 +16,7 @@ from runtime.errors import BootError, WorkerError, redact
 from runtime.fetch import fetch
 from runtime.handler import Service
 from runtime.load import load
+from runtime.optimize import optimize
 from runtime.settings import Settings
 from runtime.warmup import serving_shapes, warmup
 
@@ -33,6 +34,8 @@ def boot(settings: Settings, record: BootRecord) -> Service:
     with record.stage("load") as report:
         loaded = load(settings, fetched.model_dir)
         report.update(loaded.family.describe(), precision=loaded.precision, device=loaded.device)
+    with record.stage("optimize") as report:
+        report.update(optimize(loaded, settings))
     shapes = serving_shapes(loaded.family, settings.warmup_shapes)
     with record.stage("warmup") as report:
         report["runs"] = warmup(loaded.family, loaded.pipe, shapes)
