@@ -11,7 +11,10 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+if TYPE_CHECKING:
+    from pipelines.files import FileSelection, RepoFile
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,18 @@ class PipelineFamily(ABC):
         """'bf16', 'fp16' or 'fp32' for precision=auto on this device."""
         return "bf16" if device.startswith("cuda") else "fp32"
 
+    @classmethod
+    def select_files(cls, model_index: dict[str, Any], files: Sequence["RepoFile"],
+                     precision: str) -> "FileSelection":
+        """The repository files to download for ``precision`` (bf16/fp16/fp32), and the variant.
+
+        The default (pipelines/files.py) suits any diffusers pipeline repository; a family
+        overrides it only where its repositories need more or less than that.
+        """
+        from pipelines.files import select_files
+
+        return select_files(model_index, files, precision)
+
     # The denoiser is what optimizations (compile, fp8, attention) target.
     denoiser_attr: ClassVar[str] = "unet"
 
@@ -98,9 +113,11 @@ class PipelineFamily(ABC):
     @abstractmethod
     def pipeline_class(self) -> type: ...
 
-    def load(self, torch_dtype: Any, device: str) -> Any:
+    def load(self, torch_dtype: Any, device: str, variant: str | None = None) -> Any:
+        """``variant``: the weight variant the fetch stage chose (FetchResult.variant), e.g. "fp16"."""
         cls = self.pipeline_class()
-        pipe = cls.from_pretrained(str(self.model_dir), dtype=torch_dtype)
+        extra = {"variant": variant} if variant else {}
+        pipe = cls.from_pretrained(str(self.model_dir), dtype=torch_dtype, **extra)
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         return pipe

@@ -9,10 +9,11 @@ import logging
 import os
 import sys
 
-from runtime.boot import boot, failure_message, read_settings
+from runtime.announce import Announcer
+from runtime.boot import announce_ready, boot, read_settings, read_webhook_settings, report_failure
 from runtime.boot_report import BootRecord
 from runtime.errors import SettingsError
-from runtime.handler import make_handler
+from runtime.handler import Service, make_handler
 from runtime.logs import setup_logging
 
 log = logging.getLogger("runtime")
@@ -25,25 +26,30 @@ def main() -> int:
         with record.stage("settings"):
             settings = read_settings()
     except SettingsError as exc:
-        log.error("boot failed at settings: %s", exc)
+        partial = read_webhook_settings()  # the webhook may still be usable: say why we stop
+        setup_logging(partial.secrets if partial else ())
+        report_failure(Announcer(partial), exc, record)
         return 2
     setup_logging(settings.secrets)
+    announcer = Announcer(settings)  # the one transition: ready or failed, announced once
     try:
-        service = boot(settings, record)
+        service = boot(settings, record)  # fetch -> load -> optimize -> warmup
     except Exception as exc:  # noqa: BLE001 - every boot failure is reported, then final
-        stage, message = failure_message(exc, settings.secrets)
-        log.error("boot failed at %s: %s", stage, message)
-        log.debug("boot failure detail", exc_info=True)
+        report_failure(announcer, exc, record)
         return 1
     record.log_line()
+    announce_ready(announcer, service, record)  # only now, and before any job is taken
+    serve(service)
+    return 0
 
+
+def serve(service: Service) -> None:
     # The SDK logs every job's input and output at DEBUG (its default level): that would print
     # prompts and megabytes of base64 per job. INFO unless the operator asks otherwise.
     os.environ.setdefault("RUNPOD_DEBUG_LEVEL", "INFO")
     import runpod
 
     runpod.serverless.start({"handler": make_handler(service)})
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The boot stages in order: settings -> fetch -> load -> optimize -> warmup -> (announce) -> serve.
+"""The boot stages in order: settings -> fetch -> load -> optimize -> warmup -> announce -> serve.
 
 Each stage is timed into the BootRecord. Any failure is final: it is reported with its stage and
 a safe message, and the process exits non-zero (a worker that half-booted must not take jobs).
@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Mapping
 
+from runtime import compile_cache
+from runtime.announce import Announcer
 from runtime.boot_report import BootRecord
 from runtime.encode import PngEncoder
 from runtime.errors import BootError, WorkerError, redact
 from runtime.fetch import fetch
 from runtime.handler import Service
-from runtime.load import load
-from runtime.optimize import optimize
-from runtime.settings import Settings
+from runtime.load import Loaded, load
+from runtime.optimize import optimize, serve_stance, warm_with_fallback
+from runtime.settings import Settings, webhook_settings
 from runtime.warmup import serving_shapes, warmup
 
 log = logging.getLogger("runtime")
@@ -34,21 +37,65 @@ def boot(settings: Settings, record: BootRecord) -> Service:
     with record.stage("load") as report:
         loaded = load(settings, fetched.model_dir)
         report.update(loaded.family.describe(), precision=loaded.precision, device=loaded.device)
-    with record.stage("optimize") as report:
-        report.update(optimize(loaded, settings))
     shapes = serving_shapes(loaded.family, settings.warmup_shapes)
+    cache = _compile_cache(settings, fetched.model_dir, loaded, shapes)
+    with record.stage("optimize") as report:
+        if cache:
+            report["compile_cache"] = dict(cache.activate())
+        tuning = optimize(loaded, settings)
+        report.update(tuning.as_dict())
     with record.stage("warmup") as report:
-        report["runs"] = warmup(loaded.family, loaded.pipe, shapes)
+        report["runs"] = warm_with_fallback(lambda: warmup(loaded.family, loaded.pipe, shapes), tuning)
+        if cache and "compile" in tuning.applied:
+            report["compile_cache"] = compile_cache.finish(cache)
+        serve_stance(tuning)
     encoder = PngEncoder()
     record.info["png_encoder"] = encoder.name
     return Service(model_id=settings.model_id, family=loaded.family, pipe=loaded.pipe,
                    encoder=encoder, secrets=settings.secrets)
 
 
-def failure_message(exc: BaseException, secrets: tuple[str, ...]) -> tuple[str, str]:
-    """(stage, message) safe to log and send: no traceback, no secrets."""
+def _compile_cache(settings: Settings, model_dir: Path, loaded: Loaded,
+                   shapes: list[tuple[int, int]]) -> compile_cache.CompileCache | None:
+    if settings.compile == "off":
+        return None
+    options = {"precision": loaded.precision, "attention": settings.attention,
+               "compile": settings.compile, "quantize": settings.quantize}
+    return compile_cache.for_boot(settings.cache_dir, settings.model_id, model_dir, settings.revision,
+                                  loaded.family.name, loaded.family.variant, loaded.device,
+                                  options, shapes)
+
+
+def read_webhook_settings(env: Mapping[str, str] | None = None) -> Settings | None:
+    """After a settings error: what is still readable (the webhook, the ids), to announce it."""
+    return webhook_settings(os.environ if env is None else env)
+
+
+def announce_ready(announcer: Announcer, service: Service, record: BootRecord) -> None:
+    """The announce stage: only after warmup, and before serving, is the worker ready."""
+    with record.stage("announce") as report:
+        report.update(announcer.ready(service.family, record))
+
+
+def report_failure(announcer: Announcer, exc: BaseException, record: BootRecord) -> None:
+    """Log the failure and post it (status "failed"); the caller then exits non-zero."""
+    secrets = announcer.settings.secrets if announcer.settings else ()
+    stage, message = failure_message(exc, secrets, record.failed_stage)
+    log.error("boot failed at %s: %s", stage, message)
+    log.debug("boot failure detail", exc_info=exc)
+    announcer.failed(stage, message, record)
+
+
+def failure_message(exc: BaseException, secrets: tuple[str, ...],
+                    stage: str | None = None) -> tuple[str, str]:
+    """(stage, message) safe to log and send: no traceback, no secrets.
+
+    ``stage`` is where the exception was raised (BootRecord.failed_stage), for exceptions that
+    do not carry their own stage.
+    """
     if isinstance(exc, BootError):
-        return exc.stage, redact(str(exc), secrets)
+        return (exc.stage if exc.stage != "boot" else stage or "boot"), redact(str(exc), secrets)
     if isinstance(exc, WorkerError):
-        return "settings", redact(str(exc), secrets)
-    return "boot", redact(f"{exc.__class__.__name__}: {exc}".splitlines()[0], secrets)
+        return stage or "settings", redact(str(exc), secrets)
+    text = f"{exc.__class__.__name__}: {exc}".strip().splitlines()[0]
+    return stage or "boot", redact(text, secrets)

@@ -25,6 +25,9 @@ class BootRecord:
         self._t0 = time.perf_counter()
         self.stages: dict[str, dict[str, Any]] = {}
         self.info: dict[str, Any] = {}
+        # The stage that raised, so a failure is reported where it happened even when the
+        # exception itself does not say (a library error inside fetch is a fetch failure).
+        self.failed_stage: str | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
@@ -34,6 +37,10 @@ class BootRecord:
         t0 = time.perf_counter()
         try:
             yield entry
+        except BaseException:
+            entry["failed"] = True
+            self.failed_stage = self.failed_stage or name
+            raise
         finally:
             entry["seconds"] = round(time.perf_counter() - t0, 3)
 
@@ -41,7 +48,10 @@ class BootRecord:
         return round(time.perf_counter() - self._t0, 3)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"total_seconds": self.total_seconds(), "stages": self.stages,
+        # Finished stages only: the record sent while a stage runs (announce) leaves that one out.
+        finished = {name: entry for name, entry in self.stages.items() if "seconds" in entry}
+        return {"started_at": round(self.started, 3), "total_seconds": self.total_seconds(),
+                "stages": finished,
                 "versions": versions(), "device": device_info(), **self.info}
 
     def log_line(self) -> None:

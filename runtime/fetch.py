@@ -1,18 +1,41 @@
 """Fetch stage: put the model's files on local (or volume) disk and return their directory.
 
-Built-in tiny models are built into the cache; a local directory is used as it is; a hub id is
-downloaded into the Hugging Face cache under ``VISGATE_CACHE_DIR``.
+Where the files come from, in order:
+
+1. a built-in tiny model (built into the cache) or a local directory (used as it is);
+2. Runpod's model cache, read-only, when it holds the model (``runtime.hub.runpod``);
+3. our Hugging Face cache under ``VISGATE_CACHE_DIR``, when a complete-set marker says it holds
+   every needed file: no hub request at all, so a warm boot works with the hub unreachable;
+4. the hub: one listing request, then only the files the pipeline family selects (right variant,
+   safetensors, no ONNX/Flax/root checkpoints), each downloaded once across all workers sharing
+   the volume, resumable, and verified by size and hash (``runtime.hub.transfer``).
+
+The result names the weight ``variant`` that load must pass to ``from_pretrained``, and its
+``report`` (cache hit/miss, bytes, hub requests) goes into the boot record.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from pipelines.files import MODEL_INDEX, FileSelection, RepoFile, components_without_weights
+from pipelines.registry import family_class_for, read_model_index
 from pipelines.tiny import ensure_tiny, is_tiny
 from runtime.errors import BootError
+from runtime.hub.api import HubClient, HubOptions, Listing, TransientHubError
+from runtime.hub.integrity import stamp_valid
+from runtime.hub.layout import RemoteFile, RepoCache
+from runtime.hub.manifest import Manifest
+from runtime.hub.progress import Progress, human_bytes
+from runtime.hub.runpod import find_snapshot
+from runtime.hub.transfer import Transfer, TransferOptions
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -21,32 +44,248 @@ log = logging.getLogger(__name__)
 @dataclass
 class FetchResult:
     model_dir: Path
-    source: str  # "builtin", "local" or "hub"
+    source: str  # "builtin", "local", "runpod-cache" or "hub"
     report: dict[str, Any] = field(default_factory=dict)
+    # The weight variant to load (diffusers ``from_pretrained(variant=...)``); None: plain files.
+    variant: str | None = None
+
+
+def _disk_free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """Knobs with production defaults; tests shorten the waits."""
+
+    workers: int = 8  # files downloaded in parallel
+    progress_interval_s: float = 10.0
+    disk_reserve_bytes: int = 256 << 20  # left free after the download, for logs and temp files
+    hub: HubOptions = HubOptions()
+    transfer: TransferOptions = TransferOptions()
+    disk_free: Callable[[Path], int] = _disk_free
 
 
 def hub_cache_dir(settings: Settings) -> Path:
     return settings.cache_dir / "hf" / "hub"
 
 
-def fetch(settings: Settings) -> FetchResult:
+def state_dir(settings: Settings) -> Path:
+    """Our locks, stamps and markers: beside the hub cache, not inside it."""
+    return settings.cache_dir / "hf" / "visgate"
+
+
+def fetch(settings: Settings, options: FetchOptions | None = None) -> FetchResult:
     if is_tiny(settings.model_id):
         path = ensure_tiny(settings.model_id, settings.cache_dir / "builtin")
         return FetchResult(path, "builtin", {"cache": "built-in"})
     local = Path(settings.model_id).expanduser()
     if local.is_dir():
         return FetchResult(local.resolve(), "local", {"cache": "local directory"})
-    return _fetch_from_hub(settings)
+    options = options or FetchOptions()
+    started = time.perf_counter()
+    found = _from_runpod_cache(settings)
+    if found is not None:
+        found.report["seconds"] = round(time.perf_counter() - started, 3)
+        return found
+    return _from_hub(settings, options, started)
 
 
-def _fetch_from_hub(settings: Settings) -> FetchResult:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
+def fetch_precision(settings: Settings, family_cls: type, model_dir: Path, index: dict[str, Any]) -> str:
+    """The precision load will use, as far as files go.
 
+    Mirrors ``runtime.load.choose_precision``; its bf16 -> fp16 fallback on pre-Ampere GPUs needs
+    torch and does not change the files (both are half precision), so it is left out here.
+    """
+    if settings.precision != "auto":
+        return settings.precision
+    return str(family_cls(model_dir, index).preferred_dtype(settings.device))
+
+
+# ---- Runpod's model cache ------------------------------------------------------------------------
+def _from_runpod_cache(settings: Settings) -> FetchResult | None:
+    snap = find_snapshot(settings.runpod_model_cache, settings.model_id, settings.revision)
+    if snap is None:
+        return None
+    index = read_model_index(snap.path)
+    family_cls = family_class_for(index)
+    precision = fetch_precision(settings, family_cls, snap.path, index)
+    selection = family_cls.select_files(index, [RepoFile(p, s) for p, s in snap.files.items()],
+                                        precision)
+    lacking = components_without_weights(index, selection.paths)
+    if lacking:
+        log.warning("Runpod's model cache holds %s but no usable weights for %s: using our cache",
+                    settings.model_id, ", ".join(lacking))
+        return None
+    size = sum(snap.files[p] for p in selection.paths)
+    log.info("using Runpod's model cache for %s (%s, %s): %s", settings.model_id, snap.commit[:12],
+             precision, snap.path)
+    report = {"cache": "runpod", "commit": snap.commit, "precision": precision,
+              "variant": selection.variant, "files": len(selection.paths), "bytes_needed": size,
+              "bytes_downloaded": 0, "hub_requests": 0}
+    return FetchResult(snap.path, "runpod-cache", report, selection.variant)
+
+
+# ---- our cache, then the hub ---------------------------------------------------------------------
+def _from_hub(settings: Settings, options: FetchOptions, started: float) -> FetchResult:
+    cache = RepoCache(hub_cache_dir(settings), state_dir(settings), settings.model_id)
+    client = HubClient(settings.hub_endpoint, settings.model_id, settings.hf_token, options.hub)
+    manifest = _cached_manifest(settings, cache)
+    if manifest is not None:
+        damaged = manifest.damaged(cache)
+        if not damaged:
+            return _result(settings, cache, manifest, client, started, "hit", 0)
+        _require_online(settings, cache, f"{len(damaged)} cached files failed their check")
+        log.warning("%d cached files of %s failed their check: fetching them again",
+                    len(damaged), settings.model_id)
+        downloaded = _download(cache, client, manifest.commit, damaged, options)
+        for f in damaged:
+            cache.link(manifest.commit, f)
+        return _result(settings, cache, manifest, client, started, "repaired", downloaded)
+
+    _require_online(settings, cache, "no complete copy is cached")
+    listing = _listing(settings, cache, client)
+    index_file = listing.files.get(MODEL_INDEX)
+    if index_file is None:
+        raise BootError(f"{settings.model_id} has no {MODEL_INDEX}: it is not a diffusers pipeline "
+                        "repository (single-file checkpoints are not supported)", stage="fetch")
+    cached_before = _cached_bytes(cache, [index_file])
+    downloaded = _download(cache, client, listing.commit, [index_file], options)
+    snapshot = cache.link(listing.commit, index_file).parent
+    index = read_model_index(snapshot)
+    family_cls = family_class_for(index)
+    precision = fetch_precision(settings, family_cls, snapshot, index)
+    selection = family_cls.select_files(
+        index, [RepoFile(f.path, f.size) for f in listing.files.values()], precision)
+    files = _checked_files(settings, listing, index, selection)
+    _check_disk(cache, files, options)
+    _log_plan(settings, listing, files, selection, precision)
+    cached_before += _cached_bytes(cache, [f for f in files if f.path != MODEL_INDEX])
+    downloaded += _download(cache, client, listing.commit, files, options)
+    for f in files:
+        cache.link(listing.commit, f)
+    cache.write_ref(settings.revision, listing.commit)
+    skipped = [f for p, f in listing.files.items() if p not in set(selection.paths)]
+    manifest = Manifest(settings.model_id, listing.commit, precision, selection.variant, files,
+                        totals={"files_skipped": len(skipped),
+                                "bytes_skipped": sum(f.size for f in skipped)})
+    manifest.save(cache)
+    state = "partial" if cached_before else "miss"
+    return _result(settings, cache, manifest, client, started, state, downloaded)
+
+
+def _cached_manifest(settings: Settings, cache: RepoCache) -> Manifest | None:
+    commit = cache.resolve(settings.revision)
+    if commit is None:
+        return None
+    snapshot = cache.snapshot(commit)
+    if not (snapshot / MODEL_INDEX).is_file():
+        return None
     try:
-        path = snapshot_download(settings.model_id, revision=settings.revision,
-                                 token=settings.hf_token, cache_dir=hub_cache_dir(settings))
-    except HfHubHTTPError as exc:
-        raise BootError(f"could not download {settings.model_id}: {exc.__class__.__name__}",
-                        stage="fetch") from exc
-    return FetchResult(Path(path), "hub", {})
+        index = read_model_index(snapshot)
+    except BootError:
+        return None  # a damaged model_index.json: the cold path fetches it again
+    precision = fetch_precision(settings, family_class_for(index), snapshot, index)
+    return Manifest.load(cache, commit, precision)
+
+
+def _require_online(settings: Settings, cache: RepoCache, why: str) -> None:
+    if settings.hub_offline:
+        raise BootError(f"HF_HUB_OFFLINE is set and {why} of {settings.model_id} at revision "
+                        f"{settings.revision!r} in {cache.folder}: unset HF_HUB_OFFLINE for one "
+                        "boot to fill the cache", stage="fetch")
+
+
+def _listing(settings: Settings, cache: RepoCache, client: HubClient) -> Listing:
+    try:
+        return client.listing(settings.revision)
+    except TransientHubError as exc:
+        raise BootError(f"the hub is unavailable ({exc}) and {cache.folder} holds no complete copy "
+                        f"of {settings.model_id} at revision {settings.revision!r}: retry when "
+                        "the hub is reachable", stage="fetch") from None
+
+
+def _checked_files(settings: Settings, listing: Listing, index: dict[str, Any],
+                   selection: FileSelection) -> list[RemoteFile]:
+    lacking = components_without_weights(index, selection.paths)
+    if lacking:
+        raise BootError(f"{settings.model_id} has no safetensors or PyTorch weights for "
+                        f"{', '.join(lacking)} (ONNX, Flax and single-file checkpoints are not "
+                        "loaded)", stage="fetch")
+    return [listing.files[p] for p in selection.paths]
+
+
+def _check_disk(cache: RepoCache, files: list[RemoteFile], options: FetchOptions) -> None:
+    """Fail before downloading rather than with a full disk halfway through."""
+    cache.blobs.mkdir(parents=True, exist_ok=True)
+    missing = {f.blob_name: f for f in _unique(files)
+               if not stamp_valid(cache.stamp_path(f), cache.blob(f), f)}
+    partial = sum(p.stat().st_size for name in missing for p in cache.blobs.glob(f"{name}.*.part"))
+    need = max(0, sum(f.size for f in missing.values()) - partial)
+    free = options.disk_free(cache.blobs)
+    if need and need + options.disk_reserve_bytes > free:
+        raise BootError(f"not enough disk space in {cache.blobs}: {cache.repo_id} needs "
+                        f"{human_bytes(need)} more ({len(missing)} files) plus "
+                        f"{human_bytes(options.disk_reserve_bytes)} headroom, and "
+                        f"{human_bytes(free)} is free: free space there or set VISGATE_CACHE_DIR "
+                        "to a larger disk", stage="fetch")
+
+
+def _log_plan(settings: Settings, listing: Listing, files: list[RemoteFile],
+              selection: FileSelection, precision: str) -> None:
+    chosen = {f.path for f in files}
+    skipped = [f for p, f in listing.files.items() if p not in chosen]
+    log.info("fetching %s at %s (%s, %s, variant %s): %d files, %s; skipping %d files, %s",
+             settings.model_id, listing.commit[:12], settings.revision, precision,
+             selection.variant or "none", len(files), human_bytes(sum(f.size for f in files)),
+             len(skipped), human_bytes(sum(f.size for f in skipped)))
+
+
+def _unique(files: list[RemoteFile]) -> list[RemoteFile]:
+    """One entry per blob: identical files (two tokenizers) are downloaded once."""
+    return list({f.blob_name: f for f in files}.values())
+
+
+def _cached_bytes(cache: RepoCache, files: list[RemoteFile]) -> int:
+    return sum(f.size for f in _unique(files)
+               if stamp_valid(cache.stamp_path(f), cache.blob(f), f))
+
+
+def _download(cache: RepoCache, client: HubClient, commit: str, files: list[RemoteFile],
+              options: FetchOptions) -> int:
+    """Ensure every blob, largest first, several at a time; the bytes this process downloaded."""
+    unique = sorted(_unique(files), key=lambda f: -f.size)
+    pending = sum(f.size for f in unique) - _cached_bytes(cache, unique)
+    progress = Progress(cache.repo_id, pending, options.progress_interval_s)
+    abort = threading.Event()
+    transfer = Transfer(cache, client, commit, progress, options.transfer, abort)
+    with ThreadPoolExecutor(max_workers=max(1, min(options.workers, len(unique))),
+                            thread_name_prefix="fetch") as pool:
+        futures = [pool.submit(transfer.ensure, f) for f in unique]
+        try:
+            return sum(future.result() for future in as_completed(futures))
+        except BaseException:
+            abort.set()  # the others stop at their next chunk; their locks are released
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _result(settings: Settings, cache: RepoCache, manifest: Manifest, client: HubClient,
+            started: float, state: str, downloaded: int) -> FetchResult:
+    seconds = time.perf_counter() - started
+    report: dict[str, Any] = {
+        "cache": state, "revision": settings.revision, "commit": manifest.commit,
+        "precision": manifest.precision, "variant": manifest.variant,
+        "files": len(manifest.files), "bytes_needed": manifest.size,
+        "bytes_downloaded": downloaded,
+        "bytes_reused": max(0, sum(f.size for f in _unique(manifest.files)) - downloaded),
+        **manifest.totals, "hub_requests": client.requests, "seconds": round(seconds, 3)}
+    if downloaded:
+        report["download_mb_per_s"] = round(downloaded / 1e6 / max(seconds, 1e-6), 1)
+        log.info("fetched %s: %s downloaded in %.1fs, %s reused", settings.model_id,
+                 human_bytes(downloaded), seconds, human_bytes(report["bytes_reused"]))
+    else:
+        log.info("%s: cache %s, %d files, no download (%d hub requests)", settings.model_id, state,
+                 len(manifest.files), client.requests)
+    return FetchResult(cache.snapshot(manifest.commit), "hub", report, manifest.variant)

@@ -64,7 +64,8 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def load(settings: Settings, model_dir: Path) -> Loaded:
+def load(settings: Settings, model_dir: Path, variant: str | None = None) -> Loaded:
+    """``variant``: FetchResult.variant, the weight variant the fetch stage downloaded."""
     family = detect_family(model_dir)
     check_device(settings.device)
     precision = choose_precision(settings.precision, family, settings.device)
@@ -75,7 +76,7 @@ def load(settings: Settings, model_dir: Path) -> Loaded:
     log.info("loading %s (%s/%s) as %s on %s", settings.model_id, family.name, family.variant,
              precision, settings.device)
     try:
-        pipe = family.load(dtype, settings.device)
+        pipe = family.load(dtype, settings.device, variant=variant)
     except torch.cuda.OutOfMemoryError as exc:
         raise BootError(f"the model does not fit in GPU memory as {precision}: use a larger GPU "
                         "or VISGATE_QUANTIZE=int8-weight", stage="load") from exc

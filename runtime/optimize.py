@@ -1,9 +1,20 @@
-"""Optimize stage: named optimizations applied in a fixed order, each reporting what it did."""
+"""Optimize stage: named optimizations, applied in a fixed order, each reporting what it did.
+
+Order matters: fuse QKV first (fusion swaps attention processors and the fused matrix is then
+quantized whole), quantize before compile (compile must trace the quantized kernels), memory
+layout before compile (compiled graphs specialise on strides), compile last.
+
+Each step returns a short "applied" detail or raises ``Skip(reason)``. A step that is valid but
+unavailable here (no GPU feature, library not installed) is skipped with its reason and boot
+goes on; invalid option *values* never get this far (settings rejects them before loading).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from runtime.load import Loaded
 from runtime.settings import Settings
@@ -11,5 +22,224 @@ from runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def optimize(loaded: Loaded, settings: Settings) -> dict[str, Any]:
-    return {"applied": {"precision": loaded.precision}, "skipped": {}}
+class Skip(Exception):
+    """An optimization that does not apply here; the message says why."""
+
+
+@dataclass
+class Context:
+    loaded: Loaded
+    settings: Settings
+
+    @property
+    def pipe(self) -> Any:
+        return self.loaded.pipe
+
+    @property
+    def denoiser(self) -> Any:
+        return getattr(self.pipe, self.loaded.family.denoiser_attr)
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.loaded.device.startswith("cuda")
+
+
+@dataclass
+class OptimizationReport:
+    applied: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"applied": self.applied, "skipped": self.skipped, "seconds": self.seconds}
+
+
+def _capability(ctx: Context) -> tuple[int, int]:
+    import torch
+
+    return torch.cuda.get_device_capability(ctx.loaded.device)
+
+
+# ---- the steps ----------------------------------------------------------------------------------
+
+def precision(ctx: Context) -> str:
+    # Applied at load time (weights are loaded straight into the dtype); reported here.
+    return ctx.loaded.precision
+
+
+def quantize(ctx: Context) -> str:
+    mode = ctx.settings.quantize
+    if mode == "none":
+        raise Skip("VISGATE_QUANTIZE=none")
+    if mode in ("fp8", "fp8-weight"):
+        if not ctx.on_cuda:
+            raise Skip("fp8 needs a CUDA GPU")
+        if _capability(ctx) < (8, 9):
+            raise Skip(f"fp8 needs compute capability 8.9 or higher (this GPU: "
+                       f"{'.'.join(map(str, _capability(ctx)))})")
+    try:
+        from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
+                                          Float8WeightOnlyConfig, Int8WeightOnlyConfig, PerRow,
+                                          quantize_)
+    except ImportError as exc:
+        raise Skip(f"torchao is not installed ({exc.__class__.__name__})") from exc
+    configs: dict[str, Callable[[], Any]] = {
+        # Row-wise scales: the accuracy/speed point diffusers-torchao and flux-fast use.
+        "fp8": lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+        "fp8-weight": lambda: Float8WeightOnlyConfig(),
+        "int8-weight": lambda: Int8WeightOnlyConfig(),
+    }
+    quantize_(ctx.denoiser, configs[mode]())
+    return f"{mode} (torchao) on {ctx.loaded.family.denoiser_attr} linear layers; lossy"
+
+
+def fuse_qkv(ctx: Context) -> str:
+    # Before quantization, so the fused projection is quantized as one matrix (as flux-fast does).
+    target = ctx.denoiser
+    fuse = getattr(target, "fuse_qkv_projections", None)
+    if fuse is None:
+        raise Skip(f"{type(target).__name__} has no fused QKV projections")
+    fuse()
+    if ctx.loaded.family.denoiser_attr == "unet":
+        from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+        target.set_attn_processor(FusedAttnProcessor2_0())
+    return f"{type(target).__name__} QKV fused"
+
+
+_BACKENDS = {"sdpa": "native", "native": "native", "cudnn": "_native_cudnn", "flash": "flash",
+             "flash3": "_flash_3", "xformers": "xformers"}
+
+
+def _flash3_available() -> bool:
+    try:
+        import flash_attn_interface  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def attention(ctx: Context) -> str:
+    choice = ctx.settings.attention
+    target = ctx.denoiser
+    if choice == "auto":
+        if not ctx.on_cuda:
+            raise Skip("auto on CPU: PyTorch SDPA as loaded")
+        # FA3 is the fastest on Hopper when installed; else PyTorch SDPA (flash/cuDNN kernels).
+        choice = "flash3" if _capability(ctx)[0] == 9 and _flash3_available() else "sdpa"
+    if choice == "xformers" and not hasattr(target, "set_attention_backend"):
+        try:
+            ctx.pipe.enable_xformers_memory_efficient_attention()
+        except Exception as exc:  # ImportError or a version mismatch with torch
+            raise Skip(f"xformers unavailable: {exc.__class__.__name__}: {str(exc)[:120]}") from exc
+        return "xformers"
+    if choice in ("sdpa", "native"):
+        return "sdpa (PyTorch picks flash/cuDNN/efficient kernels)"
+    if not hasattr(target, "set_attention_backend") or ctx.loaded.family.denoiser_attr == "unet":
+        raise Skip(f"{choice} is not dispatchable for {type(target).__name__}; using PyTorch SDPA")
+    try:
+        target.set_attention_backend(_BACKENDS[choice])
+    except Exception as exc:  # backend library missing or unsupported on this GPU
+        raise Skip(f"{choice} unavailable: {exc.__class__.__name__}: {str(exc)[:120]}; "
+                   "using PyTorch SDPA") from exc
+    return choice
+
+
+def channels_last(ctx: Context) -> str:
+    import torch
+
+    if not ctx.on_cuda:
+        raise Skip("channels_last only pays on a GPU")
+    ctx.pipe.vae.to(memory_format=torch.channels_last)
+    done = ["vae"]
+    if ctx.loaded.family.denoiser_attr == "unet":
+        ctx.denoiser.to(memory_format=torch.channels_last)
+        done.append("unet")
+    return "+".join(done)
+
+
+def compile_models(ctx: Context) -> str:
+    import torch
+
+    mode = ctx.settings.compile
+    if mode == "off":
+        raise Skip("VISGATE_COMPILE=off")
+    configure_dynamo(len(ctx.settings.warmup_shapes) + 1)
+    target = ctx.denoiser
+    compiled = []
+    if mode == "regional" and getattr(target, "_repeated_blocks", None):
+        target.compile_repeated_blocks(fullgraph=True)
+        compiled.append(f"{type(target).__name__} repeated blocks {list(target._repeated_blocks)}")
+    else:
+        options = {"mode": "max-autotune"} if mode == "max-autotune" else {}
+        target.compile(fullgraph=mode != "regional", **options)
+        compiled.append(f"{type(target).__name__} whole ({mode})")
+    ctx.pipe.vae.decoder.compile(fullgraph=True)
+    compiled.append("vae.decoder")
+    # Compilation happens lazily at the first call: the warmup stage pays for it.
+    _ = torch  # imported for side effects of torch._dynamo configuration above
+    return "; ".join(compiled)
+
+
+def configure_dynamo(static_shapes: int) -> None:
+    """Static graphs per warmed shape; unseen shapes are served eagerly (see serve_stance).
+
+    Why not dynamic shapes: static graphs give the fastest kernels and allow CUDA graphs, and the
+    serving shapes are known ahead (VISGATE_WARMUP_SHAPES). Why not recompile on demand: a new
+    shape would stall its job for the whole compile (seconds to minutes on a GPU).
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.automatic_dynamic_shapes = False
+    torch._dynamo.config.recompile_limit = max(8, static_shapes + 2)
+
+
+def serve_stance(report: OptimizationReport) -> None:
+    """After warmup: use compiled code where it is valid, run eagerly instead of recompiling."""
+    if "compile" not in report.applied:
+        return
+    import torch
+
+    torch.compiler.set_stance("eager_on_recompile")
+
+
+def warm_with_fallback(run: Callable[[], Any], report: OptimizationReport) -> Any:
+    """Run warmup; if compiled code fails there, serve eagerly rather than not at all."""
+    try:
+        return run()
+    except Exception as exc:
+        if "compile" not in report.applied:
+            raise
+        import torch
+
+        log.warning("compiled warmup failed (%s: %s); serving eagerly", exc.__class__.__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "")
+        torch.compiler.set_stance("force_eager")
+        report.skipped["compile"] = f"failed at warmup ({exc.__class__.__name__}); serving eagerly"
+        del report.applied["compile"]
+        return run()
+
+
+STEPS: tuple[tuple[str, Callable[[Context], str]], ...] = (
+    ("precision", precision),
+    ("fuse_qkv", fuse_qkv),
+    ("quantize", quantize),
+    ("attention", attention),
+    ("channels_last", channels_last),
+    ("compile", compile_models),
+)
+
+
+def optimize(loaded: Loaded, settings: Settings) -> OptimizationReport:
+    ctx = Context(loaded=loaded, settings=settings)
+    report = OptimizationReport()
+    for name, step in STEPS:
+        t0 = time.perf_counter()
+        try:
+            report.applied[name] = step(ctx)
+            log.info("optimization %s: %s", name, report.applied[name])
+        except Skip as skip:
+            report.skipped[name] = str(skip)
+            log.info("optimization %s skipped: %s", name, skip)
+        report.seconds[name] = round(time.perf_counter() - t0, 3)
+    return report

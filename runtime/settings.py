@@ -20,9 +20,13 @@ from runtime.errors import SettingsError
 RUNPOD_VOLUME = Path("/runpod-volume")
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-ATTENTIONS = ("auto", "sdpa", "flash", "flash3", "xformers", "native")
+ATTENTIONS = ("auto", "sdpa", "cudnn", "flash", "flash3", "xformers", "native")
 COMPILE_MODES = ("off", "regional", "full", "max-autotune")
 QUANTIZE_MODES = ("none", "fp8", "fp8-weight", "int8-weight")
+# Webhook delivery bounds, in seconds: (default, smallest, largest). The budget bounds how long the
+# announce stage can hold up serving (or exiting, after a failure) when the receiver is down.
+WEBHOOK_TIMEOUT_S = (10.0, 0.1, 120.0)
+WEBHOOK_BUDGET_S = (30.0, 0.1, 600.0)
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _SHAPE_RE = re.compile(r"^(\d+)x(\d+)$")
@@ -37,7 +41,14 @@ class Settings:
     hf_token: str | None = field(default=None, repr=False)
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
+    webhook_timeout: float = WEBHOOK_TIMEOUT_S[0]  # seconds per delivery attempt
+    webhook_budget: float = WEBHOOK_BUDGET_S[0]  # seconds for all attempts and waits together
     cache_dir: Path = Path(".cache/visgate")
+    # The hub (HF_ENDPOINT: a mirror, or the tests' local server), whether it may be contacted at
+    # all (HF_HUB_OFFLINE), and Runpod's read-only model cache, tried before our own cache.
+    hub_endpoint: str = "https://huggingface.co"
+    hub_offline: bool = False
+    runpod_model_cache: Path = RUNPOD_VOLUME / "huggingface-cache" / "hub"
     precision: str = "auto"
     attention: str = "auto"
     compile: str = "off"
@@ -54,7 +65,8 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in logs, outputs or errors."""
-        return tuple(s for s in (self.hf_token, self.webhook_secret) if s)
+        return tuple(s for s in (self.hf_token, self.webhook_secret, *_url_credentials(self.webhook_url))
+                     if s)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], volume_root: Path = RUNPOD_VOLUME) -> "Settings":
@@ -75,7 +87,12 @@ class Settings:
             hf_token=_text(env, "HF_TOKEN"),
             webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
             webhook_secret=_text(env, "VISGATE_WEBHOOK_SECRET"),
+            webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
+            webhook_budget=_seconds(env, "VISGATE_WEBHOOK_BUDGET", WEBHOOK_BUDGET_S),
             cache_dir=_cache_dir(_text(env, "VISGATE_CACHE_DIR"), volume_root),
+            hub_endpoint=_hub_endpoint(_text(env, "HF_ENDPOINT")),
+            hub_offline=_flag(env, "HF_HUB_OFFLINE"),
+            runpod_model_cache=volume_root / "huggingface-cache" / "hub",
             precision=_choice(env, "VISGATE_PRECISION", PRECISIONS, "auto"),
             attention=_choice(env, "VISGATE_ATTENTION", ATTENTIONS, "auto"),
             # Compilation pays off on a GPU; on CPU it costs more boot time than it saves.
@@ -85,6 +102,28 @@ class Settings:
             worker_id=_text(env, "RUNPOD_POD_ID"),
             endpoint_id=_text(env, "RUNPOD_ENDPOINT_ID"),
         )
+
+
+def webhook_settings(env: Mapping[str, str]) -> Settings | None:
+    """What a failed ``from_env`` still allows: the webhook and the ids, to announce the failure.
+
+    None when the webhook is not set or its own variables are invalid too.
+    """
+    try:
+        settings = Settings(
+            model_id=_text(env, "HF_MODEL_ID") or "",
+            revision=_text(env, "HF_MODEL_REVISION") or "main",
+            hf_token=_text(env, "HF_TOKEN"),
+            webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
+            webhook_secret=_text(env, "VISGATE_WEBHOOK_SECRET"),
+            webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
+            webhook_budget=_seconds(env, "VISGATE_WEBHOOK_BUDGET", WEBHOOK_BUDGET_S),
+            worker_id=_text(env, "RUNPOD_POD_ID"),
+            endpoint_id=_text(env, "RUNPOD_ENDPOINT_ID"),
+        )
+    except SettingsError:
+        return None
+    return settings if settings.webhook_url else None
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:
@@ -109,10 +148,57 @@ def _webhook_url(url: str | None) -> str | None:
     if url is None:
         return None
     parts = urlsplit(url)
+    try:
+        parts.port  # urlsplit parses the port lazily: a bad one would only fail at announce time
+    except ValueError:
+        raise SettingsError("VISGATE_WEBHOOK has an invalid port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         # The URL may carry a token in its query, so the message names only what is wrong.
         raise SettingsError("VISGATE_WEBHOOK must be an http:// or https:// URL with a host")
     return url
+
+
+def _seconds(env: Mapping[str, str], name: str, bounds: tuple[float, float, float]) -> float:
+    default, low, high = bounds
+    value = _text(env, name)
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not low <= seconds <= high:  # also rejects nan
+        raise SettingsError(f"{name}={value!r} is not valid: use a number of seconds "
+                            f"from {low:g} to {high:g} (default {default:g})")
+    return seconds
+
+
+def _url_credentials(url: str | None) -> tuple[str, ...]:
+    """A webhook URL's password and query string often carry a token (``?token=...``): HTTP
+    libraries log the request line at DEBUG, so these are redacted like the other secrets."""
+    if not url:
+        return ()
+    parts = urlsplit(url)
+    return tuple(s for s in (parts.password, parts.query) if s and len(s) >= 4)
+
+
+def _hub_endpoint(url: str | None) -> str:
+    if url is None:
+        return "https://huggingface.co"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError("HF_ENDPOINT must be an http:// or https:// URL with a host")
+    return url.rstrip("/")
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    """Strict booleans: a typo must not silently mean "off"."""
+    value = (_text(env, name) or "0").lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={value!r} is not valid: use 1/true/yes/on or 0/false/no/off")
 
 
 def _cache_dir(value: str | None, volume_root: Path) -> Path:

@@ -93,10 +93,12 @@ def _number(data: Mapping[str, Any], name: str, default: float, lo: float, hi: f
         return float(default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise JobInputError(f"'{name}' must be a number from {lo:g} to {hi:g}, got {_json_type(value)}")
-    if not math.isfinite(value):
+    # Only floats can be NaN/inf; an int from JSON is exact but may be too large for a float.
+    if isinstance(value, float) and not math.isfinite(value):
         raise JobInputError(f"'{name}' must be a finite number from {lo:g} to {hi:g}, got {value!r}")
     if not lo <= value <= hi:
-        raise JobInputError(f"'{name}' must be from {lo:g} to {hi:g}, got {value:g}")
+        shown = f"{value:g}" if abs(value) < 1e300 else "a number too large"
+        raise JobInputError(f"'{name}' must be from {lo:g} to {hi:g}, got {shown}")
     return float(value)
 
 

@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 WARMUP_PROMPT = "a photo of a cat sitting on a wooden table, warm light"
 # Two steps run the denoiser twice (the second call is the steady state a compiled graph needs)
-# and the VAE decoder once: enough to touch every graph at each shape.
+# and the VAE decoder once: enough to touch every graph at each shape. The family's default
+# guidance is kept, so a family that serves with classifier-free guidance (SDXL base, 5.0) warms
+# its batch-2 denoiser graph. (tests/integration/test_lifecycle.py counts the calls.)
 WARMUP_STEPS = 2
 
 

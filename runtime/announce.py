@@ -1,0 +1,289 @@
+"""Announce stage: tell the orchestrator, once, that this worker is ready or that its boot failed.
+
+One JSON POST to ``VISGATE_WEBHOOK`` per event, after warmup (``ready``) or after any boot failure
+(``failed``). Delivery is bounded: a timeout per attempt and a total budget, retries with
+exponential backoff and jitter on connection errors, timeouts, 5xx and 429 (``Retry-After`` is
+honoured), none on any other answer. Redirects are not followed. An undeliverable ``ready`` is
+logged as an ERROR and the worker serves anyway; announcing never raises.
+
+Signing, with ``VISGATE_WEBHOOK_SECRET`` set (the orchestrator verifies with ``verify_signature``):
+
+    X-Visgate-Timestamp: <unix seconds, fresh on every attempt>
+    X-Visgate-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>
+
+Every attempt of one event carries the same ``X-Visgate-Delivery`` id (also ``delivery_id`` in the
+body), so the orchestrator can drop duplicates when a response was lost and the POST retried.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import requests
+
+from runtime.boot_report import BootRecord
+from runtime.errors import redact
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TIMESTAMP_HEADER = "X-Visgate-Timestamp"
+SIGNATURE_HEADER = "X-Visgate-Signature"
+DELIVERY_HEADER = "X-Visgate-Delivery"
+EVENT_HEADER = "X-Visgate-Event"
+ATTEMPT_HEADER = "X-Visgate-Attempt"
+SIGNATURE_PREFIX = "sha256="
+# How far a timestamp may be from the verifier's clock: long enough for clock skew and a slow
+# attempt, short enough that a captured request cannot be replayed later.
+DEFAULT_TOLERANCE_S = 300
+
+# Retry schedule: attempt n waits about BACKOFF_BASE_S * 2**(n-1), capped, with jitter so that a
+# fleet of workers booting together does not hammer a recovering receiver in step.
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 10.0
+# A hard cap on attempts besides the budget: a receiver answering 503 instantly must not be
+# hit dozens of times within one budget.
+MAX_ATTEMPTS = 6
+
+
+# ---- signing ------------------------------------------------------------------------------------
+def sign(secret: str, timestamp: str | int, body: bytes | str) -> str:
+    """The ``X-Visgate-Signature`` value for this timestamp and raw body."""
+    raw = body.encode() if isinstance(body, str) else body
+    digest = hmac.new(secret.encode(), str(timestamp).encode() + b"." + raw, hashlib.sha256)
+    return SIGNATURE_PREFIX + digest.hexdigest()
+
+
+def verify_signature(secret: str, timestamp: str | int | None, body: bytes | str,
+                     signature: str | None, now: float | None = None,
+                     tolerance: float = DEFAULT_TOLERANCE_S) -> bool:
+    """True when ``signature`` is ours for (timestamp, body) and the timestamp is fresh.
+
+    ``body`` must be the raw request body as received (not re-serialized JSON). A timestamp more
+    than ``tolerance`` seconds from ``now`` (either way) is rejected: that is the replay window.
+    """
+    if not secret or not signature or timestamp is None:
+        return False
+    try:
+        sent = int(str(timestamp).strip())
+    except ValueError:
+        return False
+    if abs((time.time() if now is None else now) - sent) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, sent, body), signature.strip())
+
+
+# ---- delivery -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempt_timeout: float  # seconds for one attempt (connect, and each read)
+    budget: float  # seconds for all attempts and waits together
+    max_attempts: int = MAX_ATTEMPTS
+    backoff_base: float = BACKOFF_BASE_S
+    backoff_cap: float = BACKOFF_CAP_S
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RetryPolicy":
+        return cls(attempt_timeout=settings.webhook_timeout, budget=settings.webhook_budget)
+
+    def backoff(self, attempt: int, rng: random.Random | Any = random) -> float:
+        """Wait after failed attempt ``attempt`` (1-based): exponential, capped, "equal jitter"."""
+        step = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
+        return step / 2 + rng.uniform(0, step / 2)
+
+
+@dataclass
+class Delivery:
+    delivered: bool
+    attempts: int
+    status: int | None  # the last HTTP status, None when no answer came
+    seconds: float
+    reason: str  # why it was not delivered (or "HTTP 200")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"delivered": self.delivered, "attempts": self.attempts, "status": self.status,
+                "seconds": self.seconds, "reason": self.reason}
+
+
+def new_session() -> requests.Session:
+    """A session that takes no credentials or proxies from the environment (no .netrc
+    Authorization header can leak to the receiver). Redirects: every POST passes
+    ``allow_redirects=False`` (a 3xx is a final answer)."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+def deliver(url: str, body: bytes, event: str, delivery_id: str, policy: RetryPolicy,
+            secret: str | None = None, session: requests.Session | None = None,
+            sleep: Callable[[float], None] = time.sleep, rng: random.Random | Any = random) -> Delivery:
+    """POST ``body`` until a 2xx, a final answer, ``max_attempts`` or the budget; never raises."""
+    session = session or new_session()
+    target = safe_target(url)
+    t0 = time.monotonic()
+    deadline = t0 + policy.budget
+    attempt, status, reason = 0, None, "no attempt made"
+    while attempt < policy.max_attempts:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0.01:
+            reason += "; budget spent"
+            break
+        attempt += 1
+        status, retry_after, reason, final = _attempt(session, url, body, event, delivery_id,
+                                                      attempt, min(policy.attempt_timeout, remaining),
+                                                      secret)
+        if status is not None and 200 <= status < 300:
+            return Delivery(True, attempt, status, round(time.monotonic() - t0, 3), reason)
+        if final:
+            break
+        if attempt >= policy.max_attempts:
+            reason += f"; {attempt} attempts made"
+            break
+        wait = retry_after if retry_after is not None else policy.backoff(attempt, rng)
+        if time.monotonic() + wait >= deadline:
+            reason += f"; the next attempt (in {wait:.1f}s) would pass the {policy.budget:g}s budget"
+            break
+        log.warning("%s webhook to %s: attempt %d failed (%s); retrying in %.1fs", event, target,
+                    attempt, reason, wait)
+        sleep(wait)
+    return Delivery(False, attempt, status, round(time.monotonic() - t0, 3), reason)
+
+
+def _attempt(session: requests.Session, url: str, body: bytes, event: str, delivery_id: str,
+             attempt: int, timeout: float, secret: str | None
+             ) -> tuple[int | None, float | None, str, bool]:
+    """One POST: (status, retry_after, reason, final). ``final`` means retrying cannot help."""
+    headers = {"Content-Type": "application/json", "User-Agent": "visgate-worker",
+               EVENT_HEADER: event, DELIVERY_HEADER: delivery_id, ATTEMPT_HEADER: str(attempt)}
+    if secret:
+        timestamp = str(int(time.time()))
+        headers[TIMESTAMP_HEADER] = timestamp
+        headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
+    try:
+        # stream=True: only the status and headers are needed, so a receiver that sends them and
+        # then stalls its body cannot hold the attempt open.
+        with session.post(url, data=body, headers=headers, timeout=(timeout, timeout),
+                          allow_redirects=False, stream=True) as response:
+            status = response.status_code
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        # The exception's text can carry the URL (and a token in its query): name the kind only.
+        return None, None, f"no answer: {exc.__class__.__name__}", False
+    except Exception as exc:  # noqa: BLE001 - a bad URL or header: final, and announcing never raises
+        return None, None, f"request failed: {exc.__class__.__name__}", True
+    if 200 <= status < 300:
+        return status, None, f"HTTP {status}", True
+    if 300 <= status < 400:
+        return status, None, f"HTTP {status} redirect, not followed: set VISGATE_WEBHOOK to the final URL", True
+    if status == 429 or status >= 500:  # busy or broken now: may work later
+        return status, retry_after, f"HTTP {status}", False
+    return status, None, f"HTTP {status}, not retried", True
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when is None or when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # nan
+        return None
+    return max(0.0, seconds)
+
+
+def safe_target(url: str) -> str:
+    """The URL as it may be logged: scheme, host and port only (the path or query may hold a token)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+# ---- the one transition -------------------------------------------------------------------------
+class Announcer:
+    """The worker leaves "booting" once: to "ready" or to "failed", announced exactly once."""
+
+    def __init__(self, settings: Settings | None, session: requests.Session | None = None) -> None:
+        self.settings = settings
+        self.session = session
+        self.state = "booting"
+
+    def ready(self, family: Any, record: BootRecord) -> dict[str, Any]:
+        """Announce readiness with the boot record; return the delivery report. Never raises."""
+        extra = {"family": family.name, "variant": family.variant}
+        return self._announce("ready", extra, record)
+
+    def failed(self, stage: str, message: str, record: BootRecord,
+               family: Any | None = None) -> dict[str, Any]:
+        """Announce a boot failure (``message`` already safe: no traceback, no secrets)."""
+        extra = {"family": getattr(family, "name", None), "variant": getattr(family, "variant", None),
+                 "stage": stage, "error": message}
+        return self._announce("failed", extra, record)
+
+    def _announce(self, event: str, extra: dict[str, Any], record: BootRecord) -> dict[str, Any]:
+        if self.state != "booting":
+            raise RuntimeError(f"boot already announced as {self.state!r}; cannot announce {event!r}")
+        self.state = event
+        settings = self.settings
+        if settings is None or not settings.webhook_url:
+            log.info("%s: no VISGATE_WEBHOOK set, nothing to announce", event)
+            return {"webhook": "not configured"}
+        delivery_id = uuid.uuid4().hex
+        body = self.body(event, delivery_id, extra, record)
+        result = deliver(settings.webhook_url, body, event, delivery_id,
+                         RetryPolicy.from_settings(settings), secret=settings.webhook_secret,
+                         session=self.session)
+        target = safe_target(settings.webhook_url)
+        if result.delivered:
+            log.info("%s webhook delivered to %s (attempt %d, %s, %.2fs, delivery %s)", event,
+                     target, result.attempts, result.reason, result.seconds, delivery_id)
+        else:
+            then = "serving anyway" if event == "ready" else "exiting"
+            log.error("%s webhook NOT delivered to %s after %d attempt(s) in %.2fs: %s; %s", event,
+                      target, result.attempts, result.seconds, result.reason, then)
+        return {"webhook": target, "event": event, "delivery_id": delivery_id, **result.as_dict()}
+
+    def body(self, event: str, delivery_id: str, extra: dict[str, Any], record: BootRecord) -> bytes:
+        settings = self.settings
+        assert settings is not None
+        payload = {
+            "status": event,
+            "delivery_id": delivery_id,
+            "model_id": settings.model_id or None,
+            "revision": settings.revision,
+            **extra,
+            "worker_id": settings.worker_id,
+            "endpoint_id": settings.endpoint_id,
+            "boot": _record_dict(record),
+        }
+        text = json.dumps(payload, default=str)  # insertion order: stages in boot order
+        # A safety net: no stage report or foreign message may carry a secret to the receiver.
+        return redact(text, settings.secrets).encode()
+
+
+def _record_dict(record: BootRecord) -> dict[str, Any]:
+    try:
+        return record.as_dict()
+    except Exception:  # noqa: BLE001 - a broken torch/CUDA must not stop a failure report
+        log.warning("boot record incomplete (device or versions unreadable)", exc_info=True)
+        return {"total_seconds": record.total_seconds(), "stages": record.stages, **record.info}

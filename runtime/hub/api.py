@@ -1,0 +1,193 @@
+"""The two hub requests the fetch stage makes, and what their failures mean to a user.
+
+- ``GET /api/models/{repo}/revision/{revision}?blobs=true``: the commit, and every file with its
+  size, git object id and (LFS files) sha256. One request, whatever the repository's size.
+- ``GET /{repo}/resolve/{commit}/{path}`` (``Range: bytes=N-`` to resume): the file, possibly
+  through a redirect to the CDN (``requests`` drops the token when the host changes).
+
+Plain ``requests`` rather than ``hf_hub_download``: we need our own lock, resume, hash and
+progress around each byte, and the hub client's own locks misbehave on network filesystems.
+Error classification follows the hub's ``X-Error-Code`` headers, as ``huggingface_hub`` does.
+The token goes only into the Authorization header; no message here ever contains it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from runtime.errors import BootError
+from runtime.hub.layout import RemoteFile
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+
+
+class TransientHubError(Exception):
+    """The hub could not be reached or answered 5xx/429: worth retrying, or using the cache."""
+
+
+class HubUnreachable(TransientHubError):
+    """No connection to the hub at all."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    commit: str
+    files: dict[str, RemoteFile]
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retries: int = 4  # extra tries for the listing after a transient failure
+    backoff_s: float = 1.0  # doubled after each try
+
+
+class HubClient:
+    def __init__(self, endpoint: str, repo_id: str, token: str | None,
+                 options: HubOptions | None = None) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.repo_id = repo_id
+        self.options = options or HubOptions()
+        self._token = token
+        self._local = threading.local()
+        self._count_lock = threading.Lock()
+        self.requests = 0
+
+    @property
+    def host(self) -> str:
+        """The endpoint without any credentials in it, for messages."""
+        parts = urlsplit(self.endpoint)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = "visgate-worker (+requests)"
+            if self._token:
+                session.headers["Authorization"] = f"Bearer {self._token}"
+            self._local.session = session
+        return session
+
+    def _get(self, url: str, **kwargs: Any) -> requests.Response:
+        with self._count_lock:
+            self.requests += 1
+        timeout = (self.options.connect_timeout, self.options.read_timeout)
+        try:
+            return self._session().get(url, timeout=timeout, **kwargs)
+        except requests.ConnectionError as exc:
+            raise HubUnreachable(f"{self.host} unreachable ({_root_cause(exc)})") from None
+        except requests.Timeout as exc:
+            raise TransientHubError(f"{self.host} timed out ({exc.__class__.__name__})") from None
+
+    # ---- listing -------------------------------------------------------------------------------
+    def listing(self, revision: str) -> Listing:
+        url = (f"{self.endpoint}/api/models/{self.repo_id}/revision/{quote(revision, safe='')}")
+        wait = self.options.backoff_s
+        for attempt in range(self.options.retries + 1):
+            try:
+                response = self._get(url, params={"blobs": "true"})
+                self.raise_for(response, revision)
+                return _parse_listing(response.json())
+            except TransientHubError as exc:
+                if attempt == self.options.retries:
+                    raise
+                log.warning("hub listing failed (%s); retrying in %.1fs", exc, wait)
+                time.sleep(wait)
+                wait *= 2
+        raise AssertionError("unreachable")
+
+    # ---- files ---------------------------------------------------------------------------------
+    def open(self, commit: str, path: str, start: int) -> requests.Response:
+        """A streaming response for ``path`` from byte ``start`` (206), or the whole file (200)."""
+        url = f"{self.endpoint}/{self.repo_id}/resolve/{commit}/{quote(path)}"
+        headers = {"Accept-Encoding": "identity"}  # the size we check is the size on the wire
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        response = self._get(url, headers=headers, stream=True)
+        if response.status_code == 416:
+            return response  # the caller's partial file is already complete (or longer)
+        self.raise_for(response, commit, path)
+        return response
+
+    # ---- errors --------------------------------------------------------------------------------
+    def raise_for(self, response: requests.Response, revision: str, path: str | None = None) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        response.close()
+        code = response.headers.get("X-Error-Code", "")
+        message = response.headers.get("X-Error-Message", "")
+        if status in TRANSIENT_STATUS:
+            raise TransientHubError(f"{self.host} answered {status}")
+        raise BootError(self.describe(status, code, message, revision, path), stage="fetch")
+
+    def describe(self, status: int, code: str, message: str, revision: str,
+                 path: str | None) -> str:
+        repo, has_token = self.repo_id, bool(self._token)
+        if status == 401 and "invalid credentials" in message.lower():
+            return (f"the hub rejected HF_TOKEN (invalid or expired) while reading {repo}: "
+                    "set HF_TOKEN to a valid read token")
+        if code == "GatedRepo" or (status == 403 and has_token):
+            if not has_token:
+                return (f"{repo} is gated and HF_TOKEN is not set: accept its license at "
+                        f"https://huggingface.co/{repo} and set HF_TOKEN to a read token of that account")
+            return (f"{repo} is gated and the account of HF_TOKEN has no access: accept its license "
+                    f"at https://huggingface.co/{repo} with that account, or use another token")
+        if code == "RevisionNotFound":
+            return f"revision {revision!r} of {repo} does not exist: check HF_MODEL_REVISION"
+        if code == "EntryNotFound" and path:
+            return f"{path} is listed in {repo} but the hub has no such file at {revision[:12]}"
+        if status in (401, 404) or code == "RepoNotFound":
+            hint = ("or HF_TOKEN has no access to it" if has_token
+                    else "or it is private or gated: then set HF_TOKEN")
+            return f"model {repo} was not found on {self.host}: check HF_MODEL_ID, {hint}"
+        if status == 403:
+            return f"the hub refused access to {repo} (403): set HF_TOKEN to a token with access"
+        return f"the hub answered {status} for {repo}{f' ({path})' if path else ''}"
+
+
+def _parse_listing(data: Any) -> Listing:
+    if not isinstance(data, dict) or not isinstance(data.get("sha"), str):
+        raise TransientHubError("the hub's answer has no commit sha")
+    files: dict[str, RemoteFile] = {}
+    for sibling in data.get("siblings") or ():
+        lfs = sibling.get("lfs") or {}
+        size = sibling.get("size", lfs.get("size"))
+        if not isinstance(size, int):
+            raise TransientHubError(f"the hub gave no size for {sibling.get('rfilename')}")
+        files[sibling["rfilename"]] = RemoteFile(
+            path=sibling["rfilename"], size=size, blob_id=sibling.get("blobId"),
+            sha256=lfs.get("sha256") or lfs.get("oid"))
+    return Listing(commit=data["sha"], files=files)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """A short reason ("Connection refused") without the URL soup of urllib3's messages."""
+    seen: BaseException | None = exc
+    text = exc.__class__.__name__
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            text = seen.strerror
+        seen = seen.__cause__ or seen.__context__ or (seen.args[0] if seen.args and
+                                                       isinstance(seen.args[0], BaseException) else None)
+    return text
+
+
+def iter_body(response: requests.Response, chunk: int) -> Iterator[bytes]:
+    """The body as it arrives; a cut connection surfaces as TransientHubError."""
+    try:
+        yield from response.iter_content(chunk_size=chunk)
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+            requests.Timeout) as exc:
+        raise TransientHubError(f"connection cut ({exc.__class__.__name__})") from None

@@ -1,0 +1,121 @@
+"""Where a repository's files live: the Hugging Face cache layout, and our state beside it.
+
+    <hub>/models--org--name/blobs/<sha256 or git oid>        complete, verified files
+    <hub>/models--org--name/blobs/<blob>.<token>.part        a download in progress (resumable)
+    <hub>/models--org--name/snapshots/<commit>/<path>        relative symlinks to ../../blobs/<blob>
+    <hub>/models--org--name/refs/<revision>                  the commit a branch or tag pointed to
+    <state>/locks/models--org--name/<blob>.lock              one lock per blob (see lock.py)
+    <state>/verified/models--org--name/<blob>.json           size + mtime when the hash last matched
+    <state>/manifests/models--org--name/<commit>.<precision>.json   the complete-set marker
+
+The hub part is what ``huggingface_hub`` writes itself, so ``hf cache`` tools and
+``from_pretrained(cache_dir=...)`` understand it. Our state lives outside it so the hub's cache
+scanner never trips over files it does not know.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A repository file as the hub describes it; ``sha256`` only for LFS files."""
+
+    path: str
+    size: int
+    blob_id: str | None = None  # git object id (sha1 of "blob <size>\\0<content>")
+    sha256: str | None = None
+
+    @property
+    def blob_name(self) -> str:
+        # The hub's own naming: LFS files by their sha256, others by their git object id.
+        return self.sha256 or self.blob_id or f"size-{self.size}-{self.path.replace('/', '--')}"
+
+
+def repo_folder(repo_id: str) -> str:
+    return "models--" + repo_id.replace("/", "--")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Readers (other workers) see the old content or the new one, never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RepoCache:
+    """One repository in the hub cache at ``hub_root``, with our state under ``state_root``."""
+
+    def __init__(self, hub_root: Path, state_root: Path, repo_id: str) -> None:
+        self.repo_id = repo_id
+        self.folder = Path(hub_root) / repo_folder(repo_id)
+        self.blobs = self.folder / "blobs"
+        self.state = Path(state_root)
+        self._name = repo_folder(repo_id)
+
+    def blob(self, f: RemoteFile) -> Path:
+        return self.blobs / f.blob_name
+
+    def snapshot(self, commit: str) -> Path:
+        return self.folder / "snapshots" / commit
+
+    def lock_path(self, f: RemoteFile) -> Path:
+        return self.state / "locks" / self._name / f"{f.blob_name}.lock"
+
+    def stamp_path(self, f: RemoteFile) -> Path:
+        return self.state / "verified" / self._name / f"{f.blob_name}.json"
+
+    def manifest_path(self, commit: str, precision: str) -> Path:
+        return self.state / "manifests" / self._name / f"{commit}.{precision}.json"
+
+    # ---- refs ------------------------------------------------------------------------------
+    def resolve(self, revision: str) -> str | None:
+        """The commit for ``revision`` known to this cache, without asking the hub."""
+        if COMMIT_RE.match(revision):
+            return revision
+        ref = self.folder / "refs" / revision
+        try:
+            commit = ref.read_text().strip()
+        except OSError:
+            return None
+        return commit if COMMIT_RE.match(commit) else None
+
+    def write_ref(self, revision: str, commit: str) -> None:
+        if revision != commit:
+            write_atomic(self.folder / "refs" / revision, commit)
+
+    # ---- snapshot links ------------------------------------------------------------------
+    def link(self, commit: str, f: RemoteFile) -> Path:
+        """Point ``snapshots/<commit>/<path>`` at the blob; atomic, safe when workers race."""
+        target = self.snapshot(commit) / f.path
+        blob = self.blob(f)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() and os.path.realpath(target) == os.path.realpath(blob):
+            return target
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            os.symlink(os.path.relpath(blob, target.parent), tmp)
+        except OSError:
+            # Filesystems without symlinks: a hard link, else a copy (what huggingface_hub does).
+            try:
+                os.link(blob, tmp)
+            except OSError:
+                shutil.copyfile(blob, tmp)
+        os.replace(tmp, target)
+        return target
+
+    def linked(self, commit: str, f: RemoteFile) -> bool:
+        target = self.snapshot(commit) / f.path
+        try:
+            return target.stat().st_size == f.size
+        except OSError:
+            return False

@@ -1,0 +1,177 @@
+"""A per-blob lock file that works across processes and hosts on a network filesystem.
+
+``fcntl``/``flock`` locks (what the hub's ``filelock`` uses) are unreliable on network volumes:
+some never release a dead client's lock, some do not lock across hosts at all. This lock uses
+only operations that are atomic there:
+
+- acquire: ``open(O_CREAT | O_EXCL)``, which exactly one creator wins;
+- heartbeat: the owner rewrites the file (token + beat counter) every ``heartbeat_s``, so its
+  content and mtime move while it lives;
+- staleness is judged by a waiter on its *own* monotonic clock: "the lock has not changed for
+  ``stale_after_s``" (no comparison of clocks across hosts), or at once when the owner is a dead
+  process on this very host;
+- a stale lock is broken by renaming it away (only one waiter's rename succeeds), then the
+  waiter competes for ``O_EXCL`` again like everyone else.
+
+An owner that stalls longer than ``stale_after_s`` can lose its lock; its heartbeat notices and
+sets ``lost``, and the transfer stops writing. The transfer's size and hash checks make even that
+race harmless: nothing is published that does not verify.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+_HOST = socket.gethostname()
+
+
+class BlobLock:
+    def __init__(self, path: Path, heartbeat_s: float = 5.0, stale_after_s: float = 60.0,
+                 poll_s: float = 0.25) -> None:
+        self.path = Path(path)
+        self.heartbeat_s = heartbeat_s
+        self.stale_after_s = stale_after_s
+        self.poll_s = poll_s
+        self.token = uuid.uuid4().hex[:16]
+        self._beat = 0
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    # ---- acquire / release -------------------------------------------------------------------
+    def acquire(self, done: Callable[[], bool], on_wait: Callable[[dict], None] | None = None,
+                abort: threading.Event | None = None) -> bool:
+        """Take the lock (True), or return False as soon as ``done()`` says the work is done.
+
+        ``on_wait(owner)`` is called now and then while another worker holds the lock.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        seen: bytes | None = None
+        seen_sig: tuple[int, int] | None = None
+        unchanged_since = time.monotonic()
+        last_report = 0.0
+        while True:
+            if abort is not None and abort.is_set():
+                raise InterruptedError("fetch aborted")
+            if done():
+                return False
+            if self._try_create():
+                self._start_heartbeat()
+                return True
+            content, sig = self._read()
+            if content != seen or sig != seen_sig:
+                seen, seen_sig, unchanged_since = content, sig, time.monotonic()
+            owner = _parse(content)
+            idle = time.monotonic() - unchanged_since
+            if _dead_here(owner) or idle > self.stale_after_s:
+                reason = "its process is gone" if _dead_here(owner) else f"no heartbeat for {idle:.0f}s"
+                self._break(reason, owner)
+                continue
+            if on_wait and time.monotonic() - last_report > max(self.heartbeat_s, 5.0):
+                last_report = time.monotonic()
+                on_wait(owner)
+            time.sleep(self.poll_s)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if _parse(self._read()[0]).get("token") == self.token:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _content(self) -> bytes:
+        return json.dumps({"host": _HOST, "pid": os.getpid(), "token": self.token,
+                           "beat": self._beat, "time": time.time()}).encode()
+
+    def _try_create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, self._content())
+        finally:
+            os.close(fd)
+        return True
+
+    def _read(self) -> tuple[bytes | None, tuple[int, int] | None]:
+        try:
+            with open(self.path, "rb") as f:
+                content = f.read()
+                st = os.fstat(f.fileno())
+            return content, (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            return None, None
+
+    def _break(self, reason: str, owner: dict) -> None:
+        aside = self.path.with_name(f"{self.path.name}.broken.{self.token}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another waiter broke it first, or the owner released it
+        log.warning("took over the lock %s from %s (pid %s): %s", self.path.name,
+                    owner.get("host", "?"), owner.get("pid", "?"), reason)
+        try:
+            os.unlink(aside)
+        except OSError:
+            pass
+
+    def _start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._heartbeat, name=f"lock-{self.path.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                with open(self.path, "r+b") as f:
+                    if _parse(f.read()).get("token") != self.token:
+                        raise FileNotFoundError
+                    self._beat += 1
+                    f.seek(0)
+                    f.truncate()
+                    f.write(self._content())
+            except OSError:
+                log.warning("lost the lock %s (taken over as stale)", self.path.name)
+                self._lost.set()
+                return
+
+
+def _parse(content: bytes | None) -> dict:
+    try:
+        value = json.loads(content or b"")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _dead_here(owner: dict) -> bool:
+    """The owner ran on this host and its process no longer exists (a killed worker restarted)."""
+    pid = owner.get("pid")
+    if owner.get("host") != _HOST or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

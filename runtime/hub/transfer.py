@@ -1,0 +1,194 @@
+"""One blob, downloaded once by one worker, resumable, verified, and published atomically.
+
+    trusted already?  -> done (another worker or an earlier boot fetched it)
+    take the blob's lock (or wait, until it is trusted or the lock goes stale)
+    adopt the largest partial file a dead worker left  -> <blob>.<our token>.part
+    GET with Range from its size; append; hash as the bytes stream
+    size and hash match  -> fsync, rename to blobs/<blob>, stamp it, release the lock
+
+Partial files carry their owner's token, so a worker never appends to a file another live
+worker is writing; they are opened in append mode, so an owner that lost its lock and kept
+writing makes the file too long, which the final size check catches. A blob is only ever
+created by ``rename`` of a file whose size and hash matched: a killed worker leaves a
+``.part`` that the next boot resumes, never a blob that looks complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import BootError
+from runtime.hub.api import HubClient, TransientHubError, iter_body
+from runtime.hub.integrity import Hasher, stamp_valid, trusted, write_stamp
+from runtime.hub.layout import RemoteFile, RepoCache
+from runtime.hub.lock import BlobLock
+from runtime.hub.progress import Progress, human_bytes
+
+log = logging.getLogger("runtime.fetch")
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    heartbeat_s: float = 5.0
+    stale_after_s: float = 60.0
+    chunk_bytes: int = 256 << 10  # also what a cut connection can lose: whole chunks are kept
+    retries: int = 5  # consecutive failed attempts (no byte gained) before giving up on a file
+    backoff_s: float = 1.0
+
+
+class LockLost(TransientHubError):
+    """Our lock was taken over while we downloaded (we stalled too long)."""
+
+
+class Transfer:
+    """Downloads for one repository at one commit; ``ensure`` is safe to call from threads."""
+
+    def __init__(self, cache: RepoCache, client: HubClient, commit: str, progress: Progress,
+                 options: TransferOptions | None = None, abort: threading.Event | None = None) -> None:
+        self.cache = cache
+        self.client = client
+        self.commit = commit
+        self.progress = progress
+        self.options = options or TransferOptions()
+        self.abort = abort or threading.Event()
+
+    def ensure(self, f: RemoteFile) -> int:
+        """Make ``blobs/<blob>`` complete and verified; return the bytes this process downloaded."""
+        blob, stamp = self.cache.blob(f), self.cache.stamp_path(f)
+        self.cache.blobs.mkdir(parents=True, exist_ok=True)
+        while not stamp_valid(stamp, blob, f):
+            lock = BlobLock(self.cache.lock_path(f), self.options.heartbeat_s,
+                            self.options.stale_after_s)
+            owned = lock.acquire(done=lambda: stamp_valid(stamp, blob, f), abort=self.abort,
+                                 on_wait=lambda owner: self._waiting(f, owner))
+            if not owned:
+                return 0  # another worker published it while we waited
+            try:
+                # Under the lock: a blob without a valid stamp (an older boot, another tool, a
+                # rewritten file) is rehashed once, then kept or refetched.
+                if trusted(blob, stamp, f, rehash=True):
+                    return 0
+                return self._download(f, blob, stamp, lock)
+            except LockLost:
+                log.warning("another worker took over %s: waiting for it", f.path)
+            finally:
+                lock.release()
+        return 0
+
+    def _waiting(self, f: RemoteFile, owner: dict) -> None:
+        parts = list(self.cache.blobs.glob(f"{f.blob_name}.*.part"))
+        have = max((p.stat().st_size for p in parts if p.exists()), default=0)
+        log.info("waiting for %s (pid %s) to download %s: %s of %s so far", owner.get("host", "?"),
+                 owner.get("pid", "?"), f.path, human_bytes(have), human_bytes(f.size))
+
+    # ---- the download ------------------------------------------------------------------------
+    def _download(self, f: RemoteFile, blob: Path, stamp: Path, lock: BlobLock) -> int:
+        part = self._adopt_partial(f, lock.token)
+        received = 0
+        for attempt in (1, 2):  # a second full try after a hash mismatch, then give up
+            hasher = Hasher(f)
+            with open(part, "rb") as prefix:
+                hasher.feed_file(prefix)  # resumed bytes count towards the hash too
+            received += self._fill(f, part, hasher, lock)
+            size = part.stat().st_size
+            if size == f.size and hasher.matches():
+                break
+            detail = f"size {size}, expected {f.size}" if size != f.size else hasher.describe()
+            log.warning("downloaded %s does not verify (%s): %s", f.path, detail,
+                        "downloading it again" if attempt == 1 else "giving up")
+            part.unlink()
+            part.touch()
+        else:
+            raise BootError(f"{f.path} of {self.cache.repo_id} failed its integrity check twice "
+                            "(the hub, a proxy or the disk changes its bytes)", stage="fetch")
+        with open(part, "rb+") as out:
+            os.fsync(out.fileno())  # other hosts must read the bytes, not a promise of them
+        os.replace(part, blob)
+        write_stamp(stamp, blob)
+        return received
+
+    def _adopt_partial(self, f: RemoteFile, token: str) -> Path:
+        """Take over the longest partial download left by a dead worker; drop the others."""
+        mine = self.cache.blobs / f"{f.blob_name}.{token}.part"
+        leftovers = sorted(self.cache.blobs.glob(f"{f.blob_name}.*.part"),
+                           key=lambda p: p.stat().st_size if p.exists() else -1, reverse=True)
+        for candidate in leftovers:
+            try:
+                if not mine.exists() and 0 < candidate.stat().st_size <= f.size:
+                    os.rename(candidate, mine)
+                    log.info("resuming %s from %s", f.path, human_bytes(mine.stat().st_size))
+                else:
+                    candidate.unlink()
+            except OSError:
+                continue
+        mine.touch()
+        return mine
+
+    def _fill(self, f: RemoteFile, part: Path, hasher: Hasher, lock: BlobLock) -> int:
+        """Append the rest of ``f`` to ``part`` (hashing it); resume cuts with Range. Bytes received."""
+        received, failures, wait = 0, 0, self.options.backoff_s
+        while (have := part.stat().st_size) < f.size:
+            reason = "the connection ended early"
+            try:
+                received += self._stream(f, part, have, hasher, lock)
+            except LockLost:
+                raise
+            except TransientHubError as exc:
+                reason = str(exc)
+            now = part.stat().st_size
+            if now >= f.size:
+                break
+            if now > have:  # progress was made: resume at once, the failure budget starts over
+                failures, wait = 0, self.options.backoff_s
+                log.warning("download of %s cut at %s of %s (%s): resuming", f.path,
+                            human_bytes(now), human_bytes(f.size), reason)
+                continue
+            failures += 1
+            if failures > self.options.retries:
+                raise BootError(f"downloading {f.path} of {self.cache.repo_id} failed "
+                                f"{failures} times in a row ({reason})", stage="fetch")
+            log.warning("download of %s failed (%s): try %d of %d in %.1fs", f.path, reason,
+                        failures + 1, self.options.retries + 1, wait)
+            time.sleep(wait)
+            wait *= 2
+        return received
+
+    def _stream(self, f: RemoteFile, part: Path, start: int, hasher: Hasher, lock: BlobLock) -> int:
+        response = self.client.open(self.commit, f.path, start)
+        received = 0
+        with response:
+            if response.status_code == 416 or (start and response.status_code == 200):
+                # 416: what we have is not a prefix of the file; 200: the server ignored Range.
+                # Either way start over; the hash is reset by the caller.
+                os.truncate(part, 0)
+                hasher.reset()
+                if response.status_code == 416:
+                    raise TransientHubError("range not satisfiable: restarting the file")
+            with open(part, "ab") as out:
+                for chunk in iter_body(response, self.options.chunk_bytes):
+                    if self.abort.is_set():
+                        raise InterruptedError("fetch aborted")
+                    if lock.lost:
+                        raise LockLost("lock taken over")
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise _disk_error(exc, part, f.size - part.stat().st_size) from None
+                    hasher.update(chunk)
+                    received += len(chunk)
+                    self.progress.add(len(chunk))
+        return received
+
+
+def _disk_error(exc: OSError, path: Path, remaining: int) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BootError(f"disk full while writing {path.parent}: {human_bytes(remaining)} more "
+                         "needed for this file; free space there or set VISGATE_CACHE_DIR to a "
+                         "larger disk", stage="fetch")
+    return exc

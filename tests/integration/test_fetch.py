@@ -1,0 +1,245 @@
+"""The fetch stage against a local Hugging Face-compatible hub, in this process.
+
+Each test starts a hub serving the tiny repositories with their decoys (root checkpoint, .bin,
+ONNX, Flax, OpenVINO, non_ema, unnamed folders) and reads the hub's request log to check what
+was asked for. Multi-process behaviour (several workers, a killed worker) is in
+``test_fetch_processes.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import BootError
+from runtime.fetch import FetchOptions, fetch, hub_cache_dir
+from runtime.hub.layout import repo_folder
+from tests.support.hub_fixtures import *  # noqa: F403 - fixtures
+from tests.support.hub_fixtures import FAST, FLUX, GATED, OTHER_TOKEN, SDXL, TOKEN, hub_settings
+from tests.support.hub_repos import expected_files
+from tests.support.hub_server import Fault, HubServer
+
+
+def blobs_of(hub: HubServer, repo_id: str, paths: set[str]) -> set[str]:
+    return {hub.blob_of(repo_id, p) for p in paths}
+
+
+def repo_blobs(cache: Path, repo_id: str) -> Path:
+    return cache / "hf" / "hub" / repo_folder(repo_id) / "blobs"
+
+
+# ---- selection ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_id, repo, precision, variant", [
+    (SDXL, "sdxl", "fp32", None), (SDXL, "sdxl", "fp16", "fp16"), (FLUX, "flux", "bf16", "fp16")])
+def test_only_the_needed_files_are_requested(hub: HubServer, hub_repo_dirs: dict[str, Path],
+                                             tmp_path: Path, model_id: str, repo: str,
+                                             precision: str, variant: str | None):
+    settings = hub_settings(hub, tmp_path, model_id, VISGATE_PRECISION=precision)
+    result = fetch(settings, FAST)
+    wanted = expected_files(hub_repo_dirs[repo], precision)
+    sent = Counter(r.blob for r in hub.downloads())
+    assert set(sent) == blobs_of(hub, model_id, wanted)
+    assert max(sent.values()) == 1, f"a file was sent twice: {sent}"
+    assert result.variant == variant
+    report = result.report
+    repo_size = sum(e.size for e in hub.repos[model_id].entries.values())
+    assert report["cache"] == "miss" and report["bytes_downloaded"] <= report["bytes_needed"]
+    assert report["bytes_needed"] + report["bytes_skipped"] == repo_size
+    assert report["bytes_skipped"] > 3 * report["bytes_needed"]  # the decoys stayed on the hub
+    assert report["hub_requests"] >= 1 and report["files"] == len(wanted)
+    # The snapshot is a Hugging Face cache snapshot holding exactly the selection.
+    on_disk = {p.relative_to(result.model_dir).as_posix()
+               for p in result.model_dir.rglob("*") if p.is_file()}
+    assert on_disk == wanted
+    assert result.model_dir.parent.parent == hub_cache_dir(settings) / repo_folder(model_id)
+
+
+def test_a_cold_fetch_makes_one_listing_request(hub: HubServer, tmp_path: Path):
+    fetch(hub_settings(hub, tmp_path), FAST)
+    assert len(hub.requests(kind="api")) == 1
+    assert not hub.requests(method="HEAD") and not hub.requests(kind="tree")
+
+
+# ---- warm boots ---------------------------------------------------------------------------------------
+def test_a_warm_boot_makes_no_request_and_works_with_the_hub_gone(hub: HubServer, tmp_path: Path):
+    settings = hub_settings(hub, tmp_path)
+    cold = fetch(settings, FAST)
+    hub.clear()
+    warm = fetch(settings, FAST)
+    assert hub.log == []
+    assert warm.report["cache"] == "hit" and warm.report["hub_requests"] == 0
+    assert warm.report["bytes_downloaded"] == 0
+    assert warm.model_dir == cold.model_dir
+    hub.stop()
+    offline = fetch(settings, FAST)
+    assert offline.report["cache"] == "hit" and offline.model_dir == cold.model_dir
+
+
+def test_a_pinned_revision_is_used_and_warm_boots_stay_offline(hub: HubServer, tmp_path: Path):
+    commit = hub.repos[SDXL].commit
+    settings = hub_settings(hub, tmp_path, HF_MODEL_REVISION=commit)
+    result = fetch(settings, FAST)
+    assert result.model_dir.name == commit and result.report["commit"] == commit
+    assert not (tmp_path / "hf" / "hub" / repo_folder(SDXL) / "refs" / commit).exists()
+    hub.stop()
+    assert fetch(settings, FAST).report["cache"] == "hit"
+
+
+def test_another_precision_fetches_its_own_variant_into_the_same_snapshot(hub: HubServer,
+                                                                          tmp_path: Path):
+    full = fetch(hub_settings(hub, tmp_path, VISGATE_PRECISION="fp32"), FAST)
+    half = fetch(hub_settings(hub, tmp_path, VISGATE_PRECISION="fp16"), FAST)
+    assert half.model_dir == full.model_dir and half.variant == "fp16"
+    assert half.report["cache"] == "partial"  # configs and tokenizers were already there
+    assert half.report["bytes_reused"] > 0
+
+
+# ---- damage and recovery ------------------------------------------------------------------------------
+def test_a_connection_cut_mid_file_is_resumed(hub: HubServer, tmp_path: Path):
+    target = "unet/diffusion_pytorch_model.safetensors"
+    size = hub.repos[SDXL].entries[target].size
+    hub.inject(Fault(kind="cdn", match=target, cut_after=size // 3))
+    result = fetch(hub_settings(hub, tmp_path), FAST)
+    tries = [r for r in hub.requests(kind="cdn") if r.path == target]
+    assert len(tries) == 2 and tries[0].range is None and tries[1].status == 206
+    resumed_at = int(tries[1].range.removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= size // 3  # whole chunks that arrived before the cut are kept
+    assert (result.model_dir / target).read_bytes() == hub.repos[SDXL].entries[target].file.read_bytes()
+
+
+def test_a_corrupted_or_truncated_cached_file_is_detected_and_replaced(hub: HubServer, tmp_path: Path):
+    settings = hub_settings(hub, tmp_path)
+    result = fetch(settings, FAST)
+    unet = result.model_dir / "unet/diffusion_pytorch_model.safetensors"
+    vae = result.model_dir / "vae/diffusion_pytorch_model.safetensors"
+    with open(os.path.realpath(unet), "r+b") as f:  # same size, different bytes
+        f.seek(1000)
+        f.write(b"\x00" * 64)
+    os.truncate(os.path.realpath(vae), 1000)
+    (result.model_dir / "vae/config.json").unlink()  # a lost link: relinked, nothing downloaded
+    hub.clear()
+    repaired = fetch(settings, FAST)
+    assert repaired.report["cache"] == "repaired"
+    assert sorted(r.path for r in hub.downloads()) == ["unet/diffusion_pytorch_model.safetensors",
+                                                       "vae/diffusion_pytorch_model.safetensors"]
+    assert not hub.requests(kind="api"), "a repair needs no listing: the manifest has the hashes"
+    for rel in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                "vae/config.json"):
+        assert (repaired.model_dir / rel).read_bytes() == hub.repos[SDXL].entries[rel].file.read_bytes()
+    hub.clear()
+    assert fetch(settings, FAST).report["cache"] == "hit" and hub.log == []
+
+
+def test_a_partial_download_left_by_a_dead_worker_is_resumed(hub: HubServer, tmp_path: Path):
+    target = "unet/diffusion_pytorch_model.safetensors"
+    entry = hub.repos[SDXL].entries[target]
+    blobs = repo_blobs(tmp_path, SDXL)
+    blobs.mkdir(parents=True)
+    half = entry.size // 2
+    (blobs / f"{entry.sha256}.deadworker.part").write_bytes(entry.file.read_bytes()[:half])
+    # The dead worker's lock: another host, no heartbeat any more.
+    locks = tmp_path / "hf" / "visgate" / "locks" / repo_folder(SDXL)
+    locks.mkdir(parents=True)
+    (locks / f"{entry.sha256}.lock").write_text(json.dumps({"host": "gone", "pid": 7, "token": "t"}))
+    result = fetch(hub_settings(hub, tmp_path), FAST)
+    assert [r.range for r in hub.requests(kind="cdn") if r.path == target] == [f"bytes={half}-"]
+    assert (result.model_dir / target).read_bytes() == entry.file.read_bytes()
+    assert not list(blobs.glob("*.part"))
+
+
+def test_a_partial_file_with_wrong_bytes_is_downloaded_again(hub: HubServer, tmp_path: Path):
+    target = "unet/diffusion_pytorch_model.safetensors"
+    entry = hub.repos[SDXL].entries[target]
+    blobs = repo_blobs(tmp_path, SDXL)
+    blobs.mkdir(parents=True)
+    (blobs / f"{entry.sha256}.deadworker.part").write_bytes(b"\xff" * (entry.size // 2))
+    result = fetch(hub_settings(hub, tmp_path), FAST)
+    assert (result.model_dir / target).read_bytes() == entry.file.read_bytes()
+    assert [r.range for r in hub.requests(kind="cdn") if r.path == target] == [
+        f"bytes={entry.size // 2}-", None]
+
+
+# ---- errors -----------------------------------------------------------------------------------------
+def fetch_error(settings, options: FetchOptions = FAST) -> str:
+    with pytest.raises(BootError) as info:
+        fetch(settings, options)
+    assert info.value.stage == "fetch"
+    return str(info.value)
+
+
+def test_gated_model_without_token(hub: HubServer, tmp_path: Path):
+    message = fetch_error(hub_settings(hub, tmp_path, GATED))
+    assert "gated" in message and "HF_TOKEN is not set" in message
+
+
+def test_gated_model_with_an_invalid_or_unauthorized_token(hub: HubServer, tmp_path: Path):
+    invalid = fetch_error(hub_settings(hub, tmp_path, GATED, HF_TOKEN="hf_not_a_real_token"))
+    assert "rejected HF_TOKEN" in invalid and "hf_not_a_real_token" not in invalid
+    other = fetch_error(hub_settings(hub, tmp_path, GATED, HF_TOKEN=OTHER_TOKEN))
+    assert "has no access" in other and OTHER_TOKEN not in other
+
+
+def test_gated_model_with_its_token(hub: HubServer, tmp_path: Path):
+    result = fetch(hub_settings(hub, tmp_path, GATED, HF_TOKEN=TOKEN), FAST)
+    assert result.report["cache"] == "miss"
+    assert all(r.authorized for r in hub.requests())
+
+
+def test_unknown_model_and_revision(hub: HubServer, tmp_path: Path):
+    message = fetch_error(hub_settings(hub, tmp_path, "acme/no-such-model"))
+    assert "acme/no-such-model was not found" in message and "HF_MODEL_ID" in message
+    message = fetch_error(hub_settings(hub, tmp_path, HF_MODEL_REVISION="v9"))
+    assert "'v9'" in message and "HF_MODEL_REVISION" in message
+
+
+def test_hub_errors_without_a_cache(hub: HubServer, tmp_path: Path):
+    hub.inject(Fault(kind="api", status=500, times=None))
+    message = fetch_error(hub_settings(hub, tmp_path))
+    assert "answered 500" in message and "no complete copy" in message
+    assert len(hub.requests(kind="api")) == 2  # one retry (FAST), then the clear error
+
+
+def test_hub_unreachable_without_a_cache(hub: HubServer, tmp_path: Path):
+    settings = hub_settings(hub, tmp_path)
+    hub.stop()
+    message = fetch_error(settings)
+    assert "unreachable" in message and "no complete copy" in message and SDXL in message
+
+
+def test_offline_setting_without_a_cache(hub: HubServer, tmp_path: Path):
+    message = fetch_error(hub_settings(hub, tmp_path, HF_HUB_OFFLINE="1"))
+    assert "HF_HUB_OFFLINE" in message
+    assert hub.log == []
+
+
+def test_disk_full_is_reported_before_downloading(hub: HubServer, tmp_path: Path):
+    options = FetchOptions(hub=FAST.hub, transfer=FAST.transfer, disk_free=lambda path: 500_000)
+    message = fetch_error(hub_settings(hub, tmp_path), options)
+    assert "not enough disk space" in message and str(repo_blobs(tmp_path, SDXL)) in message
+    assert "MB more" in message and "VISGATE_CACHE_DIR" in message
+    assert len(hub.downloads()) == 1  # model_index.json only, read to choose the files
+
+
+def test_a_file_that_never_arrives_fails_the_boot_clearly(hub: HubServer, tmp_path: Path):
+    hub.inject(Fault(kind="cdn", match="unet/*", status=503, times=None))
+    message = fetch_error(hub_settings(hub, tmp_path))
+    assert "unet/diffusion_pytorch_model.safetensors" in message and "503" in message
+
+
+# ---- logs -------------------------------------------------------------------------------------------
+def test_progress_is_logged_and_the_token_never_is(hub: HubServer, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture):
+    hub.rate = 4_000_000  # bytes/s: a download long enough to report on
+    caplog.set_level(logging.DEBUG)
+    fetch(hub_settings(hub, tmp_path, GATED, HF_TOKEN=TOKEN), FAST)
+    with pytest.raises(BootError):
+        fetch(hub_settings(hub, tmp_path / "other", GATED, HF_TOKEN=TOKEN[:-1] + "X"), FAST)
+    lines = [r.getMessage() for r in caplog.records]
+    progress = [line for line in lines if line.startswith("downloading acme/gated-flux")]
+    assert progress and all("/s" in line and "left" in line for line in progress)
+    assert not [line for line in lines if TOKEN in line or TOKEN[:-1] + "X" in line]

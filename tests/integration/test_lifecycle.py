@@ -1,0 +1,250 @@
+"""Boot lifecycle of the real worker process: warmup, then the ready webhook, then serving.
+
+The worker runs as ``python -m runtime --rp_serve_api`` (warmup.local_worker) on a built-in tiny
+model on the CPU; the webhook goes to a real HTTP receiver on 127.0.0.1 (tests.support.receiver)
+that records when each POST arrived and whether the worker's port was accepting connections then.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from runtime import announce
+from runtime.announce import verify_signature
+from tests.support.receiver import Reply, WebhookReceiver
+from warmup.local_worker import ROOT, LocalWorker, worker_env
+
+SECRET = "whsec-lifecycle-5d2e8b1f"
+HF_TOKEN = "hf_lifecycleTokenDoNotLeak"
+URL_TOKEN = "urltoken-3c9a77"
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_dir(warm_cache_dir: Path, built_tiny_repo) -> Path:
+    """The session's warm volume, tiny-flux already built on it (boots here skip the build)."""
+    built_tiny_repo("visgate/tiny-flux")
+    return warm_cache_dir
+
+
+def env_for(cache_dir: Path, hook: WebhookReceiver, **extra: str) -> dict[str, str]:
+    env = {"HF_MODEL_ID": "visgate/tiny-flux", "VISGATE_CACHE_DIR": str(cache_dir),
+           "VISGATE_WEBHOOK": f"{hook.url}?token={URL_TOKEN}", "VISGATE_WEBHOOK_SECRET": SECRET,
+           "HF_TOKEN": HF_TOKEN}
+    env.update(extra)
+    return env
+
+
+def log_time(line: str) -> float:
+    """Wall-clock time of a worker log line (the worker logs local time with milliseconds)."""
+    match = LOG_TIME.match(line)
+    assert match, line
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def last_line(log: str, marker: str) -> str:
+    lines = [line for line in log.splitlines() if marker in line]
+    assert lines, f"no log line with {marker!r} in:\n{log[-3000:]}"
+    return lines[-1]
+
+
+def assert_no_secrets(*texts: str) -> None:
+    for text in texts:
+        for secret in (SECRET, HF_TOKEN, URL_TOKEN):
+            assert secret not in text
+
+
+def assert_signed(request) -> None:
+    ts = request.header(announce.TIMESTAMP_HEADER)
+    signature = request.header(announce.SIGNATURE_HEADER)
+    assert verify_signature(SECRET, ts, request.body, signature)
+    assert not verify_signature("not-the-secret", ts, request.body, signature)
+    assert not verify_signature(SECRET, ts, request.body, signature, now=int(ts) + 301, tolerance=300)
+
+
+def run_worker_to_exit(env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runtime"], cwd=ROOT, env=worker_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---- ready ------------------------------------------------------------------------------------
+def test_ready_arrives_after_warmup_and_before_the_first_job(cache_dir, tmp_path):
+    log_path = tmp_path / "worker.log"
+    with WebhookReceiver() as hook:
+        worker = LocalWorker(env_for(cache_dir, hook, RUNPOD_POD_ID="pod-abc", RUNPOD_ENDPOINT_ID="ep-xyz"),
+                             log_path=log_path, boot_timeout=300)
+        hook.watch_port = worker.port
+        with worker:
+            first_job_sent = time.time()
+            result = worker.runsync({"prompt": "a cat", "height": 256, "width": 256,
+                                     "num_inference_steps": 1})
+            time.sleep(0.5)
+            received = list(hook.received)
+    log = log_path.read_text()
+    assert result["status"] == "COMPLETED" and result["output"]["image_base64"], result
+
+    # Exactly one POST, before the worker's port accepted anything, before the first job.
+    assert len(received) == 1
+    ready = received[0]
+    assert ready.method == "POST" and ready.path == f"/hooks/boot?token={URL_TOKEN}"
+    assert ready.port_listening is False
+    assert ready.at < first_job_sent
+
+    # ... and after warmup had finished: its log line, and the boot record's own clock.
+    assert ready.at >= log_time(last_line(log, "runtime.warmup: warmup 1024x1024")) - 0.002
+    body = ready.json()
+    boot = body["boot"]
+    assert boot["started_at"] + boot["total_seconds"] <= ready.at + 0.05
+    assert ready.at >= log_time(last_line(log, "boot record")) - 0.002
+
+    # Every field.
+    assert body["status"] == "ready"
+    assert body["delivery_id"] == ready.header(announce.DELIVERY_HEADER)
+    assert ready.header(announce.EVENT_HEADER) == "ready"
+    assert (body["model_id"], body["revision"]) == ("visgate/tiny-flux", "main")
+    assert (body["family"], body["variant"]) == ("flux", "schnell")
+    assert (body["worker_id"], body["endpoint_id"]) == ("pod-abc", "ep-xyz")
+    assert list(boot["stages"]) == ["settings", "fetch", "load", "optimize", "warmup"]
+    assert all(stage["seconds"] >= 0 for stage in boot["stages"].values())
+    assert boot["stages"]["fetch"]["source"] == "builtin"
+    assert boot["stages"]["load"]["device"] == "cpu"
+    assert "applied" in boot["stages"]["optimize"]
+    runs = boot["stages"]["warmup"]["runs"]
+    assert [(r["height"], r["width"], r["steps"]) for r in runs] == [(1024, 1024, 2)]
+    assert {"torch", "diffusers", "runpod", "python"} <= set(boot["versions"])
+    assert boot["device"]["type"] == "cpu"
+    assert_signed(ready)
+
+    assert "ready webhook delivered" in log
+    assert_no_secrets(log, ready.body.decode())
+
+
+def test_500_twice_then_200_is_three_attempts_and_the_worker_serves(cache_dir, tmp_path):
+    log_path = tmp_path / "worker.log"
+    with WebhookReceiver([500, 500, 200]) as hook:
+        with LocalWorker(env_for(cache_dir, hook), log_path=log_path, boot_timeout=300) as worker:
+            result = worker.runsync({"prompt": "x", "height": 256, "width": 256,
+                                     "num_inference_steps": 1})
+            time.sleep(0.5)
+            received = list(hook.received)
+    log = log_path.read_text()
+    assert result["status"] == "COMPLETED", result
+    assert len(received) == 3
+    assert [r.header(announce.ATTEMPT_HEADER) for r in received] == ["1", "2", "3"]
+    assert len({r.header(announce.DELIVERY_HEADER) for r in received}) == 1
+    assert {r.json()["status"] for r in received} == {"ready"}
+    for r in received:
+        assert_signed(r)
+    assert log.count("attempt 1 failed (HTTP 500)") == 1 and "attempt 2 failed (HTTP 500)" in log
+    assert "(attempt 3, HTTP 200" in log
+    assert_no_secrets(log)
+
+
+def test_receiver_that_never_answers_does_not_hold_boot_beyond_the_budget(cache_dir, tmp_path):
+    log_path = tmp_path / "worker.log"
+    budget = 2.0
+    with WebhookReceiver(default=Reply(hang=True)) as hook:
+        env = env_for(cache_dir, hook, VISGATE_WEBHOOK_TIMEOUT="0.7",
+                      VISGATE_WEBHOOK_BUDGET=str(budget))
+        with LocalWorker(env, log_path=log_path, boot_timeout=300) as worker:
+            serving_at = time.time()
+            result = worker.runsync({"prompt": "x", "height": 256, "width": 256,
+                                     "num_inference_steps": 1})
+            received = list(hook.received)
+    log = log_path.read_text()
+    assert result["status"] == "COMPLETED", result
+    assert len(received) >= 2  # timed out, retried, gave up
+    line = last_line(log, "ready webhook NOT delivered")
+    assert " ERROR " in line and "serving anyway" in line
+    spent = float(re.search(r"attempt\(s\) in ([\d.]+)s", line).group(1))
+    assert spent <= budget + 0.3
+    # From the first attempt to a serving port: the budget, plus importing runpod and starting.
+    assert serving_at - received[0].at < budget + 15
+
+
+# ---- failed -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["/nonexistent/dir", "empty-dir"])
+def test_bad_model_posts_failed_and_exits_non_zero(cache_dir, tmp_path, model):
+    if model == "empty-dir":
+        model = str(tmp_path / "not-a-model")
+        Path(model).mkdir()
+        (Path(model) / "README.md").write_text("no model_index.json here\n")
+    with WebhookReceiver() as hook:
+        done = run_worker_to_exit(env_for(cache_dir, hook, HF_MODEL_ID=model, RUNPOD_POD_ID="pod-f"))
+        received = hook.wait_for(1, timeout=5)
+    log = done.stdout + done.stderr
+    assert done.returncode != 0, log
+    assert len(received) == 1
+    body = received[0].json()
+    assert body["status"] == "failed" and received[0].header(announce.EVENT_HEADER) == "failed"
+    assert body["stage"] == ("fetch" if model.startswith("/nonexistent") else "load")
+    assert body["error"] and "Traceback" not in body["error"] and "\n" not in body["error"]
+    assert (body["model_id"], body["worker_id"]) == (model, "pod-f")
+    assert body["boot"]["stages"][body["stage"]]["failed"] is True
+    assert_signed(received[0])
+    assert "failed webhook delivered" in log and "Traceback" not in log
+    assert_no_secrets(log, received[0].body.decode())
+
+
+def test_invalid_setting_still_posts_failed(cache_dir):
+    with WebhookReceiver() as hook:
+        done = run_worker_to_exit(env_for(cache_dir, hook, VISGATE_COMPILE="sometimes"))
+        received = hook.wait_for(1, timeout=5)
+    assert done.returncode == 2
+    [failed] = received
+    body = failed.json()
+    assert (body["status"], body["stage"]) == ("failed", "settings")
+    assert "VISGATE_COMPILE" in body["error"]
+    assert_signed(failed)
+    assert_no_secrets(done.stdout + done.stderr, failed.body.decode())
+
+
+# ---- warmup touches every graph at every shape ----------------------------------------------
+@pytest.mark.parametrize("model_id, batch", [("visgate/tiny-flux", 1), ("visgate/tiny-sdxl", 2)])
+def test_warmup_runs_the_denoiser_twice_and_the_decoder_once_per_shape(built_tiny_repo, model_id,
+                                                                      batch):
+    """Two steps: the denoiser's graph runs twice (CFG batch 2 for SDXL at its default guidance),
+    the VAE decoder once, at each serving shape."""
+    from runtime.load import load
+    from runtime.settings import Settings
+    from runtime.warmup import WARMUP_STEPS, serving_shapes, warmup
+
+    loaded = load(Settings(model_id=model_id, device="cpu"), built_tiny_repo(model_id))
+    pipe, family = loaded.pipe, loaded.family
+    shapes = serving_shapes(family, ((256, 512),))
+    assert shapes == [(1024, 1024), (256, 512)]
+
+    denoised: list[tuple[int, ...]] = []
+    decoded: list[tuple[int, ...]] = []
+
+    def on_denoiser(module, args, kwargs):
+        x = kwargs.get("hidden_states", kwargs.get("sample", args[0] if args else None))
+        denoised.append(tuple(x.shape))
+
+    def on_decoder(module, args, kwargs):
+        decoded.append(tuple((args[0] if args else kwargs["z"]).shape))
+
+    getattr(pipe, family.denoiser_attr).register_forward_pre_hook(on_denoiser, with_kwargs=True)
+    pipe.vae.decoder.register_forward_pre_hook(on_decoder, with_kwargs=True)
+    runs = warmup(family, pipe, shapes)
+
+    assert WARMUP_STEPS == 2 and [(r["height"], r["width"]) for r in runs] == shapes
+    latent_channels = pipe.vae.config.latent_channels
+    expected_denoised, expected_decoded = [], []
+    for h, w in shapes:
+        if family.name == "flux":  # packed 2x2 latent patches: (batch, tokens, channels)
+            expected_denoised += [(batch, (h // 16) * (w // 16), latent_channels * 4)] * WARMUP_STEPS
+        else:
+            expected_denoised += [(batch, latent_channels, h // 8, w // 8)] * WARMUP_STEPS
+        expected_decoded.append((1, latent_channels, h // 8, w // 8))
+    assert denoised == expected_denoised
+    assert decoded == expected_decoded

@@ -1,0 +1,354 @@
+"""The readiness/failure webhook against a real HTTP receiver on 127.0.0.1 (no torch, no mocks)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import time
+
+import pytest
+
+from runtime import announce
+from runtime.announce import Announcer, RetryPolicy, deliver, parse_retry_after, sign, verify_signature
+from runtime.boot import failure_message
+from runtime.boot_report import BootRecord
+from runtime.errors import BootError, SettingsError
+from runtime.logs import RedactSecrets
+from runtime.settings import Settings, webhook_settings
+from tests.support.receiver import Reply, WebhookReceiver
+
+SECRET = "whsec-unit-7f3a9c"
+HF_TOKEN = "hf_unitTokenDoNotLeak"
+# Fast schedule for tests: same shape as the real one, milliseconds instead of seconds.
+FAST = RetryPolicy(attempt_timeout=2.0, budget=10.0, backoff_base=0.05, backoff_cap=0.2)
+
+
+def post(url: str, policy: RetryPolicy = FAST, secret: str | None = SECRET, body: bytes = b'{"a":1}'):
+    return deliver(url, body, "ready", "delivery-1", policy, secret=secret)
+
+
+@pytest.fixture(autouse=True)
+def no_torch(monkeypatch):
+    """Unit tier: the boot record's device probe would import torch; a CPU answer will do."""
+    from runtime import boot_report
+
+    monkeypatch.setattr(boot_report, "device_info", lambda: {"type": "cpu"})
+
+
+@pytest.fixture
+def receiver(request):
+    replies = getattr(request, "param", ())
+    with WebhookReceiver(replies) as hook:
+        yield hook
+
+
+class FakeFamily:
+    name = "flux"
+    variant = "schnell"
+
+
+def settings_for(url: str, **kw) -> Settings:
+    base = dict(model_id="visgate/tiny-flux", revision="main", webhook_url=url, webhook_secret=SECRET,
+                hf_token=HF_TOKEN, webhook_timeout=2.0, webhook_budget=5.0, worker_id="pod-1",
+                endpoint_id="ep-1")
+    base.update(kw)
+    return Settings(**base)
+
+
+def record_with_stages() -> BootRecord:
+    record = BootRecord()
+    for name in ("fetch", "load", "optimize", "warmup"):
+        with record.stage(name) as report:
+            report["note"] = name
+    return record
+
+
+# ---- signatures -------------------------------------------------------------------------------
+def test_signature_verifies_with_the_secret_and_fails_with_another():
+    body = b'{"status":"ready"}'
+    now = time.time()
+    ts = str(int(now))
+    signature = sign(SECRET, ts, body)
+    assert signature.startswith("sha256=") and len(signature) == 7 + 64
+    assert verify_signature(SECRET, ts, body, signature, now=now)
+    assert verify_signature(SECRET, ts, body.decode(), signature, now=now)  # str body accepted
+    assert not verify_signature("another-secret", ts, body, signature, now=now)
+    assert not verify_signature(SECRET, ts, body + b" ", signature, now=now)  # tampered body
+    assert not verify_signature(SECRET, str(int(now) + 1), body, signature, now=now)  # other ts
+    assert not verify_signature(SECRET, ts, body, None, now=now)
+    assert not verify_signature(SECRET, "not-a-number", body, signature, now=now)
+    assert not verify_signature("", ts, body, signature, now=now)
+
+
+def test_stale_or_future_timestamp_is_rejected_as_replay():
+    body = b"{}"
+    sent = int(time.time()) - 600
+    signature = sign(SECRET, sent, body)
+    assert not verify_signature(SECRET, sent, body, signature, tolerance=300)
+    assert verify_signature(SECRET, sent, body, signature, now=sent + 299, tolerance=300)
+    assert not verify_signature(SECRET, sent, body, signature, now=sent - 301, tolerance=300)
+
+
+# ---- delivery and retries -----------------------------------------------------------------------
+def test_signed_post_carries_timestamp_signature_and_delivery_id(receiver):
+    result = post(receiver.url)
+    assert result.delivered and result.attempts == 1 and result.status == 200
+    [req] = receiver.received
+    assert req.method == "POST" and req.path == "/hooks/boot" and req.body == b'{"a":1}'
+    assert req.header("Content-Type") == "application/json"
+    assert req.header(announce.EVENT_HEADER) == "ready"
+    assert req.header(announce.DELIVERY_HEADER) == "delivery-1"
+    assert req.header(announce.ATTEMPT_HEADER) == "1"
+    ts = req.header(announce.TIMESTAMP_HEADER)
+    assert abs(int(ts) - req.at) < 5
+    assert verify_signature(SECRET, ts, req.body, req.header(announce.SIGNATURE_HEADER))
+    assert not verify_signature("wrong", ts, req.body, req.header(announce.SIGNATURE_HEADER))
+
+
+def test_unsigned_without_a_secret(receiver):
+    assert post(receiver.url, secret=None).delivered
+    [req] = receiver.received
+    assert req.header(announce.SIGNATURE_HEADER) is None
+    assert req.header(announce.TIMESTAMP_HEADER) is None
+    assert req.header(announce.DELIVERY_HEADER) == "delivery-1"
+
+
+@pytest.mark.parametrize("receiver", [[500, 500, 200]], indirect=True)
+def test_500_twice_then_200_is_three_attempts_with_one_delivery_id(receiver):
+    result = post(receiver.url)
+    assert result.delivered and result.attempts == 3 and result.status == 200
+    reqs = receiver.received
+    assert len(reqs) == 3
+    assert [r.header(announce.ATTEMPT_HEADER) for r in reqs] == ["1", "2", "3"]
+    assert {r.header(announce.DELIVERY_HEADER) for r in reqs} == {"delivery-1"}
+    assert all(verify_signature(SECRET, r.header(announce.TIMESTAMP_HEADER), r.body,
+                                r.header(announce.SIGNATURE_HEADER)) for r in reqs)
+    gaps = [b.at - a.at for a, b in zip(reqs, reqs[1:])]
+    assert gaps[0] >= FAST.backoff_base / 2 - 0.01 and gaps[1] >= FAST.backoff_base - 0.01
+
+
+@pytest.mark.parametrize("receiver", [[502, 503, 504, 500, 599, 500, 500, 500]], indirect=True)
+def test_attempts_are_bounded(receiver):
+    result = post(receiver.url)
+    assert not result.delivered and result.attempts == announce.MAX_ATTEMPTS
+    time.sleep(0.3)
+    assert len(receiver.received) == announce.MAX_ATTEMPTS
+
+
+@pytest.mark.parametrize("receiver", [[Reply(429, {"Retry-After": "1"}), 200]], indirect=True)
+def test_429_waits_retry_after(receiver):
+    result = post(receiver.url)
+    assert result.delivered and result.attempts == 2
+    first, second = receiver.received
+    assert second.at - first.at >= 0.95  # not the 25-50 ms backoff: the receiver's own 1 s
+
+
+def test_429_retry_after_as_http_date():
+    later = email.utils.formatdate(time.time() + 1.2, usegmt=True)
+    with WebhookReceiver([Reply(429, {"Retry-After": later}), 200]) as hook:
+        assert post(hook.url).delivered
+        first, second = hook.received
+    assert second.at - first.at >= 0.15  # the date has whole-second resolution
+
+
+@pytest.mark.parametrize("receiver", [[Reply(503, {"Retry-After": "3600"}), 200]], indirect=True)
+def test_retry_after_beyond_the_budget_gives_up_at_once(receiver):
+    t0 = time.monotonic()
+    result = post(receiver.url, policy=RetryPolicy(attempt_timeout=1, budget=3))
+    assert time.monotonic() - t0 < 1
+    assert not result.delivered and result.attempts == 1 and "budget" in result.reason
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize("receiver", [[400, 200]], indirect=True)
+def test_400_is_not_retried(receiver):
+    result = post(receiver.url)
+    assert not result.delivered and result.attempts == 1 and result.status == 400
+    time.sleep(0.3)
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 410, 422])
+def test_other_4xx_are_not_retried(status):
+    with WebhookReceiver([status, 200]) as hook:
+        result = post(hook.url)
+        time.sleep(0.2)
+        assert not result.delivered and len(hook.received) == 1
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_redirects_are_not_followed(status):
+    with WebhookReceiver([Reply(status, {"Location": "/elsewhere"})], default=200) as hook:
+        result = post(hook.url)
+        time.sleep(0.2)
+        assert [r.path for r in hook.received] == ["/hooks/boot"]
+    assert not result.delivered and result.status == status and "redirect" in result.reason
+
+
+def test_receiver_that_never_answers_is_bounded_by_the_budget():
+    policy = RetryPolicy(attempt_timeout=0.4, budget=1.5, backoff_base=0.05, backoff_cap=0.1)
+    with WebhookReceiver(default=Reply(hang=True)) as hook:
+        t0 = time.monotonic()
+        result = post(hook.url, policy=policy)
+        elapsed = time.monotonic() - t0
+        assert len(hook.received) >= 2  # timed out, then retried
+    assert not result.delivered and result.status is None and "Timeout" in result.reason
+    assert elapsed < policy.budget + 0.5
+
+
+def test_connection_refused_is_retried_within_the_budget():
+    with WebhookReceiver() as hook:
+        url = hook.url
+    policy = RetryPolicy(attempt_timeout=0.5, budget=1.0, backoff_base=0.1, backoff_cap=0.2)
+    t0 = time.monotonic()
+    result = post(url, policy=policy)
+    assert not result.delivered and result.attempts >= 2 and "ConnectionError" in result.reason
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_backoff_is_exponential_capped_and_jittered():
+    policy = RetryPolicy(attempt_timeout=1, budget=60, backoff_base=1.0, backoff_cap=8.0)
+    rng = random.Random(0)
+    for attempt, step in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0), (9, 8.0)]:
+        waits = {policy.backoff(attempt, rng) for _ in range(50)}
+        assert all(step / 2 <= w <= step for w in waits)
+        assert len(waits) > 1  # jittered
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 1.5 ") == 1.5
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("nan") is None
+    now = time.time()
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert 28 <= parse_retry_after(date, now=now) <= 31
+
+
+# ---- the announcer: payloads, once-only, secrets ----------------------------------------------
+def test_ready_payload_has_every_field(receiver, caplog):
+    caplog.set_level(logging.INFO)
+    record = record_with_stages()
+    record.info["png_encoder"] = "fpng"
+    report = Announcer(settings_for(receiver.url)).ready(FakeFamily(), record)
+    [req] = receiver.received
+    body = req.json()
+    assert body["status"] == "ready"
+    assert body["delivery_id"] == req.header(announce.DELIVERY_HEADER) == report["delivery_id"]
+    assert (body["model_id"], body["revision"]) == ("visgate/tiny-flux", "main")
+    assert (body["family"], body["variant"]) == ("flux", "schnell")
+    assert (body["worker_id"], body["endpoint_id"]) == ("pod-1", "ep-1")
+    boot = body["boot"]
+    assert set(boot["stages"]) == {"fetch", "load", "optimize", "warmup"}
+    assert all("seconds" in s for s in boot["stages"].values())
+    assert {"started_at", "total_seconds", "versions", "device", "png_encoder"} <= set(boot)
+    assert "python" in boot["versions"]
+    assert report["delivered"] and report["attempts"] == 1
+    assert "ready webhook delivered" in caplog.text
+
+
+def test_failed_payload_has_stage_and_message(receiver):
+    record = BootRecord()
+    with pytest.raises(BootError), record.stage("fetch"):
+        raise BootError("could not download x/y: RepositoryNotFoundError")
+    Announcer(settings_for(receiver.url)).failed("fetch", "could not download x/y", record)
+    [req] = receiver.received
+    body = req.json()
+    assert body["status"] == "failed" and req.header(announce.EVENT_HEADER) == "failed"
+    assert (body["stage"], body["error"]) == ("fetch", "could not download x/y")
+    assert body["family"] is None and body["model_id"] == "visgate/tiny-flux"
+    assert body["boot"]["stages"]["fetch"]["failed"] is True
+    assert record.failed_stage == "fetch"
+
+
+def test_announced_exactly_once(receiver):
+    announcer = Announcer(settings_for(receiver.url))
+    announcer.ready(FakeFamily(), record_with_stages())
+    with pytest.raises(RuntimeError):
+        announcer.ready(FakeFamily(), record_with_stages())
+    with pytest.raises(RuntimeError):
+        announcer.failed("warmup", "late", record_with_stages())
+    assert len(receiver.received) == 1 and announcer.state == "ready"
+
+
+def test_no_webhook_configured_posts_nothing():
+    assert Announcer(settings_for(None)).ready(FakeFamily(), BootRecord()) == {"webhook": "not configured"}
+    assert Announcer(None).failed("settings", "bad", BootRecord()) == {"webhook": "not configured"}
+
+
+def test_secrets_appear_in_no_log_line_or_body(caplog):
+    caplog.set_level(logging.DEBUG)
+    record = BootRecord()
+    with record.stage("fetch") as report:
+        report["note"] = f"echoed {HF_TOKEN} and {SECRET}"  # a careless stage report
+    with WebhookReceiver([500], default=400) as hook:
+        settings = settings_for(hook.url + "?token=url-token-xyz")
+        Announcer(settings).failed("fetch", f"boom {HF_TOKEN}", record)
+        bodies = [r.body.decode() for r in hook.received]
+    assert len(bodies) == 2
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("runtime"))
+    for text in bodies + [ours]:
+        assert HF_TOKEN not in text and SECRET not in text and "url-token-xyz" not in text
+    assert "NOT delivered" in ours and caplog.records[-1].levelno == logging.ERROR
+    # urllib3 logs the request line (query included) at DEBUG: the worker's log filter, given
+    # the settings' secrets, cleans those records too.
+    assert "url-token-xyz" in caplog.text
+    redactor = RedactSecrets(settings.secrets)
+    for r in caplog.records:
+        redactor.filter(r)
+        assert "url-token-xyz" not in r.getMessage() and HF_TOKEN not in r.getMessage()
+
+
+def test_undeliverable_ready_is_logged_as_error_and_does_not_raise(caplog):
+    with WebhookReceiver() as hook:
+        url = hook.url
+    settings = settings_for(url, webhook_timeout=0.3, webhook_budget=0.5)
+    report = Announcer(settings).ready(FakeFamily(), BootRecord())
+    assert report["delivered"] is False
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and "serving anyway" in errors[-1].getMessage()
+
+
+# ---- settings and failure messages ------------------------------------------------------------
+def test_webhook_timing_settings():
+    base = {"HF_MODEL_ID": "visgate/tiny-flux"}
+    s = Settings.from_env(base)
+    assert (s.webhook_timeout, s.webhook_budget) == (10.0, 30.0)
+    s = Settings.from_env({**base, "VISGATE_WEBHOOK_TIMEOUT": "2.5", "VISGATE_WEBHOOK_BUDGET": "7"})
+    assert (s.webhook_timeout, s.webhook_budget) == (2.5, 7.0)
+    for name, value in [("VISGATE_WEBHOOK_TIMEOUT", "0"), ("VISGATE_WEBHOOK_TIMEOUT", "abc"),
+                        ("VISGATE_WEBHOOK_BUDGET", "nan"), ("VISGATE_WEBHOOK_BUDGET", "100000")]:
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({**base, name: value})
+
+
+def test_webhook_settings_survive_another_bad_setting():
+    env = {"VISGATE_WEBHOOK": "http://hook.example/x", "VISGATE_WEBHOOK_SECRET": SECRET,
+           "VISGATE_COMPILE": "bogus", "RUNPOD_POD_ID": "pod-9"}
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)
+    partial = webhook_settings(env)
+    assert partial.webhook_url == "http://hook.example/x" and partial.worker_id == "pod-9"
+    assert SECRET in partial.secrets and partial.model_id == ""
+    assert webhook_settings({"VISGATE_COMPILE": "bogus"}) is None
+    assert webhook_settings({"VISGATE_WEBHOOK": "ftp://x"}) is None
+
+
+def test_failure_message_names_the_stage_that_raised():
+    assert failure_message(ValueError("bad\nsecond line tok"), ("tok",), "fetch") == (
+        "fetch", "ValueError: bad")
+    assert failure_message(BootError("no GPU", stage="load"), (), "fetch") == ("load", "no GPU")
+    assert failure_message(BootError("x"), (), "warmup") == ("warmup", "x")
+    assert failure_message(RuntimeError("has tok inside"), ("tok",)) == ("boot", "RuntimeError: has *** inside")
+
+
+def test_boot_record_body_is_json_and_excludes_running_stage():
+    record = record_with_stages()
+    with record.stage("announce"):
+        body = Announcer(settings_for("http://127.0.0.1:9/")).body("ready", "id", {}, record)
+    assert "announce" not in json.loads(body)["boot"]["stages"]
+    assert "announce" in record.stages

@@ -1,0 +1,297 @@
+"""The job handler and its one error mapping, on a real tiny Flux pipeline loaded in this process.
+
+Failures are injected into real components (a forward hook that raises inside the transformer, the
+VAE decoder or the T5 encoder), so the exception travels through diffusers exactly as a real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.registry import detect_family
+from runtime import handler as handler_module
+from runtime.encode import PngEncoder
+from runtime.errors import JobInputError, WorkerError
+from runtime.handler import MAX_ERROR_CHARS, Service, job_error, make_handler
+
+pytestmark = pytest.mark.timeout(120)
+
+MODEL_ID = "visgate/tiny-flux"
+SECRET = "hf_TopSecretToken123"
+CONTRACT_KEYS = {"image_base64", "model_id", "seed", "height", "width"}
+# Not square, so a swapped height/width would show.
+GOOD_JOB = {"input": {"prompt": "a red bicycle", "height": 256, "width": 320, "seed": 11,
+                      "num_inference_steps": 2}}
+
+
+@pytest.fixture(scope="module")
+def tiny_flux_service(built_tiny_repo: Callable[[str], Path]) -> Service:
+    """What boot hands the handler for visgate/tiny-flux on the CPU (a token configured)."""
+    family = detect_family(built_tiny_repo(MODEL_ID))
+    pipe = family.load(torch.float32, "cpu")
+    return Service(model_id=MODEL_ID, family=family, pipe=pipe, encoder=PngEncoder(),
+                   secrets=(SECRET,))
+
+
+@pytest.fixture(scope="module")
+def handle(tiny_flux_service: Service) -> Callable[[Any], dict[str, Any]]:
+    return make_handler(tiny_flux_service)
+
+
+@pytest.fixture
+def component_that_raises(tiny_flux_service: Service) -> Callable[..., Any]:
+    """``with component_that_raises("transformer", exc):`` -> that module raises ``exc`` when called."""
+
+    @contextmanager
+    def broken(path: str, exc: BaseException) -> Iterator[None]:
+        module = tiny_flux_service.pipe
+        for attr in path.split("."):
+            module = getattr(module, attr)
+
+        def raise_it(*_: Any) -> None:
+            raise exc
+
+        hook = module.register_forward_pre_hook(raise_it)
+        try:
+            yield
+        finally:
+            hook.remove()
+
+    return broken
+
+
+def assert_good_image(response: dict[str, Any], png_tools: Any, height: int = 256, width: int = 320,
+                      seed: int | None = 11) -> np.ndarray:
+    assert set(response) == CONTRACT_KEYS, response.get("error")
+    assert response["model_id"] == MODEL_ID
+    assert (response["height"], response["width"]) == (height, width)
+    if seed is not None:
+        assert response["seed"] == seed
+    png = base64.b64decode(response["image_base64"])
+    assert png_tools.header_size(png) == (width, height)
+    pixels = png_tools.decode(png)
+    assert pixels.shape == (height, width, 3) and pixels.dtype == np.uint8
+    return pixels
+
+
+# ---- job_error: the one mapping ----------------------------------------------------------------------
+def test_input_error_is_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    response = job_error(JobInputError("'seed' must be from 0 to 4294967295, got -1"), MODEL_ID)
+    assert response == {"error": "'seed' must be from 0 to 4294967295, got -1", "model_id": MODEL_ID}
+
+
+@pytest.mark.parametrize("exc", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.10 GiB "
+                                "total capacity; 70.02 GiB already allocated)"),
+    RuntimeError("CUDA out of memory. Tried to allocate 512.00 MiB"),
+], ids=["OutOfMemoryError", "RuntimeError-text"])
+def test_out_of_memory_frees_the_cache_and_says_what_to_reduce(
+        exc: BaseException, monkeypatch: pytest.MonkeyPatch) -> None:
+    freed: list[bool] = []
+    real_free = handler_module._free_device_memory
+    monkeypatch.setattr(handler_module, "_free_device_memory", lambda: (freed.append(True), real_free()))
+    response = job_error(exc, MODEL_ID)
+    assert freed == [True]
+    assert set(response) == {"error", "model_id"}  # recoverable: no refresh_worker
+    assert response["error"].startswith("CUDA out of memory: reduce height/width")
+    assert "num_inference_steps" in response["error"]
+
+
+@pytest.mark.parametrize("message", [
+    "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously "
+    "reported at some other API call, so the stacktrace below might be incorrect.",
+    "CUDA error: device-side assert triggered",
+    "CUDA error: unspecified launch failure",
+    "CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx( handle, opa, opb, m, n, k)`",
+    "NVML_SUCCESS == r INTERNAL ASSERT FAILED: CUDA driver error: unknown",
+], ids=["illegal-memory-access", "device-assert", "launch-failure", "cublas", "driver"])
+def test_unrecoverable_device_error_replaces_the_worker(message: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handler_module, "_free_device_memory", lambda: pytest.fail("not an OOM"))
+    response = job_error(RuntimeError(message), MODEL_ID)
+    assert response["refresh_worker"] is True
+    assert response["model_id"] == MODEL_ID
+    assert response["error"].startswith("unrecoverable GPU error, the worker will be replaced: ")
+    assert message.splitlines()[0] in response["error"] and "\n" not in response["error"]
+
+
+@pytest.mark.parametrize("exc", [
+    RuntimeError("CUDA error: invalid argument"),       # a bad call, not a poisoned context
+    ValueError("illegal memory access pattern in the prompt parser"),  # no device involved
+], ids=["cuda-recoverable", "no-device"])
+def test_other_errors_keep_the_worker(exc: BaseException) -> None:
+    assert "refresh_worker" not in job_error(exc, MODEL_ID)
+
+
+def raise_deep(depth: int) -> None:
+    if depth == 0:
+        raise ValueError("the scheduler produced an empty timestep list")
+    raise_deep(depth - 1)
+
+
+def test_unexpected_error_is_a_string_without_traceback() -> None:
+    try:
+        raise_deep(5)
+    except ValueError as exc:
+        response = job_error(exc, MODEL_ID)
+    assert response == {"error": "generation failed: ValueError: the scheduler produced an empty "
+                                 "timestep list", "model_id": MODEL_ID}
+
+
+def test_error_is_one_bounded_line() -> None:
+    response = job_error(RuntimeError("first line\n" + "Traceback (most recent call last):\n  File"), MODEL_ID)
+    assert response["error"] == "generation failed: RuntimeError: first line"
+    long = job_error(RuntimeError("x" * 5000), MODEL_ID)["error"]
+    assert len(long) <= MAX_ERROR_CHARS + len("generation failed: RuntimeError: ")
+    assert job_error(ValueError(), MODEL_ID)["error"] == "generation failed: ValueError: no details"
+
+
+def test_worker_errors_are_shown_without_a_class_name() -> None:
+    assert job_error(WorkerError("the VAE returned no image"), MODEL_ID)["error"] == \
+        "generation failed: the VAE returned no image"
+
+
+@pytest.mark.parametrize("exc", [
+    ValueError(f"401 Client Error for url https://huggingface.co/api?token={SECRET}"),
+    RuntimeError(f"CUDA error: an illegal memory access was encountered (token {SECRET})"),
+    JobInputError(f"'prompt' must not contain {SECRET}"),
+    WorkerError(f"{SECRET}"),
+], ids=["unexpected", "fatal-device", "input", "worker"])
+def test_secrets_are_redacted(exc: BaseException) -> None:
+    response = job_error(exc, MODEL_ID, secrets=(SECRET, "unused-secret"))
+    assert SECRET not in repr(response)
+    assert "***" in response["error"]
+
+
+# ---- the handler, on the real pipeline --------------------------------------------------------------
+def test_good_job(handle: Callable, png_tools: Any) -> None:
+    assert_good_image(handle(GOOD_JOB), png_tools)
+
+
+@pytest.mark.parametrize("job, message", [
+    (None, "input must be a JSON object, got null"),
+    ({}, "input must be a JSON object, got null"),
+    ({"input": "draw a cat"}, "input must be a JSON object, got a string"),
+    ({"input": {"prompt": ""}}, "Missing or empty 'prompt' in input"),
+    ({"input": {"prompt": "x", "height": 264}}, "'height' must be a multiple of 16 for this model"),
+    ({"input": {"prompt": "x", "guidance_scale": float("nan")}}, "must be a finite number"),
+], ids=["job-null", "no-input", "input-string", "empty-prompt", "height-factor", "nan"])
+def test_bad_input_never_raises(handle: Callable, job: Any, message: str) -> None:
+    response = handle(job)
+    assert set(response) == {"error", "model_id"}
+    assert isinstance(response["error"], str) and message in response["error"]
+
+
+@pytest.mark.parametrize("component, exc, expected", [
+    ("transformer", ValueError(f"corrupt weights near {SECRET}"),
+     {"error": "generation failed: ValueError: corrupt weights near ***", "model_id": MODEL_ID}),
+    ("vae.decoder", RuntimeError("CUDA error: an illegal memory access was encountered"),
+     {"error": "unrecoverable GPU error, the worker will be replaced: CUDA error: an illegal memory "
+               "access was encountered", "model_id": MODEL_ID, "refresh_worker": True}),
+    ("text_encoder_2", torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB"),
+     {"error": "CUDA out of memory: reduce height/width (pixels) or num_inference_steps and retry; "
+               "the worker freed its cache", "model_id": MODEL_ID}),
+], ids=["transformer-ValueError", "vae-illegal-access", "t5-oom"])
+def test_failure_inside_the_pipeline_then_the_next_job_works(
+        handle: Callable, component_that_raises: Callable, png_tools: Any, component: str,
+        exc: BaseException, expected: dict) -> None:
+    with component_that_raises(component, exc):
+        assert handle(GOOD_JOB) == expected
+    assert_good_image(handle(GOOD_JOB), png_tools)
+
+
+def test_interrupt_is_not_swallowed(handle: Callable, component_that_raises: Callable) -> None:
+    """Ctrl-C / SystemExit must still stop the process; only job failures become responses."""
+    with component_that_raises("transformer", KeyboardInterrupt()):
+        with pytest.raises(KeyboardInterrupt):
+            handle(GOOD_JOB)
+
+
+def test_same_seed_same_pixels_in_process(handle: Callable, png_tools: Any) -> None:
+    first = assert_good_image(handle(GOOD_JOB), png_tools)
+    again = assert_good_image(handle(GOOD_JOB), png_tools)
+    other = assert_good_image(handle({"input": {**GOOD_JOB["input"], "seed": 12}}), png_tools, seed=12)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_runpod_sdk_sees_a_string_error_at_top_level(handle: Callable) -> None:
+    """What the SDK does with our dict: ``error`` must be a string or Runpod may mark it COMPLETED."""
+    from runpod.serverless.modules.rp_job import run_job
+
+    result = asyncio.run(run_job(handle, {"id": "job-1", "input": {"prompt": 5}}))
+    assert result == {"error": "'prompt' must be a string, got a number",
+                      "output": {"model_id": MODEL_ID}}
+
+
+def test_runpod_sdk_stops_the_pod_after_a_fatal_device_error(
+        tiny_flux_service: Service, component_that_raises: Callable) -> None:
+    from runpod.serverless.modules.rp_job import run_job
+
+    with component_that_raises("transformer", RuntimeError("CUDA error: an illegal memory access "
+                                                            "was encountered")):
+        result = asyncio.run(run_job(make_handler(tiny_flux_service), {"id": "job-2", **GOOD_JOB}))
+    assert result["stopPod"] is True
+    assert isinstance(result["error"], str)
+
+
+# ---- encoding --------------------------------------------------------------------------------------
+def photo_like(height: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], axis=-1)
+    return np.clip(base + rng.integers(-12, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("array", [
+    photo_like(96, 160),
+    np.ascontiguousarray(photo_like(64, 48).transpose(2, 0, 1)).transpose(1, 2, 0),  # a CHW view
+], ids=["contiguous", "strided-view"])
+def test_fpng_and_pillow_encode_the_same_pixels(array: np.ndarray, png_tools: Any) -> None:
+    fast, slow = PngEncoder(), PngEncoder(prefer_fast=False)
+    assert (fast.name, slow.name) == ("fpng", "pillow")  # fpng is a requirement: it must load here
+    for encoder in (fast, slow):
+        png = encoder.encode(array)
+        assert png_tools.header_size(png) == (array.shape[1], array.shape[0])
+        assert np.array_equal(png_tools.decode(png), array), encoder.name
+
+
+def test_generated_image_encodes_identically(handle: Callable, tiny_flux_service: Service,
+                                             png_tools: Any) -> None:
+    from runtime.validate import validate
+
+    family = tiny_flux_service.family
+    request = validate(GOOD_JOB["input"], family.defaults, family.size_rules, family.limits)
+    image = family.generate(tiny_flux_service.pipe, request)
+    assert np.array_equal(png_tools.decode(PngEncoder().encode(image)),
+                          png_tools.decode(PngEncoder(prefer_fast=False).encode(image)))
+
+
+def test_fpng_failure_falls_back_to_pillow_for_good(png_tools: Any,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    encoder = PngEncoder()
+    assert encoder.name == "fpng"
+    gray = photo_like(32, 40)[..., 0]  # fpng refuses 2-D arrays; Pillow writes an L-mode PNG
+    png = encoder.encode(gray)
+    assert np.array_equal(png_tools.decode(png), gray)
+    assert encoder.name == "pillow"
+    assert "fpng failed" in caplog.text
+    color = photo_like(32, 40)
+    assert np.array_equal(png_tools.decode(encoder.encode(color)), color)
+
+
+def test_missing_fpng_falls_back_to_pillow(monkeypatch: pytest.MonkeyPatch, png_tools: Any) -> None:
+    monkeypatch.setitem(sys.modules, "fpng", None)  # `import fpng` raises ImportError
+    encoder = PngEncoder()
+    assert encoder.name == "pillow"
+    array = photo_like(24, 24)
+    assert np.array_equal(png_tools.decode(encoder.encode(array)), array)

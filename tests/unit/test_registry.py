@@ -1,0 +1,211 @@
+"""The pipeline registry: family and variant detected from the repository files, with each variant's
+defaults; anything that is not a text-to-image pipeline is refused with the supported list."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from pipelines import registry
+from pipelines.base import Defaults, GenerationRequest, PipelineFamily, SizeRules
+from pipelines.flux import FluxFamily
+from pipelines.generic import GenericFamily
+from pipelines.registry import detect_family, family_class_for
+from pipelines.sdxl import SDXLFamily
+from runtime.errors import BootError, UnsupportedModelError
+
+pytestmark = pytest.mark.timeout(120)
+
+TINY_FLUX, TINY_FLUX_DEV = "visgate/tiny-flux", "visgate/tiny-flux-dev"
+TINY_SDXL, TINY_SDXL_TURBO = "visgate/tiny-sdxl", "visgate/tiny-sdxl-turbo"
+
+
+def write_repo(root: Path, model_index: dict[str, Any] | None,
+               configs: dict[str, dict[str, Any]] | None = None) -> Path:
+    """A repository in the Hugging Face layout with only the JSON files detection reads."""
+    root.mkdir(parents=True, exist_ok=True)
+    if model_index is not None:
+        (root / "model_index.json").write_text(json.dumps(model_index))
+    for relpath, config in (configs or {}).items():
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (root / relpath).write_text(json.dumps(config))
+    return root
+
+
+# ---- the built tiny repositories --------------------------------------------------------------------
+TINY = [
+    pytest.param(TINY_FLUX, FluxFamily, "schnell", Defaults(4, 0.0, 1024, 1024), 16, id="flux-schnell"),
+    pytest.param(TINY_FLUX_DEV, FluxFamily, "dev", Defaults(28, 3.5, 1024, 1024), 16, id="flux-dev"),
+    pytest.param(TINY_SDXL, SDXLFamily, "base", Defaults(30, 5.0, 1024, 1024), 8, id="sdxl-base"),
+    pytest.param(TINY_SDXL_TURBO, SDXLFamily, "turbo", Defaults(1, 0.0, 512, 512), 8, id="sdxl-turbo"),
+]
+
+
+@pytest.mark.parametrize("model_id, family_cls, variant, defaults, factor", TINY)
+def test_tiny_repo_detection(built_tiny_repo: Callable[[str], Path], model_id: str,
+                             family_cls: type, variant: str, defaults: Defaults, factor: int) -> None:
+    family = detect_family(built_tiny_repo(model_id))
+    assert type(family) is family_cls
+    assert family.variant == variant
+    assert family.defaults == defaults
+    assert family.size_rules.factor == factor
+    assert family.describe()["defaults"] == {
+        "num_inference_steps": defaults.steps, "guidance_scale": defaults.guidance,
+        "height": defaults.height, "width": defaults.width}
+
+
+@pytest.mark.parametrize("model_id, tokens", [(TINY_FLUX, 256), (TINY_FLUX_DEV, 512)])
+def test_flux_text_tokens(built_tiny_repo: Callable[[str], Path], model_id: str, tokens: int) -> None:
+    family = detect_family(built_tiny_repo(model_id))
+    assert family.max_sequence_length == tokens
+    request = GenerationRequest(prompt="p", steps=1, guidance=0.0, height=256, width=256, seed=0)
+    assert family.call_kwargs(request) == {"max_sequence_length": tokens}
+
+
+# ---- variants from configuration alone (shapes of the real repositories) ----------------------------
+FLUX_INDEX = {"_class_name": "FluxPipeline", "_diffusers_version": "0.30.0"}
+SDXL_INDEX = {"_class_name": "StableDiffusionXLPipeline"}
+VAE8 = {"vae/config.json": {"block_out_channels": [128, 256, 512, 512]}}
+
+
+@pytest.mark.parametrize("guidance_embeds, variant, steps, guidance", [
+    (False, "schnell", 4, 0.0), (True, "dev", 28, 3.5)])
+def test_flux_variant_from_transformer_config(tmp_path: Path, guidance_embeds: bool, variant: str,
+                                              steps: int, guidance: float) -> None:
+    repo = write_repo(tmp_path, FLUX_INDEX, {
+        **VAE8, "transformer/config.json": {"guidance_embeds": guidance_embeds, "in_channels": 64}})
+    family = detect_family(repo)
+    assert (family.variant, family.defaults.steps, family.defaults.guidance) == (variant, steps, guidance)
+    assert (family.defaults.height, family.defaults.width) == (1024, 1024)
+
+
+@pytest.mark.parametrize("spacing, sample_size, variant, defaults", [
+    ("trailing", 64, "turbo", Defaults(1, 0.0, 512, 512)),
+    ("leading", 128, "base", Defaults(30, 5.0, 1024, 1024)),
+    ("trailing", 128, "base", Defaults(30, 5.0, 1024, 1024)),  # e.g. a trailing-spaced fine-tune
+])
+def test_sdxl_variant_from_scheduler_and_unet(tmp_path: Path, spacing: str, sample_size: int,
+                                              variant: str, defaults: Defaults) -> None:
+    repo = write_repo(tmp_path, SDXL_INDEX, {
+        **VAE8, "unet/config.json": {"sample_size": sample_size},
+        "scheduler/scheduler_config.json": {"timestep_spacing": spacing}})
+    family = detect_family(repo)
+    assert (family.variant, family.defaults) == (variant, defaults)
+
+
+def test_generic_family_for_a_stable_diffusion_repo(tmp_path: Path) -> None:
+    repo = write_repo(tmp_path, {"_class_name": "StableDiffusionPipeline"}, {
+        **VAE8, "unet/config.json": {"sample_size": 64}})
+    family = detect_family(repo)
+    assert type(family) is GenericFamily
+    assert family.variant == "StableDiffusionPipeline"
+    # The pipeline's own call defaults (50 steps, guidance 7.5) and 64 latents x 8 = 512 px.
+    assert family.defaults == Defaults(steps=50, guidance=7.5, height=512, width=512)
+    assert family.size_rules.factor == 8
+    assert family.denoiser_attr == "unet"
+
+
+def test_generic_family_for_a_patchified_transformer(tmp_path: Path) -> None:
+    repo = write_repo(tmp_path, {"_class_name": "StableDiffusion3Pipeline"}, {
+        **VAE8, "transformer/config.json": {"sample_size": 128, "patch_size": 2}})
+    family = detect_family(repo)
+    assert type(family) is GenericFamily
+    assert family.size_rules.factor == 16
+    assert family.denoiser_attr == "transformer"
+    assert (family.defaults.height, family.defaults.width) == (1024, 1024)
+
+
+# ---- refusals ----------------------------------------------------------------------------------------
+def assert_lists_supported(message: str) -> None:
+    assert "Supported: flux (FluxPipeline), sdxl (StableDiffusionXLPipeline)" in message
+    assert "through the generic family any of:" in message
+    assert "StableDiffusionPipeline" in message and "StableDiffusion3Pipeline" in message
+
+
+@pytest.mark.parametrize("index", [
+    {"_class_name": "StableVideoDiffusionPipeline"},
+    {"_class_name": "StableDiffusionXLImg2ImgPipeline"},
+    {"_class_name": "AudioLDM2Pipeline"},
+    {"_diffusers_version": "0.30.0"},
+], ids=["video", "img2img", "audio", "no-class-name"])
+def test_not_text_to_image_is_refused_with_the_supported_list(tmp_path: Path, index: dict) -> None:
+    with pytest.raises(UnsupportedModelError) as info:
+        detect_family(write_repo(tmp_path, index))
+    message = str(info.value)
+    assert f"{index.get('_class_name', 'no _class_name')} is not a supported text-to-image pipeline" \
+        in message
+    assert_lists_supported(message)
+    # A boot error of the load stage: the worker reports it and exits non-zero.
+    assert isinstance(info.value, BootError) and info.value.stage == "load"
+
+
+def test_transformers_model_dir_is_refused(tmp_path: Path) -> None:
+    repo = write_repo(tmp_path / "bert-base-uncased", None, {
+        "config.json": {"architectures": ["BertForMaskedLM"], "model_type": "bert"}})
+    with pytest.raises(UnsupportedModelError) as info:
+        detect_family(repo)
+    assert "bert-base-uncased has no model_index.json: it is not a diffusers pipeline repository" \
+        in str(info.value)
+    assert_lists_supported(str(info.value))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "model_index.json could not be read (JSONDecodeError)"),
+    ('["FluxPipeline"]', "model_index.json is not a JSON object"),
+])
+def test_broken_model_index_is_refused(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "model_index.json").write_text(content)
+    with pytest.raises(UnsupportedModelError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        detect_family(tmp_path)
+
+
+# ---- adding a family = one class + one registry line ------------------------------------------------
+class SanaLikeFamily(PipelineFamily):
+    """What the README asks of a new family: the facts, and the diffusers class."""
+
+    name = "sana"
+    pipeline_classes = ("SanaPipeline",)
+    denoiser_attr = "transformer"
+
+    @property
+    def defaults(self) -> Defaults:
+        return Defaults(steps=20, guidance=4.5, height=1024, width=1024)
+
+    @property
+    def size_rules(self) -> SizeRules:
+        return SizeRules(factor=32, min_side=256, max_side=4096, max_pixels=4096 * 4096)
+
+    def pipeline_class(self) -> type:
+        from diffusers import SanaPipeline
+
+        return SanaPipeline
+
+
+def test_adding_a_family_is_one_class_and_one_registry_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = write_repo(tmp_path, {"_class_name": "SanaPipeline"})
+    # Before: the generic fallback serves it (AutoPipelineForText2Image knows SanaPipeline).
+    assert type(detect_family(repo)) is GenericFamily
+    # The one line: placed before the generic fallback, as the registry's order requires.
+    families = list(registry.FAMILIES)
+    monkeypatch.setattr(registry, "FAMILIES", tuple(families[:-1] + [SanaLikeFamily, families[-1]]))
+    family = detect_family(repo)
+    assert type(family) is SanaLikeFamily
+    assert family.defaults.steps == 20 and family.size_rules.factor == 32
+    assert family.describe()["family"] == "sana"
+    assert "sana (SanaPipeline)" in registry.supported_summary()
+    # The others are unaffected.
+    assert family_class_for(FLUX_INDEX) is FluxFamily
+    assert family_class_for(SDXL_INDEX) is SDXLFamily
+
+
+def test_registry_order_specific_before_generic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FluxPipeline is also in diffusers' text2image mapping: order is what makes it Flux."""
+    assert GenericFamily.matches(FLUX_INDEX) and GenericFamily.matches(SDXL_INDEX)
+    assert registry.FAMILIES[-1] is GenericFamily
+    assert family_class_for(FLUX_INDEX) is FluxFamily
+    monkeypatch.setattr(registry, "FAMILIES", (GenericFamily, FluxFamily))
+    assert family_class_for(FLUX_INDEX) is GenericFamily

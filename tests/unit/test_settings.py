@@ -1,0 +1,193 @@
+"""Settings.from_env: a table of environments -> values, or SettingsError naming what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import SettingsError
+from runtime.settings import (ATTENTIONS, COMPILE_MODES, PRECISIONS, QUANTIZE_MODES, Settings)
+
+pytestmark = pytest.mark.timeout(30)
+
+MODEL = {"HF_MODEL_ID": "black-forest-labs/FLUX.1-schnell"}
+
+
+@pytest.fixture
+def no_volume(tmp_path: Path) -> Path:
+    """A /runpod-volume that is not mounted."""
+    return tmp_path / "runpod-volume"
+
+
+@pytest.fixture
+def mounted_volume(tmp_path: Path) -> Path:
+    """A writable /runpod-volume, as on a Runpod endpoint with a network volume."""
+    volume = tmp_path / "runpod-volume"
+    volume.mkdir()
+    return volume
+
+
+def settings(env: dict[str, str], volume: Path) -> Settings:
+    return Settings.from_env(env, volume_root=volume)
+
+
+# ---- good environments -----------------------------------------------------------------------------
+GOOD = [
+    pytest.param({}, {"model_id": MODEL["HF_MODEL_ID"], "device": "cuda", "revision": "main",
+                      "hf_token": None, "webhook_url": None, "webhook_secret": None,
+                      "precision": "auto", "attention": "auto", "compile": "regional",
+                      "quantize": "none", "warmup_shapes": ()}, id="defaults-on-cuda"),
+    pytest.param({"HF_MODEL_ID": "  visgate/tiny-flux  "}, {"model_id": "visgate/tiny-flux"},
+                 id="model-id-stripped"),
+    pytest.param({"DEVICE": "cpu"}, {"device": "cpu", "compile": "off", "is_cuda": False},
+                 id="cpu-compiles-off"),
+    pytest.param({"DEVICE": "cuda:1"}, {"device": "cuda:1", "compile": "regional", "is_cuda": True},
+                 id="cuda-index"),
+    pytest.param({"DEVICE": ""}, {"device": "cuda"}, id="blank-device-is-default"),
+    pytest.param({"DEVICE": "cpu", "VISGATE_COMPILE": "full"}, {"compile": "full"},
+                 id="compile-explicit-on-cpu"),
+    pytest.param({"VISGATE_PRECISION": "BF16", "VISGATE_ATTENTION": " sdpa ",
+                  "VISGATE_QUANTIZE": "fp8-weight", "VISGATE_COMPILE": "Max-Autotune"},
+                 {"precision": "bf16", "attention": "sdpa", "quantize": "fp8-weight",
+                  "compile": "max-autotune"}, id="choices-case-and-space-insensitive"),
+    pytest.param({"HF_MODEL_REVISION": "a1b2c3d", "HF_TOKEN": "hf_abc",
+                  "VISGATE_WEBHOOK": "https://hooks.example.com/ready?token=t",
+                  "VISGATE_WEBHOOK_SECRET": "s3cret", "RUNPOD_POD_ID": "pod1",
+                  "RUNPOD_ENDPOINT_ID": "ep1"},
+                 {"revision": "a1b2c3d", "hf_token": "hf_abc", "webhook_secret": "s3cret",
+                  "webhook_url": "https://hooks.example.com/ready?token=t", "worker_id": "pod1",
+                  "endpoint_id": "ep1",
+                  # The webhook URL's query is redacted too: it often carries a token.
+                  "secrets": ("hf_abc", "s3cret", "token=t")}, id="all-strings"),
+    pytest.param({"VISGATE_WEBHOOK": "http://127.0.0.1:8080/hook"},
+                 {"webhook_url": "http://127.0.0.1:8080/hook"}, id="webhook-http-with-port"),
+    pytest.param({"HF_TOKEN": "   "}, {"hf_token": None, "secrets": ()}, id="blank-token-is-none"),
+    pytest.param({"VISGATE_WARMUP_SHAPES": "1024x1024,768x1344"},
+                 {"warmup_shapes": ((1024, 1024), (768, 1344))}, id="shapes"),
+    pytest.param({"VISGATE_WARMUP_SHAPES": " 768X1344 , 1024x1024,768x1344,, "},
+                 {"warmup_shapes": ((768, 1344), (1024, 1024))}, id="shapes-spaces-case-dupes"),
+    pytest.param({"VISGATE_WARMUP_SHAPES": ""}, {"warmup_shapes": ()}, id="shapes-blank"),
+]
+
+
+@pytest.mark.parametrize("env, expected", GOOD)
+def test_good_environment(env: dict[str, str], expected: dict, no_volume: Path) -> None:
+    s = settings({**MODEL, **env}, no_volume)
+    for name, value in expected.items():
+        assert getattr(s, name) == value, name
+
+
+# ---- bad environments ------------------------------------------------------------------------------
+BAD = [
+    pytest.param({}, "HF_MODEL_ID is required", id="model-id-missing"),
+    pytest.param({"HF_MODEL_ID": ""}, "HF_MODEL_ID is required", id="model-id-empty"),
+    pytest.param({"HF_MODEL_ID": " \t "}, "HF_MODEL_ID is required", id="model-id-blank"),
+    pytest.param({**MODEL, "DEVICE": "gpu"}, "DEVICE='gpu' is not valid: use cuda, cuda:N or cpu",
+                 id="device-gpu"),
+    pytest.param({**MODEL, "DEVICE": "cuda:"}, "DEVICE='cuda:' is not valid", id="device-no-index"),
+    pytest.param({**MODEL, "DEVICE": "cuda:x"}, "DEVICE='cuda:x' is not valid", id="device-bad-index"),
+    pytest.param({**MODEL, "DEVICE": "mps"}, "DEVICE='mps' is not valid", id="device-mps"),
+    pytest.param({**MODEL, "VISGATE_WEBHOOK": "ftp://example.com/hook"},
+                 "VISGATE_WEBHOOK must be an http:// or https:// URL", id="webhook-scheme"),
+    pytest.param({**MODEL, "VISGATE_WEBHOOK": "example.com/hook"},
+                 "VISGATE_WEBHOOK must be an http:// or https:// URL", id="webhook-no-scheme"),
+    pytest.param({**MODEL, "VISGATE_WEBHOOK": "https://"},
+                 "VISGATE_WEBHOOK must be an http:// or https:// URL with a host", id="webhook-no-host"),
+    pytest.param({**MODEL, "VISGATE_WEBHOOK": "http://example.com:port/hook"},
+                 "VISGATE_WEBHOOK", id="webhook-bad-port"),
+    pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "1024"},
+                 "VISGATE_WARMUP_SHAPES item '1024' is not HEIGHTxWIDTH", id="shape-one-number"),
+    pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "1024x1024,768*1344"},
+                 "VISGATE_WARMUP_SHAPES item '768*1344' is not HEIGHTxWIDTH", id="shape-star"),
+    pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "-8x1024"},
+                 "VISGATE_WARMUP_SHAPES item '-8x1024'", id="shape-negative"),
+]
+
+
+@pytest.mark.parametrize("env, message", BAD)
+def test_bad_environment_names_the_variable(env: dict[str, str], message: str, no_volume: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings(env, no_volume)
+    assert message in str(info.value)
+
+
+CHOICES = [("VISGATE_PRECISION", PRECISIONS), ("VISGATE_ATTENTION", ATTENTIONS),
+           ("VISGATE_COMPILE", COMPILE_MODES), ("VISGATE_QUANTIZE", QUANTIZE_MODES)]
+
+
+@pytest.mark.parametrize("name, valid", CHOICES, ids=[c[0] for c in CHOICES])
+def test_every_choice_rejects_an_invalid_value_listing_the_valid_ones(
+        name: str, valid: tuple[str, ...], no_volume: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings({**MODEL, name: "turbo-mode"}, no_volume)
+    message = str(info.value)
+    assert message.startswith(f"{name}='turbo-mode' is not valid")
+    assert f"use one of {', '.join(valid)}" in message
+    # And every listed value is accepted.
+    for value in valid:
+        assert getattr(settings({**MODEL, name: value}, no_volume),
+                       name.removeprefix("VISGATE_").lower()) == value
+
+
+def test_design_values_are_the_choices() -> None:
+    """The decided names in DESIGN.md: a typo in a tuple would silently reject a documented value."""
+    assert PRECISIONS == ("auto", "bf16", "fp16", "fp32")
+    assert set(("auto", "sdpa", "flash", "flash3", "xformers")) <= set(ATTENTIONS)
+    assert COMPILE_MODES == ("off", "regional", "full", "max-autotune")
+    assert QUANTIZE_MODES == ("none", "fp8", "fp8-weight", "int8-weight")
+
+
+def test_bad_webhook_message_does_not_echo_the_url(no_volume: Path) -> None:
+    """The URL may carry a token in its query: the message says what is wrong, not the value."""
+    with pytest.raises(SettingsError) as info:
+        settings({**MODEL, "VISGATE_WEBHOOK": "ftp://hooks.example.com/?token=tok_123"}, no_volume)
+    assert "tok_123" not in str(info.value)
+
+
+# ---- cache dir ----------------------------------------------------------------------------------------
+def test_cache_dir_on_a_mounted_volume(mounted_volume: Path) -> None:
+    assert settings(MODEL, mounted_volume).cache_dir == mounted_volume / "visgate"
+
+
+def test_cache_dir_without_a_volume_is_local(no_volume: Path) -> None:
+    cache = settings(MODEL, no_volume).cache_dir
+    assert cache == Path.home() / ".cache" / "visgate"
+    assert not str(cache).startswith(str(no_volume))
+
+
+def test_cache_dir_when_the_volume_path_is_not_a_directory(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "runpod-volume"
+    not_a_dir.write_text("")
+    assert settings(MODEL, not_a_dir).cache_dir == Path.home() / ".cache" / "visgate"
+
+
+def test_cache_dir_explicit_wins_over_the_volume(mounted_volume: Path, tmp_path: Path) -> None:
+    assert settings({**MODEL, "VISGATE_CACHE_DIR": str(tmp_path / "c")},
+                    mounted_volume).cache_dir == tmp_path / "c"
+    assert settings({**MODEL, "VISGATE_CACHE_DIR": "~/vg"}, mounted_volume).cache_dir == \
+        Path.home() / "vg"
+
+
+# ---- secrets and purity -----------------------------------------------------------------------------
+def test_secrets_are_not_in_repr(no_volume: Path) -> None:
+    s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ"},
+                 no_volume)
+    assert s.secrets == ("hf_SuperSecretToken", "whsec_XYZ")
+    for text in (repr(s), str(s)):
+        assert "hf_SuperSecretToken" not in text
+        assert "whsec_XYZ" not in text
+        assert "black-forest-labs/FLUX.1-schnell" in text  # the repr is still useful
+
+
+def test_settings_are_frozen(no_volume: Path) -> None:
+    s = settings(MODEL, no_volume)
+    with pytest.raises(AttributeError):
+        s.device = "cpu"  # type: ignore[misc]
+
+
+def test_from_env_reads_only_the_mapping(no_volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_MODEL_ID", "from/os-environ")
+    monkeypatch.setenv("DEVICE", "not-a-device")
+    s = settings({"HF_MODEL_ID": "from/mapping", "DEVICE": "cpu"}, no_volume)
+    assert (s.model_id, s.device) == ("from/mapping", "cpu")

@@ -1,0 +1,40 @@
+"""The hub settings: endpoint, offline switch, and where Runpod's model cache is looked for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import SettingsError
+from runtime.settings import Settings
+
+
+def build(**env: str) -> Settings:
+    return Settings.from_env({"HF_MODEL_ID": "org/model", **env}, volume_root=Path("/vol"))
+
+
+def test_defaults():
+    s = build()
+    assert s.hub_endpoint == "https://huggingface.co"
+    assert s.hub_offline is False
+    assert s.runpod_model_cache == Path("/vol/huggingface-cache/hub")
+
+
+def test_endpoint_and_offline():
+    s = build(HF_ENDPOINT="http://127.0.0.1:8080/", HF_HUB_OFFLINE="1")
+    assert s.hub_endpoint == "http://127.0.0.1:8080"
+    assert s.hub_offline is True
+    assert build(HF_HUB_OFFLINE="false").hub_offline is False
+
+
+@pytest.mark.parametrize("env", [{"HF_ENDPOINT": "ftp://mirror"}, {"HF_HUB_OFFLINE": "maybe"}])
+def test_invalid_values_name_the_variable(env: dict[str, str]):
+    with pytest.raises(SettingsError, match=next(iter(env))):
+        build(**env)
+
+
+def test_the_token_is_a_secret():
+    s = build(HF_TOKEN="hf_secret_value")
+    assert "hf_secret_value" in s.secrets
+    assert "hf_secret_value" not in repr(s)

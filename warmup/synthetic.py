@@ -1,0 +1,118 @@
+"""Synthetic models: the real pipeline classes at full size with random weights.
+
+For GPU machines with no hub: speed is measured honestly (same architectures, same kernels)
+without downloading 30 GB. A synthetic "repository" holds only configs and tokenizers, so the
+pipeline family is detected by the real registry from the real files; only the weights are made
+up, directly on the device in the serving dtype (seconds, not minutes).
+
+Architectures: FLUX.1-dev/schnell transformer and VAEs from ``warmup/configs`` (copied from the
+project's reference configs); text encoders from the published model configs (CLIP-L,
+OpenCLIP-bigG, T5-XXL). Tokenizers are the tiny ones: they only produce ids, and prompts are
+padded to the real lengths (77, 256/512), so the compute is the real one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+SYNTHETIC = ("flux-dev", "flux-schnell", "sdxl")
+
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+              vocab_size=49408, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
+CLIP_BIGG = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
+                 num_hidden_layers=32, vocab_size=49408, max_position_embeddings=77,
+                 projection_dim=1280, hidden_act="gelu")
+T5_XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vocab_size=32128,
+              feed_forward_proj="gated-gelu", is_encoder_decoder=False, decoder_start_token_id=0)
+
+
+def _load(name: str) -> dict[str, Any]:
+    return {k: v for k, v in json.loads((CONFIGS / name).read_text()).items() if not k.startswith("_")}
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+
+
+def make_repo(kind: str, dest: Path) -> Path:
+    """Write configs and tokenizers (no weights) in the Hugging Face layout."""
+    from pipelines.tiny import _clip_tokenizer, _t5_tokenizer
+
+    dest = Path(dest)
+    vae = _load("vae.json")
+    if kind.startswith("flux"):
+        transformer = _load("flux-dev-transformer.json")
+        transformer["guidance_embeds"] = kind == "flux-dev"
+        _write(dest / "transformer" / "config.json", {"_class_name": "FluxTransformer2DModel", **transformer})
+        _write(dest / "vae" / "config.json", {"_class_name": "AutoencoderKL", **vae["flux"],
+                                              "scaling_factor": 0.3611, "shift_factor": 0.1159})
+        dev = kind == "flux-dev"
+        _write(dest / "scheduler" / "scheduler_config.json", {
+            "_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0 if dev else 1.0,
+            "use_dynamic_shifting": dev, "base_shift": 0.5, "max_shift": 1.15,
+            "base_image_seq_len": 256, "max_image_seq_len": 4096})
+        _write(dest / "model_index.json", {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]})
+        _clip_tokenizer().save_pretrained(dest / "tokenizer")
+        _t5_tokenizer().save_pretrained(dest / "tokenizer_2")
+    elif kind == "sdxl":
+        _write(dest / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", **_load("sdxl-unet.json")})
+        _write(dest / "vae" / "config.json", {"_class_name": "AutoencoderKL", **vae["sdxl"],
+                                              "scaling_factor": 0.13025, "force_upcast": True})
+        _write(dest / "scheduler" / "scheduler_config.json", {
+            "_class_name": "EulerDiscreteScheduler", "timestep_spacing": "leading", "steps_offset": 1,
+            "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"})
+        _write(dest / "model_index.json", {"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"]})
+        _clip_tokenizer().save_pretrained(dest / "tokenizer")
+        _clip_tokenizer().save_pretrained(dest / "tokenizer_2")
+    else:
+        raise ValueError(f"unknown synthetic model {kind!r}; known: {', '.join(SYNTHETIC)}")
+    return dest
+
+
+def build_pipeline(repo: Path, dtype: Any, device: str) -> Any:
+    """Instantiate the real pipeline class from the repo's configs with random weights."""
+    import torch
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
+                           FluxPipeline, FluxTransformer2DModel, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
+                              CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast)
+
+    repo = Path(repo)
+    index = json.loads((repo / "model_index.json").read_text())
+    # Schedulers keep numpy-bound tensors: build them outside the device context.
+    scheduler_cls = FlowMatchEulerDiscreteScheduler if index["_class_name"] == "FluxPipeline" else EulerDiscreteScheduler
+    scheduler = scheduler_cls.from_config(scheduler_cls.load_config(repo / "scheduler"))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # weights are created in the serving dtype, on the device
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(repo / "vae"))
+            if index["_class_name"] == "FluxPipeline":
+                transformer = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(repo / "transformer"))
+                pipe = FluxPipeline(
+                    transformer=transformer, vae=vae,
+                    text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
+                    text_encoder_2=T5EncoderModel(T5Config(**T5_XXL)),
+                    tokenizer=CLIPTokenizer.from_pretrained(repo / "tokenizer"),
+                    tokenizer_2=T5TokenizerFast.from_pretrained(repo / "tokenizer_2"),
+                    scheduler=scheduler)
+            else:
+                unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(repo / "unet"))
+                pipe = StableDiffusionXLPipeline(
+                    unet=unet, vae=vae,
+                    text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
+                    text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG)),
+                    tokenizer=CLIPTokenizer.from_pretrained(repo / "tokenizer"),
+                    tokenizer_2=CLIPTokenizer.from_pretrained(repo / "tokenizer_2"),
+                    scheduler=scheduler)
+    finally:
+        torch.set_default_dtype(previous)
+    pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
