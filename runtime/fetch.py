@@ -76,6 +76,7 @@ def state_dir(settings: Settings) -> Path:
 
 
 def fetch(settings: Settings, options: FetchOptions | None = None) -> FetchResult:
+    """The model's files on disk; a BootError (stage "fetch") says clearly why not."""
     if is_tiny(settings.model_id):
         path = ensure_tiny(settings.model_id, settings.cache_dir / "builtin")
         return FetchResult(path, "builtin", {"cache": "built-in"})
@@ -91,7 +92,8 @@ def fetch(settings: Settings, options: FetchOptions | None = None) -> FetchResul
     return _from_hub(settings, options, started)
 
 
-def fetch_precision(settings: Settings, family_cls: type, model_dir: Path, index: dict[str, Any]) -> str:
+def fetch_precision(settings: Settings, family_cls: type, model_dir: Path,
+                    index: dict[str, Any]) -> str:
     """The precision load will use, as far as files go.
 
     Mirrors ``runtime.load.choose_precision``; its bf16 -> fp16 fallback on pre-Ampere GPUs needs
@@ -132,46 +134,66 @@ def _from_hub(settings: Settings, options: FetchOptions, started: float) -> Fetc
     client = HubClient(settings.hub_endpoint, settings.model_id, settings.hf_token, options.hub)
     manifest = _cached_manifest(settings, cache)
     if manifest is not None:
-        damaged = manifest.damaged(cache)
-        if not damaged:
-            return _result(settings, cache, manifest, client, started, "hit", 0)
-        _require_online(settings, cache, f"{len(damaged)} cached files failed their check")
-        log.warning("%d cached files of %s failed their check: fetching them again",
-                    len(damaged), settings.model_id)
-        downloaded = _download(cache, client, manifest.commit, damaged, options)
-        for f in damaged:
-            cache.link(manifest.commit, f)
-        return _result(settings, cache, manifest, client, started, "repaired", downloaded)
-
+        return _from_cache(settings, cache, client, manifest, options, started)
     _require_online(settings, cache, "no complete copy is cached")
+    return _cold(settings, cache, client, options, started)
+
+
+def _from_cache(settings: Settings, cache: RepoCache, client: HubClient, manifest: Manifest,
+                options: FetchOptions, started: float) -> FetchResult:
+    """A complete set was cached: check it (no hub), refetch only what fails the check."""
+    damaged = manifest.damaged(cache)
+    if not damaged:
+        return _result(settings, cache, manifest, client, started, "hit", 0, manifest.unique_size)
+    _require_online(settings, cache, f"{len(damaged)} cached files failed their check")
+    log.warning("%d cached files of %s failed their check: fetching them again",
+                len(damaged), settings.model_id)
+    # The manifest holds their sizes and hashes: no listing request is needed.
+    reused = _cached_bytes(cache, manifest.files)
+    downloaded = _download(cache, client, manifest.commit, damaged, options)
+    for f in damaged:
+        cache.link(manifest.commit, f)
+    return _result(settings, cache, manifest, client, started, "repaired", downloaded, reused)
+
+
+def _cold(settings: Settings, cache: RepoCache, client: HubClient, options: FetchOptions,
+          started: float) -> FetchResult:
+    """List the repository, read model_index.json, let the family choose, download that."""
     listing = _listing(settings, cache, client)
     index_file = listing.files.get(MODEL_INDEX)
     if index_file is None:
         raise BootError(f"{settings.model_id} has no {MODEL_INDEX}: it is not a diffusers pipeline "
                         "repository (single-file checkpoints are not supported)", stage="fetch")
-    cached_before = _cached_bytes(cache, [index_file])
     downloaded = _download(cache, client, listing.commit, [index_file], options)
     snapshot = cache.link(listing.commit, index_file).parent
+    precision, selection, files = _select(settings, snapshot, listing)
+    _check_disk(cache, files, options)
+    reused = _cached_bytes(cache, files) - downloaded  # what was there before this boot's own bytes
+    downloaded += _download(cache, client, listing.commit, files, options)
+    for f in files:
+        cache.link(listing.commit, f)
+    cache.write_ref(settings.revision, listing.commit)
+    chosen = set(selection.paths)
+    skipped = [f for p, f in listing.files.items() if p not in chosen]
+    manifest = Manifest(settings.model_id, listing.commit, precision, selection.variant, files,
+                        totals={"files_skipped": len(skipped),
+                                "bytes_skipped": sum(f.size for f in skipped)})
+    manifest.save(cache)  # last: only a complete, verified, linked set gets a marker
+    state = "partial" if reused > 0 else "miss"
+    return _result(settings, cache, manifest, client, started, state, downloaded, reused)
+
+
+def _select(settings: Settings, snapshot: Path, listing: Listing
+            ) -> tuple[str, FileSelection, list[RemoteFile]]:
+    """The family of model_index.json decides which files, for the precision load will use."""
     index = read_model_index(snapshot)
     family_cls = family_class_for(index)
     precision = fetch_precision(settings, family_cls, snapshot, index)
     selection = family_cls.select_files(
         index, [RepoFile(f.path, f.size) for f in listing.files.values()], precision)
     files = _checked_files(settings, listing, index, selection)
-    _check_disk(cache, files, options)
     _log_plan(settings, listing, files, selection, precision)
-    cached_before += _cached_bytes(cache, [f for f in files if f.path != MODEL_INDEX])
-    downloaded += _download(cache, client, listing.commit, files, options)
-    for f in files:
-        cache.link(listing.commit, f)
-    cache.write_ref(settings.revision, listing.commit)
-    skipped = [f for p, f in listing.files.items() if p not in set(selection.paths)]
-    manifest = Manifest(settings.model_id, listing.commit, precision, selection.variant, files,
-                        totals={"files_skipped": len(skipped),
-                                "bytes_skipped": sum(f.size for f in skipped)})
-    manifest.save(cache)
-    state = "partial" if cached_before else "miss"
-    return _result(settings, cache, manifest, client, started, state, downloaded)
+    return precision, selection, files
 
 
 def _cached_manifest(settings: Settings, cache: RepoCache) -> Manifest | None:
@@ -253,33 +275,53 @@ def _cached_bytes(cache: RepoCache, files: list[RemoteFile]) -> int:
 
 def _download(cache: RepoCache, client: HubClient, commit: str, files: list[RemoteFile],
               options: FetchOptions) -> int:
-    """Ensure every blob, largest first, several at a time; the bytes this process downloaded."""
+    """Ensure every blob, several at a time; return the bytes this process downloaded.
+
+    First the blobs no other worker is downloading (largest first), then, waiting, the rest: so
+    workers that boot together split the download between them instead of queueing on it.
+    """
     unique = sorted(_unique(files), key=lambda f: -f.size)
     pending = sum(f.size for f in unique) - _cached_bytes(cache, unique)
     progress = Progress(cache.repo_id, pending, options.progress_interval_s)
     abort = threading.Event()
     transfer = Transfer(cache, client, commit, progress, options.transfer, abort)
-    with ThreadPoolExecutor(max_workers=max(1, min(options.workers, len(unique))),
-                            thread_name_prefix="fetch") as pool:
-        futures = [pool.submit(transfer.ensure, f) for f in unique]
+    workers = max(1, min(options.workers, len(unique)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
         try:
-            return sum(future.result() for future in as_completed(futures))
+            first = _all(pool, lambda f: transfer.ensure(f, wait=False), unique)
+            busy = [f for f, got in zip(unique, first) if got is None]
+            rest = _all(pool, transfer.ensure, busy)
         except BaseException:
-            abort.set()  # the others stop at their next chunk; their locks are released
-            for future in futures:
-                future.cancel()
+            abort.set()  # the other threads stop at their next chunk; their locks are released
             raise
+    return sum(n or 0 for n in first) + sum(n or 0 for n in rest)
+
+
+def _all(pool: ThreadPoolExecutor, fn: Callable[[RemoteFile], int | None],
+         files: list[RemoteFile]) -> list[int | None]:
+    """``fn`` over ``files`` in the pool, results in order; the first error cancels the rest."""
+    futures = [pool.submit(fn, f) for f in files]
+    try:
+        for future in as_completed(futures):
+            future.result()
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return [future.result() for future in futures]
 
 
 def _result(settings: Settings, cache: RepoCache, manifest: Manifest, client: HubClient,
-            started: float, state: str, downloaded: int) -> FetchResult:
+            started: float, state: str, downloaded: int, reused: int) -> FetchResult:
+    """The boot record's fetch entry. Bytes count each distinct file once: ``downloaded`` by
+    this worker, ``reused`` from the cache as it was, ``from_other_workers`` while it waited."""
     seconds = time.perf_counter() - started
+    others = max(0, manifest.unique_size - reused - downloaded)
     report: dict[str, Any] = {
         "cache": state, "revision": settings.revision, "commit": manifest.commit,
         "precision": manifest.precision, "variant": manifest.variant,
         "files": len(manifest.files), "bytes_needed": manifest.size,
-        "bytes_downloaded": downloaded,
-        "bytes_reused": max(0, sum(f.size for f in _unique(manifest.files)) - downloaded),
+        "bytes_downloaded": downloaded, "bytes_reused": reused, "bytes_from_other_workers": others,
         **manifest.totals, "hub_requests": client.requests, "seconds": round(seconds, 3)}
     if downloaded:
         report["download_mb_per_s"] = round(downloaded / 1e6 / max(seconds, 1e-6), 1)

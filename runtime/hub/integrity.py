@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -99,7 +98,9 @@ def stamp_valid(stamp: Path, blob: Path, f: RemoteFile) -> bool:
 def trusted(blob: Path, stamp: Path, f: RemoteFile, rehash: bool) -> bool:
     """Whether ``blob`` can be served as ``f``: its stamp holds, or (``rehash``) its hash matches.
 
-    A blob that fails the hash is removed so that nothing takes it as complete again.
+    A blob that fails is left in place, unstamped, so nothing trusts it: the worker that takes its
+    lock replaces it by an atomic rename. (Removing it here, without the lock, could remove the
+    good copy another worker has just published.)
     """
     if stamp_valid(stamp, blob, f):
         return True
@@ -109,8 +110,4 @@ def trusted(blob: Path, stamp: Path, f: RemoteFile, rehash: bool) -> bool:
         write_stamp(stamp, blob)
         return True
     log.warning("cached %s is corrupt or truncated (%s): fetching it again", f.path, blob.name)
-    try:
-        os.unlink(blob)
-    except OSError:
-        pass
     return False

@@ -37,8 +37,9 @@ _HOST = socket.gethostname()
 
 class BlobLock:
     def __init__(self, path: Path, heartbeat_s: float = 5.0, stale_after_s: float = 60.0,
-                 poll_s: float = 0.25) -> None:
+                 poll_s: float = 0.25, report_s: float = 10.0) -> None:
         self.path = Path(path)
+        self.report_s = report_s  # how often ``on_wait`` is called while waiting
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
         self.poll_s = poll_s
@@ -54,16 +55,16 @@ class BlobLock:
 
     # ---- acquire / release -------------------------------------------------------------------
     def acquire(self, done: Callable[[], bool], on_wait: Callable[[dict], None] | None = None,
-                abort: threading.Event | None = None) -> bool:
+                abort: threading.Event | None = None, wait: bool = True) -> bool | None:
         """Take the lock (True), or return False as soon as ``done()`` says the work is done.
 
-        ``on_wait(owner)`` is called now and then while another worker holds the lock.
+        With ``wait=False``, return None at once when a live owner holds it (the caller does
+        other work first). ``on_wait(owner)`` is called now and then while waiting.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         seen: bytes | None = None
         seen_sig: tuple[int, int] | None = None
-        unchanged_since = time.monotonic()
-        last_report = 0.0
+        unchanged_since = last_report = time.monotonic()
         while True:
             if abort is not None and abort.is_set():
                 raise InterruptedError("fetch aborted")
@@ -81,7 +82,9 @@ class BlobLock:
                 reason = "its process is gone" if _dead_here(owner) else f"no heartbeat for {idle:.0f}s"
                 self._break(reason, owner)
                 continue
-            if on_wait and time.monotonic() - last_report > max(self.heartbeat_s, 5.0):
+            if not wait and content is not None:
+                return None
+            if on_wait and time.monotonic() - last_report > self.report_s:
                 last_report = time.monotonic()
                 on_wait(owner)
             time.sleep(self.poll_s)

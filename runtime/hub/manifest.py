@@ -65,3 +65,8 @@ class Manifest:
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def unique_size(self) -> int:
+        """Bytes on disk: identical files (two tokenizers) share one blob."""
+        return sum({f.blob_name: f.size for f in self.files}.values())

@@ -58,15 +58,20 @@ class Transfer:
         self.options = options or TransferOptions()
         self.abort = abort or threading.Event()
 
-    def ensure(self, f: RemoteFile) -> int:
-        """Make ``blobs/<blob>`` complete and verified; return the bytes this process downloaded."""
+    def ensure(self, f: RemoteFile, wait: bool = True) -> int | None:
+        """Make ``blobs/<blob>`` complete and verified; return the bytes this process downloaded.
+
+        With ``wait=False``, return None at once when another live worker is downloading it.
+        """
         blob, stamp = self.cache.blob(f), self.cache.stamp_path(f)
         self.cache.blobs.mkdir(parents=True, exist_ok=True)
         while not stamp_valid(stamp, blob, f):
             lock = BlobLock(self.cache.lock_path(f), self.options.heartbeat_s,
-                            self.options.stale_after_s)
+                            self.options.stale_after_s, report_s=self.progress.interval_s)
             owned = lock.acquire(done=lambda: stamp_valid(stamp, blob, f), abort=self.abort,
-                                 on_wait=lambda owner: self._waiting(f, owner))
+                                 on_wait=lambda owner: self._waiting(f, owner), wait=wait)
+            if owned is None:
+                return None
             if not owned:
                 return 0  # another worker published it while we waited
             try:
@@ -82,8 +87,7 @@ class Transfer:
         return 0
 
     def _waiting(self, f: RemoteFile, owner: dict) -> None:
-        parts = list(self.cache.blobs.glob(f"{f.blob_name}.*.part"))
-        have = max((p.stat().st_size for p in parts if p.exists()), default=0)
+        have = max((_size(p) for p in self.cache.blobs.glob(f"{f.blob_name}.*.part")), default=0)
         log.info("waiting for %s (pid %s) to download %s: %s of %s so far", owner.get("host", "?"),
                  owner.get("pid", "?"), f.path, human_bytes(have), human_bytes(f.size))
 
@@ -116,11 +120,10 @@ class Transfer:
     def _adopt_partial(self, f: RemoteFile, token: str) -> Path:
         """Take over the longest partial download left by a dead worker; drop the others."""
         mine = self.cache.blobs / f"{f.blob_name}.{token}.part"
-        leftovers = sorted(self.cache.blobs.glob(f"{f.blob_name}.*.part"),
-                           key=lambda p: p.stat().st_size if p.exists() else -1, reverse=True)
+        leftovers = sorted(self.cache.blobs.glob(f"{f.blob_name}.*.part"), key=_size, reverse=True)
         for candidate in leftovers:
             try:
-                if not mine.exists() and 0 < candidate.stat().st_size <= f.size:
+                if not mine.exists() and 0 < _size(candidate) <= f.size:
                     os.rename(candidate, mine)
                     log.info("resuming %s from %s", f.path, human_bytes(mine.stat().st_size))
                 else:
@@ -184,6 +187,14 @@ class Transfer:
                     received += len(chunk)
                     self.progress.add(len(chunk))
         return received
+
+
+def _size(path: Path) -> int:
+    """Size of a file another worker may rename or remove at any moment (-1: gone)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _disk_error(exc: OSError, path: Path, remaining: int) -> Exception:

@@ -19,6 +19,7 @@ import pytest
 from runtime.errors import BootError
 from runtime.fetch import FetchOptions, fetch, hub_cache_dir
 from runtime.hub.layout import repo_folder
+from runtime.settings import Settings
 from tests.support.hub_fixtures import *  # noqa: F403 - fixtures
 from tests.support.hub_fixtures import FAST, FLUX, GATED, OTHER_TOKEN, SDXL, TOKEN, hub_settings
 from tests.support.hub_repos import expected_files
@@ -187,7 +188,9 @@ def test_gated_model_with_an_invalid_or_unauthorized_token(hub: HubServer, tmp_p
 def test_gated_model_with_its_token(hub: HubServer, tmp_path: Path):
     result = fetch(hub_settings(hub, tmp_path, GATED, HF_TOKEN=TOKEN), FAST)
     assert result.report["cache"] == "miss"
-    assert all(r.authorized for r in hub.requests())
+    # The token goes to the hub, never to the CDN host that LFS files redirect to.
+    assert all(r.authorized for r in hub.requests() if r.kind != "cdn")
+    assert hub.requests(kind="cdn") and not any(r.authorized for r in hub.requests(kind="cdn"))
 
 
 def test_unknown_model_and_revision(hub: HubServer, tmp_path: Path):
@@ -243,3 +246,47 @@ def test_progress_is_logged_and_the_token_never_is(hub: HubServer, tmp_path: Pat
     progress = [line for line in lines if line.startswith("downloading acme/gated-flux")]
     assert progress and all("/s" in line and "left" in line for line in progress)
     assert not [line for line in lines if TOKEN in line or TOKEN[:-1] + "X" in line]
+
+
+# ---- Runpod's model cache -------------------------------------------------------------------------
+def runpod_volume_with(hub: HubServer, volume: Path, **patterns: list[str]) -> Path:
+    """What Runpod does before the worker starts: the real hub client downloads the repository
+    into ``/runpod-volume/huggingface-cache/hub`` (here under ``volume``)."""
+    from huggingface_hub import snapshot_download
+
+    root = volume / "huggingface-cache" / "hub"
+    snapshot_download(SDXL, cache_dir=str(root), endpoint=hub.url, **patterns)
+    return root
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(root).as_posix(): (p.lstat().st_mtime_ns, p.lstat().st_size)
+            for p in root.rglob("*")}
+
+
+def test_runpod_model_cache_is_used_read_only_with_no_hub(hub: HubServer, tmp_path: Path):
+    root = runpod_volume_with(hub, tmp_path / "volume")
+    for ref in (root / repo_folder(SDXL) / "refs").iterdir():
+        ref.unlink()  # Runpod may not write refs: a lone snapshot serves "main"
+    before = tree_state(root)
+    settings = Settings.from_env(
+        {"HF_MODEL_ID": SDXL, "DEVICE": "cpu", "VISGATE_CACHE_DIR": str(tmp_path / "cache"),
+         "HF_ENDPOINT": hub.url, "VISGATE_PRECISION": "fp16"}, volume_root=tmp_path / "volume")
+    hub.stop()
+    result = fetch(settings, FAST)
+    assert result.source == "runpod-cache" and result.report["cache"] == "runpod"
+    assert result.variant == "fp16" and result.report["hub_requests"] == 0
+    assert result.model_dir.parent.parent == root / repo_folder(SDXL)
+    assert tree_state(root) == before, "Runpod's cache must not be written to"
+    assert not (tmp_path / "cache" / "hf").exists()
+
+
+def test_a_runpod_cache_without_the_weights_falls_back_to_ours(hub: HubServer, tmp_path: Path):
+    runpod_volume_with(hub, tmp_path / "volume", ignore_patterns=["unet/diffusion*"])  # ONNX only
+    hub.clear()
+    settings = Settings.from_env(
+        {"HF_MODEL_ID": SDXL, "DEVICE": "cpu", "VISGATE_CACHE_DIR": str(tmp_path / "cache"),
+         "HF_ENDPOINT": hub.url}, volume_root=tmp_path / "volume")
+    result = fetch(settings, FAST)
+    assert result.source == "hub" and result.report["cache"] == "miss"
+    assert (result.model_dir / "unet/diffusion_pytorch_model.safetensors").is_file()

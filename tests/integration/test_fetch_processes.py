@@ -56,6 +56,9 @@ def test_three_workers_on_one_cache_download_each_file_once_and_all_load(
     sizes = {e.sha256 or e.oid: e.size for e in hub.repos[SDXL].entries.values()}
     unique_bytes = sum(sizes[blob] for blob in wanted)
     assert sum(r["bytes_downloaded"] for r in reports) == unique_bytes
+    for report in reports:  # each worker's bytes: its own, the cache's, the others'
+        assert (report["bytes_downloaded"] + report["bytes_reused"]
+                + report["bytes_from_other_workers"]) == unique_bytes
     assert {result["pipeline"] for result, _ in outcomes} == {"StableDiffusionXLPipeline"}
     assert len({result["model_dir"] for result, _ in outcomes}) == 1
     assert any("waiting for" in log for _, log in outcomes), "no worker ever waited for another"

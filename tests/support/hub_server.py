@@ -6,8 +6,9 @@ and our fetch stage use:
     GET  /api/models/{repo}[/revision/{rev}]        info with siblings (+ size, blobId, lfs)
     GET  /api/models/{repo}/tree/{rev}[/{path}]     the recursive tree listing
     HEAD|GET /{repo}/resolve/{rev}/{path}           ETag, X-Repo-Commit, Content-Length, Range;
-                                                    LFS files: 302 to /cdn/... with X-Linked-Etag
-                                                    and X-Linked-Size, like the real hub's CDN
+                                                    LFS files: 302 to the "CDN" (localhost, another
+                                                    host name for this server) with X-Linked-Etag
+                                                    and X-Linked-Size, as the real hub does
     HEAD|GET /cdn/{repo}/{sha256}                   the LFS bytes, with Range
 
 and logs every request (``server.log``) without the token. Faults are scripted with
@@ -16,7 +17,8 @@ after N body bytes, a delay; ``server.rate`` throttles every body (bytes per sec
 Access: ``add_repo(..., token=..., gated=True)`` answers 401/403 like the hub does for gated and
 private repositories; an unknown repository or revision gets 404 with the hub's error code.
 
-Run it alone (for the benchmark or by hand): ``python -m tests.support.hub_server DIR REPO_ID``.
+Run it alone (for the benchmark or by hand):
+``python -m tests.support.hub_server DIR REPO_ID [BYTES_PER_S]``.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class Logged:
     status: int
     authorized: bool
     blob: str = ""  # the served file's sha256 (LFS) or git oid: identical files share it
+    sent: int = 0  # body bytes sent
     at: float = field(default_factory=time.time)
 
 
@@ -253,6 +256,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._cdn("/".join(parts[1:3]), parts[3] if len(parts) > 3 else "", head)
             elif len(parts) >= 5 and parts[2] == "resolve":
                 self._resolve(parts[0] + "/" + parts[1], parts[3], "/".join(parts[4:]), head)
+            elif parts == ["_stats"]:  # for a client in another process (the benchmark)
+                self._kind = "stats"
+                files = self.hub.downloads()
+                with self.hub._lock:
+                    stats = {"bytes_sent": self.hub._sent, "file_bytes": sum(r.sent for r in files),
+                             "requests": sum(1 for r in self.hub.log if r.kind != "stats"),
+                             "downloads": len(files)}
+                self._send(200, json.dumps(stats).encode(), {"Content-Type": "application/json"}, head)
             else:
                 self._error(404, "EntryNotFound", "Not found")
         except (BrokenPipeError, ConnectionResetError):
@@ -260,7 +271,8 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.hub._record(Logged(self.command, self._kind, self._repo_id, self._file,
                                     self.headers.get("Range"), self._status,
-                                    bool(self.headers.get("Authorization")), self._blob), self._sent)
+                                    bool(self.headers.get("Authorization")), self._blob,
+                                    self._sent), 0 if self._kind == "stats" else self._sent)
 
     def _repo(self, repo_id: str, revision: str | None) -> Repo | None:
         """The repository if this request may see it; otherwise answer the hub's error."""
@@ -315,13 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
         if repo is None:
             return
         if self._kind == "tree":
-            prefix = "/".join(rest[2:])
-            files = [e for p, e in repo.entries.items() if not prefix or p.startswith(prefix + "/")]
-            if query.get("recursive", ["false"])[0].lower() not in ("true", "1"):
-                files = [e for e in files if "/" not in e.path[len(prefix) + 1 if prefix else 0:]]
-            folders = sorted({p.rsplit("/", 1)[0] for p in repo.entries if "/" in p})
-            body = [{"type": "directory", "path": d, "oid": "0" * 40} for d in folders
-                    if not prefix or d.startswith(prefix + "/")] + [e.api(tree=True) for e in files]
+            body: Any = self._tree(repo, "/".join(rest[2:]),
+                                   query.get("recursive", ["false"])[0].lower() in ("true", "1"))
         else:
             body = {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": bool(repo.token),
                     "gated": "manual" if repo.gated else False, "disabled": False,
@@ -329,6 +336,17 @@ class _Handler(BaseHTTPRequestHandler):
                     "siblings": [e.api(tree=False) for e in repo.entries.values()]}
         self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json",
                                                     "X-Repo-Commit": repo.commit}, head=False)
+
+    @staticmethod
+    def _tree(repo: Repo, prefix: str, recursive: bool) -> list[dict[str, Any]]:
+        start = len(prefix) + 1 if prefix else 0
+        under = [p for p in repo.entries if not prefix or p.startswith(prefix + "/")]
+        folders = {"/".join(p.split("/")[:i]) for p in under for i in range(1, p.count("/") + 1)}
+        items = [{"type": "directory", "path": d, "oid": "0" * 40} for d in sorted(folders)
+                 if len(d) > len(prefix)] + [repo.entries[p].api(tree=True) for p in under]
+        if not recursive:  # only the folder's own children
+            items = [i for i in items if "/" not in i["path"][start:]]
+        return items
 
     def _resolve(self, repo_id: str, revision: str, path: str, head: bool) -> None:
         self._kind, self._file = "resolve", path
@@ -345,8 +363,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._blob = entry.sha256 or entry.oid
         common = {"X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes"}
         if entry.sha256:
-            host = self.headers.get("Host", f"127.0.0.1:{self.server.server_address[1]}")
-            location = f"http://{host}/cdn/{quote(repo_id)}/{entry.sha256}"
+            # Another host name for the same server: clients treat it as the CDN, as with the
+            # real hub (they do not send the token there, and do not follow it on HEAD).
+            port = self.hub._port
+            location = f"http://localhost:{port}/cdn/{quote(repo_id)}/{entry.sha256}"
             self._send(302, b"", {**common, "Location": location, "ETag": f'"{entry.oid}"',
                                   "X-Linked-Etag": f'"{entry.sha256}"',
                                   "X-Linked-Size": str(entry.size)}, head=head)
@@ -416,9 +436,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str]) -> int:
-    """Serve one folder as a repository until killed; prints the URL on the first line."""
+    """``FOLDER REPO_ID [BYTES_PER_S]``: serve one folder as a repository until killed.
+
+    Prints the URL on the first line; ``GET /_stats`` answers the bytes and requests served.
+    """
     folder, repo_id = Path(argv[0]), argv[1]
-    hub = HubServer(port=int(argv[2]) if len(argv) > 2 else 0).start()
+    hub = HubServer().start()
+    hub.rate = float(argv[2]) if len(argv) > 2 and float(argv[2]) > 0 else None
     hub.add_repo(repo_id, folder)
     print(hub.url, flush=True)
     try:

@@ -49,14 +49,14 @@ def test_a_waiter_takes_the_lock_after_the_owner_releases_without_finishing(tmp_
 
 def test_heartbeat_keeps_a_slow_owner_alive(tmp_path: Path):
     path = tmp_path / "blob.lock"
-    owner = BlobLock(path, heartbeat_s=0.05, stale_after_s=0.3)
+    owner = BlobLock(path, heartbeat_s=0.05, stale_after_s=1.0)
     assert owner.acquire(done=lambda: False)
-    waiter = BlobLock(path, stale_after_s=0.3, poll_s=0.01)
+    waiter = BlobLock(path, stale_after_s=1.0, poll_s=0.01)
     stop = threading.Event()
     result: list[bool] = []
     thread = threading.Thread(target=lambda: result.append(waiter.acquire(done=stop.is_set)))
     thread.start()
-    time.sleep(1.0)  # three times the stale timeout: the heartbeat must have kept it
+    time.sleep(2.5)  # well past the stale timeout: the heartbeat must have kept it
     assert not owner.lost and not result
     stop.set()
     thread.join(5)
