@@ -71,10 +71,13 @@ class PipelineFamily(ABC):
         return self.name
 
     def component_config(self, component: str, filename: str = "config.json") -> dict[str, Any]:
-        path = self.model_dir / component / filename
-        if not path.is_file():
-            return {}
-        return json.loads(path.read_text())
+        # Read once: defaults and size rules are consulted on every job, and the model may sit
+        # on a network volume.
+        cache = self.__dict__.setdefault("_configs", {})
+        if (component, filename) not in cache:
+            path = self.model_dir / component / filename
+            cache[(component, filename)] = json.loads(path.read_text()) if path.is_file() else {}
+        return cache[(component, filename)]
 
     # ---- the family's facts ------------------------------------------------------------------
     @property
@@ -89,6 +92,11 @@ class PipelineFamily(ABC):
     def limits(self) -> dict[str, tuple[float, float]]:
         """Allowed ranges of the numeric job fields (inclusive)."""
         return {"num_inference_steps": (1, 100), "guidance_scale": (0.0, 20.0)}
+
+    def warm_key(self, request: GenerationRequest) -> tuple[Any, ...]:
+        """What decides the compiled graphs' input shapes: a job whose key was not warmed up is
+        served eagerly rather than stalling for a recompile (runtime/optimize.py)."""
+        return (request.height, request.width)
 
     def preferred_dtype(self, device: str) -> str:
         """'bf16', 'fp16' or 'fp32' for precision=auto on this device."""

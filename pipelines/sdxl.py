@@ -7,7 +7,9 @@ ones (SDXL base 1.0) serve 1024 px, 30 steps, guidance 5.
 
 from __future__ import annotations
 
-from pipelines.base import Defaults, PipelineFamily, SizeRules
+from typing import Any
+
+from pipelines.base import Defaults, GenerationRequest, PipelineFamily, SizeRules
 
 
 class SDXLFamily(PipelineFamily):
@@ -38,6 +40,10 @@ class SDXLFamily(PipelineFamily):
     def size_rules(self) -> SizeRules:
         return SizeRules(factor=self.vae_scale_factor, min_side=256, max_side=2048,
                          max_pixels=2048 * 2048)
+
+    def warm_key(self, request: GenerationRequest) -> tuple[Any, ...]:
+        # Classifier-free guidance (guidance > 1) doubles the UNet batch: another graph.
+        return (request.height, request.width, request.guidance > 1)
 
     def preferred_dtype(self, device: str) -> str:
         # The SDXL UNet is trained and shipped in fp16; the VAE is kept safe from fp16 overflow

@@ -21,7 +21,7 @@ from runtime.handler import Service
 from runtime.load import Loaded, load
 from runtime.optimize import optimize, serve_stance, warm_with_fallback
 from runtime.settings import Settings, webhook_settings
-from runtime.warmup import serving_shapes, warmup
+from runtime.warmup import serving_shapes, warmup, warmup_requests
 
 log = logging.getLogger("runtime")
 
@@ -35,7 +35,7 @@ def boot(settings: Settings, record: BootRecord) -> Service:
         fetched = fetch(settings)
         report.update(source=fetched.source, **fetched.report)
     with record.stage("load") as report:
-        loaded = load(settings, fetched.model_dir)
+        loaded = load(settings, fetched.model_dir, variant=fetched.variant)
         report.update(loaded.family.describe(), precision=loaded.precision, device=loaded.device)
     shapes = serving_shapes(loaded.family, settings.warmup_shapes)
     cache = _compile_cache(settings, fetched.model_dir, loaded, shapes)
@@ -52,7 +52,9 @@ def boot(settings: Settings, record: BootRecord) -> Service:
     encoder = PngEncoder()
     record.info["png_encoder"] = encoder.name
     return Service(model_id=settings.model_id, family=loaded.family, pipe=loaded.pipe,
-                   encoder=encoder, secrets=settings.secrets)
+                   encoder=encoder, secrets=settings.secrets, compiled="compile" in tuning.applied,
+                   warm_keys=frozenset(loaded.family.warm_key(r)
+                                       for r in warmup_requests(loaded.family, shapes)))
 
 
 def _compile_cache(settings: Settings, model_dir: Path, loaded: Loaded,

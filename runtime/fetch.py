@@ -82,7 +82,7 @@ def fetch(settings: Settings, options: FetchOptions | None = None) -> FetchResul
         return FetchResult(path, "builtin", {"cache": "built-in"})
     local = Path(settings.model_id).expanduser()
     if local.is_dir():
-        return FetchResult(local.resolve(), "local", {"cache": "local directory"})
+        return _from_local(settings, local.resolve())
     options = options or FetchOptions()
     started = time.perf_counter()
     found = _from_runpod_cache(settings)
@@ -102,6 +102,20 @@ def fetch_precision(settings: Settings, family_cls: type, model_dir: Path,
     if settings.precision != "auto":
         return settings.precision
     return str(family_cls(model_dir, index).preferred_dtype(settings.device))
+
+
+def _from_local(settings: Settings, model_dir: Path) -> FetchResult:
+    """A model directory baked into the image: used as it is, with the variant its files hold
+    (a baked SDXL holds only ``*.fp16.safetensors``, which load needs ``variant="fp16"`` for)."""
+    variant = None
+    if (model_dir / "model_index.json").is_file():  # else the load stage says what is wrong
+        index = read_model_index(model_dir)
+        family_cls = family_class_for(index)
+        files = [RepoFile(p.relative_to(model_dir).as_posix(), p.stat().st_size)
+                 for p in model_dir.rglob("*") if p.is_file()]
+        precision = fetch_precision(settings, family_cls, model_dir, index)
+        variant = family_cls.select_files(index, files, precision).variant
+    return FetchResult(model_dir, "local", {"cache": "local directory", "variant": variant}, variant)
 
 
 # ---- Runpod's model cache ------------------------------------------------------------------------

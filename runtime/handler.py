@@ -39,11 +39,18 @@ class Service:
     pipe: Any
     encoder: PngEncoder
     secrets: tuple[str, ...] = ()
+    # With compiled graphs: the warm keys (shapes) warmup compiled; others are served eagerly.
+    compiled: bool = False
+    warm_keys: frozenset[tuple[Any, ...]] = frozenset()
 
 
 def generate_png(service: Service, job_input: Any) -> dict[str, Any]:
     family = service.family
     request = validate(job_input, family.defaults, family.size_rules, family.limits)
+    if service.compiled and family.warm_key(request) not in service.warm_keys:
+        log.warning("%dx%d (key %s) was not warmed up: served eagerly, without recompiling; add "
+                    "it to VISGATE_WARMUP_SHAPES to serve it compiled", request.width, request.height,
+                    family.warm_key(request))
     started = time.perf_counter()
     image = family.generate(service.pipe, request)
     generated = time.perf_counter()

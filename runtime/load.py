@@ -22,7 +22,12 @@ class Loaded:
     family: PipelineFamily
     pipe: Any
     precision: str  # bf16 / fp16 / fp32, as actually loaded
-    device: str
+    device: str  # where the pipeline serves
+    # Where the weights are now: "cpu" while they wait to be quantized on their way to the GPU.
+    placed_on: str = ""
+
+    def __post_init__(self) -> None:
+        self.placed_on = self.placed_on or self.device
 
 
 def check_device(device: str) -> None:
@@ -73,11 +78,15 @@ def load(settings: Settings, model_dir: Path, variant: str | None = None) -> Loa
 
     quiet_libraries()
     dtype = getattr(torch, DTYPE_NAMES[precision])
+    # To quantize, weights stay in CPU memory and go to the GPU layer by layer as they are
+    # quantized (optimize stage): FLUX.1-dev in bf16 (33 GB) would not fit a 24 GB GPU first.
+    placed_on = "cpu" if settings.quantize != "none" and settings.is_cuda else settings.device
     log.info("loading %s (%s/%s) as %s on %s", settings.model_id, family.name, family.variant,
-             precision, settings.device)
+             precision, placed_on)
     try:
-        pipe = family.load(dtype, settings.device, variant=variant)
+        pipe = family.load(dtype, placed_on, variant=variant)
     except torch.cuda.OutOfMemoryError as exc:
         raise BootError(f"the model does not fit in GPU memory as {precision}: use a larger GPU "
                         "or VISGATE_QUANTIZE=int8-weight", stage="load") from exc
-    return Loaded(family=family, pipe=pipe, precision=precision, device=settings.device)
+    return Loaded(family=family, pipe=pipe, precision=precision, device=settings.device,
+                  placed_on=placed_on)

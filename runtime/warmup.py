@@ -38,12 +38,17 @@ def serving_shapes(family: PipelineFamily, extra: tuple[tuple[int, int], ...]) -
     return shapes
 
 
+def warmup_requests(family: PipelineFamily, shapes: list[tuple[int, int]],
+                    steps: int = WARMUP_STEPS) -> list[GenerationRequest]:
+    return [GenerationRequest(prompt=WARMUP_PROMPT, steps=steps, guidance=family.defaults.guidance,
+                              height=height, width=width, seed=0) for height, width in shapes]
+
+
 def warmup(family: PipelineFamily, pipe: Any, shapes: list[tuple[int, int]],
            steps: int = WARMUP_STEPS) -> list[dict[str, Any]]:
     runs = []
-    for height, width in shapes:
-        request = GenerationRequest(prompt=WARMUP_PROMPT, steps=steps, guidance=family.defaults.guidance,
-                                    height=height, width=width, seed=0)
+    for request in warmup_requests(family, shapes, steps):
+        height, width = request.height, request.width
         t0 = time.perf_counter()
         family.generate(pipe, request)
         seconds = round(time.perf_counter() - t0, 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import subprocess
@@ -10,7 +11,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# VISGATE_BENCH_RESULTS sends results elsewhere (the CI smoke run must not overwrite the
+# committed figures in warmup/results/).
+RESULTS = Path(os.environ.get("VISGATE_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def _version(name: str) -> str | None:

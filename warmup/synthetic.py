@@ -14,6 +14,7 @@ padded to the real lengths (77, 256/512), so the compute is the real one.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,32 @@ def build_pipeline(repo: Path, dtype: Any, device: str) -> Any:
     pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def saved_repo(kind: str, dest: Path, device: str = "cuda") -> Path:
+    """The synthetic pipeline with its random weights written in the diffusers layout, once.
+
+    For the cold-start benchmark, which boots the worker on a local directory: the weights are
+    built on ``device`` in the family's serving dtype (bf16 FLUX, fp16 SDXL; about 34 GB and
+    7 GB) and saved as safetensors. A ``.complete`` marker makes a half-written folder rebuild.
+    """
+    import torch
+
+    from pipelines.registry import detect_family
+    from runtime.load import DTYPE_NAMES, choose_precision
+
+    dest = Path(dest)
+    marker = dest / ".complete"
+    if marker.is_file():
+        return dest
+    if dest.exists():
+        shutil.rmtree(dest)
+    configs = make_repo(kind, dest.with_name(dest.name + ".configs"))
+    family = detect_family(configs)
+    dtype = getattr(torch, DTYPE_NAMES[choose_precision("auto", family, device)])
+    pipe = build_pipeline(configs, dtype, device)
+    pipe.save_pretrained(dest, safe_serialization=True)
+    del pipe
+    shutil.rmtree(configs, ignore_errors=True)
+    marker.write_text(kind + "\n")
+    return dest

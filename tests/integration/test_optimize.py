@@ -1,0 +1,225 @@
+"""The optimize stage on CPU: each option's report, compiled vs eager agreement, unseen shapes,
+and the compile cache across fresh processes (hit, corrupt archive -> recompile).
+
+torch.compile works on CPU, so everything here is the real thing, only slower than on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+# Compiled and eager CPU float32 kernels differ only in summation order: pixels may move by a
+# rounding step, never more. PSNR above 40 dB is "the same image" for 8-bit output.
+MAX_PIXEL_DIFF = 2
+MIN_PSNR_DB = 40.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _loaded(model_dir: Path, **env: str) -> tuple[Any, Any]:
+    from runtime.load import load
+    from runtime.settings import Settings
+
+    settings = Settings.from_env({"HF_MODEL_ID": str(model_dir), "DEVICE": "cpu", **env})
+    return load(settings, model_dir), settings
+
+
+def _request(height: int = 256, width: int = 256, seed: int = 5, steps: int = 2) -> Any:
+    from pipelines.base import GenerationRequest
+
+    return GenerationRequest(prompt="a lighthouse at dusk", steps=steps, guidance=0.0,
+                             height=height, width=width, seed=seed)
+
+
+# ---- each option reports applied or skipped, and the image still comes out ------------------------
+@pytest.mark.parametrize("model, env, applied, skipped", [
+    ("visgate/tiny-flux", {}, {"precision": "fp32", "fuse_qkv": "QKV fused"},
+     {"quantize": "VISGATE_QUANTIZE=none", "attention": "auto on CPU", "channels_last": "only pays on a GPU",
+      "compile": "VISGATE_COMPILE=off"}),
+    ("visgate/tiny-flux", {"VISGATE_QUANTIZE": "fp8"}, {}, {"quantize": "fp8 needs a CUDA GPU"}),
+    ("visgate/tiny-flux", {"VISGATE_QUANTIZE": "fp8-weight"}, {}, {"quantize": "fp8 needs a CUDA GPU"}),
+    ("visgate/tiny-flux", {"VISGATE_QUANTIZE": "int8-weight"},
+     {"quantize": "int8-weight (torchao) on linear layers of transformer; lossy"}, {}),
+    ("visgate/tiny-flux", {"VISGATE_ATTENTION": "flash3"}, {}, {"attention": "flash3 unavailable"}),
+    ("visgate/tiny-flux", {"VISGATE_ATTENTION": "sdpa"}, {"attention": "sdpa"}, {}),
+    ("visgate/tiny-sdxl", {"VISGATE_ATTENTION": "flash"}, {"fuse_qkv": "UNet2DConditionModel QKV fused"},
+     {"attention": "not dispatchable for UNet2DConditionModel"}),
+    ("visgate/tiny-sdxl", {"VISGATE_PRECISION": "bf16"}, {"precision": "bf16"}, {}),
+])
+def test_each_option_reports_applied_or_skipped(built_tiny_repo, model, env, applied, skipped):
+    from runtime.optimize import optimize
+
+    loaded, settings = _loaded(built_tiny_repo(model), **env)
+    report = optimize(loaded, settings)
+    for name, detail in applied.items():
+        assert name in report.applied and detail in report.applied[name], report.as_dict()
+    for name, reason in skipped.items():
+        assert name in report.skipped and reason in report.skipped[name], report.as_dict()
+    assert set(report.applied) | set(report.skipped) == set(report.seconds)
+    image = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
+    assert image.shape == (256, 256, 3) and image.std() > 1.0
+
+
+@pytest.mark.parametrize("name, value", [("VISGATE_COMPILE", "fast"), ("VISGATE_QUANTIZE", "int4"),
+                                         ("VISGATE_PRECISION", "fp8"), ("VISGATE_ATTENTION", "sage")])
+def test_invalid_option_fails_boot_before_loading(name, value, tmp_path):
+    from warmup.local_worker import worker_env
+
+    env = worker_env({"HF_MODEL_ID": "visgate/tiny-flux", "VISGATE_CACHE_DIR": str(tmp_path), name: value})
+    proc = subprocess.run([sys.executable, "-m", "runtime", "--test_input", '{"input": {"prompt": "x"}}'],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"{name}={value!r} is not valid: use one of" in log
+    assert "loading visgate/tiny-flux" not in log  # nothing was loaded
+    assert not (tmp_path / "builtin").exists()  # nothing was fetched either
+
+
+# ---- compiled code: agreement with eager, and unseen shapes -----------------------------------------
+@pytest.fixture
+def compiled_tiny_flux(built_tiny_repo, tmp_path, monkeypatch):
+    """A tiny Flux compiled regionally and warmed at 256x256 in this process (cache in tmp)."""
+    import torch
+
+    from runtime import compile_cache
+    from runtime.optimize import optimize, serve_stance
+    from runtime.warmup import warmup
+
+    loaded, settings = _loaded(built_tiny_repo("visgate/tiny-flux"), VISGATE_COMPILE="regional",
+                               VISGATE_CACHE_DIR=str(tmp_path))
+    cache = compile_cache.CompileCache(tmp_path / "compile", {"test": "compiled_tiny_flux"},
+                                       local_root=tmp_path / "local")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    cache.activate()
+    report = optimize(loaded, settings)
+    assert "compile" in report.applied
+    warmup(loaded.family, loaded.pipe, [(256, 256)])
+    serve_stance(report)
+    try:
+        yield loaded
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
+
+
+def test_compiled_output_agrees_with_eager(compiled_tiny_flux):
+    import torch
+
+    loaded = compiled_tiny_flux
+    compiled = loaded.family.generate(loaded.pipe, _request())
+    with torch.compiler.set_stance("force_eager"):
+        eager = loaded.family.generate(loaded.pipe, _request())
+    diff = np.abs(compiled.astype(int) - eager.astype(int)).max()
+    assert diff <= MAX_PIXEL_DIFF, f"max pixel difference {diff}"
+    assert psnr(compiled, eager) >= MIN_PSNR_DB
+
+
+def test_an_unwarmed_shape_is_served_eagerly_without_recompiling(compiled_tiny_flux):
+    import torch
+    from torch._dynamo.utils import counters
+
+    loaded = compiled_tiny_flux
+
+    def compiles() -> int:
+        inductor = counters["inductor"]
+        return inductor["fxgraph_cache_miss"] + inductor["fxgraph_cache_hit"] + inductor["fxgraph_cache_bypass"]
+
+    before = compiles()
+    unwarmed = loaded.family.generate(loaded.pipe, _request(height=256, width=320))
+    assert compiles() == before, "a new shape triggered a compile after warmup"
+    with torch.compiler.set_stance("force_eager"):
+        eager = loaded.family.generate(loaded.pipe, _request(height=256, width=320))
+    assert unwarmed.shape == (256, 320, 3)
+    assert np.array_equal(unwarmed, eager)  # it really ran the eager code
+    # ... and the warmed shape still runs compiled code (and agrees).
+    again = loaded.family.generate(loaded.pipe, _request())
+    assert compiles() == before and again.shape == (256, 256, 3)
+
+
+# ---- the compile cache across fresh processes -----------------------------------------------------
+def _boot_record(log: str) -> dict[str, Any]:
+    lines = [line for line in log.splitlines() if "boot record {" in line]
+    assert lines, log[-3000:]
+    return json.loads(lines[-1].split("boot record ", 1)[1])
+
+
+def _compiled_worker(start_worker, volume: Path, local: Path):
+    local.mkdir(parents=True, exist_ok=True)
+    # TMPDIR: a new container's empty local disk, so only the volume's archive carries over.
+    return start_worker("visgate/tiny-flux", VISGATE_COMPILE="regional",
+                        TMPDIR=str(local),
+                        VISGATE_CACHE_DIR=str(volume))
+
+
+def test_compile_cache_hit_in_a_fresh_process_and_recovery_from_corruption(
+        start_worker, built_tiny_repo, tmp_path, png_tools):
+    volume = tmp_path / "volume"
+    shutil.copytree(built_tiny_repo("visgate/tiny-flux").parent, volume / "builtin")
+    job = {"prompt": "a red fox in the snow", "seed": 11}  # the default 1024x1024: the warmed shape
+
+    cold = _compiled_worker(start_worker, volume, tmp_path / "local-1")
+    cold_status = _boot_record(cold.log_text())["stages"]["warmup"]["compile_cache"]
+    reference = png_tools.decode_b64(cold.runsync(job)["output"]["image_base64"])
+    cold.stop()
+    assert cold_status["restored"] == "miss" and cold_status["saved_bytes"] > 0, cold_status
+    archive = Path(cold_status["archive"])
+    assert archive.is_file() and archive.parent == volume / "compile"
+
+    warm = _compiled_worker(start_worker, volume, tmp_path / "local-2")
+    warm_status = _boot_record(warm.log_text())["stages"]["warmup"]["compile_cache"]
+    image = png_tools.decode_b64(warm.runsync(job)["output"]["image_base64"])
+    warm.stop()
+    assert warm_status["restored"] == "hit", warm_status
+    assert warm_status["counters"].get("fxgraph_cache_hit", 0) > 0, warm_status
+    assert not warm_status["counters"].get("fxgraph_cache_miss"), warm_status
+    assert np.array_equal(image, reference)
+
+    # Corrupt the archive in place: the next boot warns, compiles again, serves the same image,
+    # and leaves a valid archive behind.
+    data = bytearray(archive.read_bytes())
+    data[: len(data) // 2] = b"\0garbage" * (len(data) // 16)
+    archive.write_bytes(bytes(data[: len(data) // 2]))
+    broken = _compiled_worker(start_worker, volume, tmp_path / "local-3")
+    log = broken.log_text()
+    broken_status = _boot_record(log)["stages"]["warmup"]["compile_cache"]
+    image = png_tools.decode_b64(broken.runsync(job)["output"]["image_base64"])
+    broken.stop()
+    assert broken_status["restored"] == "corrupt", broken_status
+    assert re.search(r"compile cache .* unusable", log)
+    assert broken_status["saved_bytes"] > 0
+    assert np.array_equal(image, reference)
+    with tarfile.open(archive) as tar:
+        assert json.load(tar.extractfile("meta.json"))["key"] == archive.stem
+
+
+def test_a_baked_directory_with_only_fp16_files_loads_its_variant(built_tiny_repo, tmp_path):
+    from runtime.fetch import fetch
+    from runtime.load import load
+    from runtime.settings import Settings
+
+    baked = tmp_path / "baked-sdxl"
+    shutil.copytree(built_tiny_repo("visgate/tiny-sdxl"), baked)
+    for weights in baked.rglob("*.safetensors"):
+        weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+    settings = Settings.from_env({"HF_MODEL_ID": str(baked), "DEVICE": "cpu"})
+    fetched = fetch(settings)
+    assert fetched.source == "local" and fetched.variant == "fp16"
+    loaded = load(settings, fetched.model_dir, variant=fetched.variant)
+    image = loaded.family.generate(loaded.pipe, _request(seed=2, steps=1))
+    assert image.shape == (256, 256, 3)

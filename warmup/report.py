@@ -1,0 +1,390 @@
+"""Turn the benchmark results into Markdown tables and PNG charts.
+
+    python -m warmup.report [--results warmup/results] [--out warmup/results]
+
+Reads every ``*.json`` result in ``--results`` (latency, cold start, fetch), and writes:
+
+- ``summary.md``: one table per kind, each figure beside its target where one applies;
+- ``latency-<mode>.png``: eager vs tuned seconds per image per model and machine, each bar split
+  into text encoding, denoising and VAE decode, with the target marked;
+- ``compile-cache.png``: first compiled calls, cold vs with the compile cache in a fresh process;
+- ``coldstart-<...>.png``: process start to ready webhook, one stacked bar per scenario.
+
+Only what the result files hold is shown; a figure with no result is absent, never estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "warmup" / "results"
+CACHE_HIT_TARGET = 0.25
+LATENCY_STAGES = (("text_encode_s", "text encoding", "#8fb3d9"), ("denoise_s", "denoising", "#2f6db3"),
+                  ("vae_decode_s", "VAE decode", "#f0a04b"))
+COLDSTART_PARTS = (("import_s", "process start + imports", "#bbbbbb"), ("settings_s", "settings", "#666666"),
+                   ("fetch_s", "fetch", "#4c9a5f"), ("load_s", "load", "#2f6db3"),
+                   ("optimize_s", "optimize", "#9b59b6"), ("warmup_s", "warmup", "#f0a04b"),
+                   ("other_s", "other (no stage)", "#d9534f"), ("announce_s", "announce", "#333333"))
+# Facts about a result that its numbers cannot carry, shown beside it.
+CAVEATS = {
+    "latency-synthetic-sdxl-1024-nvidia-h200.json":
+        "tuned VAE s is not representative: the stage probe decodes in fp16, while the pipeline "
+        "warmed (and compiled) the upcast fp32 decoder, so the probe ran eagerly; the tuned denoise "
+        "figure (median minus the others) is off by the same amount",
+    "latency-synthetic-flux-dev-cudnn-tuned-1024-nvidia-h200.json":
+        "tuned only (VISGATE_ATTENTION=cudnn), on the H200: not comparable with the H100 eager run",
+}
+
+
+# ---- reading ----------------------------------------------------------------------------------------
+def load_results(folder: Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    kinds: dict[str, list[tuple[str, dict[str, Any]]]] = {"latency": [], "coldstart": [], "fetch": []}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            print(f"skipping {path.name}: not readable JSON", file=sys.stderr)
+            continue
+        if not isinstance(data, dict):
+            continue
+        kind = data.get("what") or data.get("benchmark")
+        if kind in kinds:
+            kinds[kind].append((path.name, data))
+    return kinds
+
+
+def machine_label(machine: dict[str, Any]) -> str:
+    gpu = machine.get("gpu")
+    if gpu:
+        return gpu.replace("NVIDIA ", "")
+    threads = machine.get("cpu_threads")
+    return f"CPU {machine.get('cpu', '?')}" + (f", {threads} threads" if threads else "")
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def verdict(value: float | None, target: float | None) -> str:
+    if target is None:
+        return "no target"
+    if value is None:
+        return f"≤ {target:g}: pending"
+    return f"≤ {target:g}: **{'met' if value <= target else 'missed'}**"
+
+
+def latency_target(r: dict[str, Any]) -> float | None:
+    if r.get("target_s"):
+        return float(r["target_s"])
+    return None
+
+
+def latency_verdict(r: dict[str, Any], target: float | None) -> str:
+    if target is None:
+        return "no target" if r["machine"].get("gpu") else "none (CPU)"
+    tuned = r.get("tuned")
+    return verdict(tuned["median_s"] if tuned else None, target)
+
+
+def options_label(r: dict[str, Any]) -> str:
+    opts = r.get("options", {})
+    extra = [f"{k}={v}" for k, v in opts.items() if (k, v) not in
+             (("compile", "regional"), ("quantize", "none"), ("attention", "auto"))]
+    return ", ".join(extra)
+
+
+# ---- Markdown ---------------------------------------------------------------------------------------
+def latency_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = ["## Steady-state latency (seconds per image)", "",
+             "| machine | mode | model | size, steps | options | eager median (p95) | tuned median (p95) "
+             "| speedup | PSNR tuned vs eager | target (tuned) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for name, r in items:
+        eager, tuned = r.get("eager"), r.get("tuned")
+        target = latency_target(r)
+        cell = lambda v: f"{fmt(v['median_s'])} ({fmt(v['p95_s'])})" if v else "-"  # noqa: E731
+        psnr = r.get("psnr_tuned_vs_eager_db")
+        lines.append(f"| {machine_label(r['machine'])} | {r['mode']} | {r['model']} "
+                     f"| {r['size']}², {r['steps']} | {options_label(r) or '-'} | {cell(eager)} "
+                     f"| {cell(tuned)} | {fmt(r.get('speedup'))}{'×' if r.get('speedup') else ''} "
+                     f"| {fmt(psnr, 1)}{' dB' if psnr is not None else ''} "
+                     f"| {latency_verdict(r, target)} |")
+        if name in CAVEATS:
+            notes.append(f"- {r['model']} on {machine_label(r['machine'])}: {CAVEATS[name]}.")
+    lines += ["", "Per-stage split of the median (seconds; denoise is the median minus the others; "
+              "PNG encode is outside the median):", "",
+              "| machine | model | variant | text encoding | denoising | VAE decode | PNG encode | images/min |",
+              "|---|---|---|---|---|---|---|---|"]
+    for _, r in items:
+        for variant in ("eager", "tuned"):
+            v = r.get(variant)
+            if not v:
+                continue
+            s = v.get("stages", {})
+            lines.append(f"| {machine_label(r['machine'])} | {r['model']} | {variant} "
+                         f"| {fmt(s.get('text_encode_s'), 3)} | {fmt(s.get('denoise_s'), 3)} "
+                         f"| {fmt(s.get('vae_decode_s'), 3)} | {fmt(s.get('png_encode_s'), 3)} "
+                         f"| {fmt(v.get('images_per_minute'), 1)} |")
+    if notes:
+        lines += ["", "Notes:", *notes]
+    return lines
+
+
+def compile_rows(items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for _, r in items:
+        cold = r.get("tuning", {}).get("warmup_with_compile_s")
+        hit = r.get("cache_hit_boot", {}).get("tuning", {}).get("warmup_with_compile_s")
+        if cold is None or r.get("options", {}).get("compile") == "off":
+            continue
+        rows.append({"machine": machine_label(r["machine"]), "model": r["model"],
+                     "options": options_label(r), "cold": cold, "hit": hit,
+                     "ratio": r.get("compile_cache_ratio")})
+    return rows
+
+
+def compile_table(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    rows = compile_rows(items)
+    if not rows:
+        return []
+    lines = ["## Compile cache (first compiled calls of warmup)", "",
+             "| machine | model | options | cold s | with the cache, fresh process s | ratio | target |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['machine']} | {row['model']} | {row['options'] or '-'} | {fmt(row['cold'])} "
+                     f"| {fmt(row['hit'])} | {fmt(row['ratio'], 3)} "
+                     f"| {verdict(row['ratio'], CACHE_HIT_TARGET) if row['hit'] is not None else 'not measured'} |")
+    return lines
+
+
+def coldstart_tables(items: list[tuple[str, dict[str, Any]]], charts: dict[str, str]) -> list[str]:
+    if not items:
+        return []
+    lines = ["## Cold start: process start to ready webhook (seconds, medians)", ""]
+    heads = [label for _, label, _ in COLDSTART_PARTS]
+    for name, r in items:
+        lines += [f"### {r['mode']} {r['model']} on {machine_label(r['machine'])}, "
+                  f"device {r['device']} ({r['repeat']} boot(s) per scenario)", "",
+                  f"`{r.get('command', '')}`", "",
+                  "| scenario | compile | " + " | ".join(heads) + " | **ready** | target | serving | first job |",
+                  "|---|---|" + "---|" * len(heads) + "---|---|---|---|"]
+        for scenario in r["scenarios"].values():
+            if "skipped" in scenario:
+                lines.append(f"| {scenario['label']} | {scenario['compile']} | skipped: {scenario['skipped']} |")
+                continue
+            m = scenario.get("median", {})
+            target = scenario.get("target_ready_s")
+            lines.append(f"| {scenario['label']} | {scenario['compile']} | "
+                         + " | ".join(fmt(m.get(key)) for key, _, _ in COLDSTART_PARTS)
+                         + f" | **{fmt(m.get('ready_s'))}** | {verdict(m.get('ready_s'), target) if target else '-'} "
+                         f"| {fmt(m.get('serving_s'))} | {fmt(m.get('first_job_s'))} |")
+        if name in charts:
+            lines += ["", f"![cold start {r['model']}]({charts[name]})"]
+        lines.append("")
+    return lines
+
+
+def fetch_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not items:
+        return []
+    lines = ["## Fetch (weights from a local hub server)", ""]
+    for _, r in items:
+        needed = r.get("needed", {})
+        lines += [f"{r['model']} on {machine_label(r['machine'])}: repository "
+                  f"{r['repository']['bytes'] / 1e6:.2f} MB, needed set {needed.get('bytes', 0) / 1e6:.2f} MB "
+                  f"({needed.get('files')} files); our fetch within the needed set: "
+                  f"**{r.get('ours_bytes_within_needed_set')}**", "",
+                  "| link | tool | cache | median s | MB received | files | requests |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in r["summary"]:
+            link = f"{row['rate_bytes_per_s'] / 1e6:.0f} MB/s" if row.get("rate_bytes_per_s") else "unthrottled"
+            lines.append(f"| {link} | {row['tool']} | {row['phase']} | {fmt(row['median_s'], 3)} "
+                         f"| {row['bytes'] / 1e6:.2f} | {row['files']} | {row['requests']} |")
+        lines.append("")
+    return lines
+
+
+# ---- charts -----------------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def latency_chart(items: list[tuple[str, dict[str, Any]]], path: Path, title: str) -> bool:
+    bars = []  # (group label, variant, stages, median, target)
+    for _, r in items:
+        group = f"{r['model']}{' ' + options_label(r) if options_label(r) else ''}\n{machine_label(r['machine'])}"
+        for variant in ("eager", "tuned"):
+            v = r.get(variant)
+            if v:
+                bars.append((group, variant, v.get("stages", {}), v["median_s"], latency_target(r)))
+    if not bars:
+        return False
+    plt = _pyplot()
+    groups = list(dict.fromkeys(b[0] for b in bars))
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.4 * len(groups)), 4.8))
+    width = 0.36
+    for gi, group in enumerate(groups):
+        for b in (b for b in bars if b[0] == group):
+            x = gi + (-width / 2 if b[1] == "eager" else width / 2)
+            bottom = 0.0
+            for key, label, color in LATENCY_STAGES:
+                value = float(b[2].get(key) or 0.0)
+                ax.bar(x, value, width * 0.95, bottom=bottom, color=color,
+                       hatch="//" if b[1] == "eager" else None, edgecolor="white", linewidth=0.5,
+                       label=label if (gi, b[1]) == (0, bars[0][1]) else None)
+                bottom += value
+            ax.text(x, b[3], f"{b[1]}\n{b[3]:.2f} s", ha="center", va="bottom", fontsize=8)
+        target = next((b[4] for b in bars if b[0] == group and b[4]), None)
+        if target:
+            ax.hlines(target, gi - 0.45, gi + 0.45, colors="#d9534f", linestyles="--")
+            ax.text(gi + 0.45, target, f" target {target:g} s", color="#d9534f", va="bottom",
+                    ha="right", fontsize=8)
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    ax.set_ylabel("seconds per image (median)")
+    ax.set_title(title)
+    top = max(max(b[3] for b in bars), max((b[4] or 0) for b in bars))
+    ax.set_ylim(0, top * 1.25)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def compile_chart(items: list[tuple[str, dict[str, Any]]], path: Path) -> bool:
+    rows = [r for r in compile_rows(items) if r["hit"] is not None]
+    if not rows:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.5, 2.2 * len(rows)), 4.2))
+    width = 0.36
+    for i, row in enumerate(rows):
+        ax.bar(i - width / 2, row["cold"], width * 0.95, color="#d9534f", label="cold" if i == 0 else None)
+        ax.bar(i + width / 2, row["hit"], width * 0.95, color="#4c9a5f",
+               label="cache hit, fresh process" if i == 0 else None)
+        ax.text(i - width / 2, row["cold"], f"{row['cold']:.1f} s", ha="center", va="bottom", fontsize=8)
+        ax.text(i + width / 2, row["hit"], f"{row['hit']:.1f} s\n({row['ratio']:.0%} of cold)",
+                ha="center", va="bottom", fontsize=8)
+    labels = [f"{r['model']}{' ' + r['options'] if r['options'] else ''}\n{r['machine']}" for r in rows]
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("seconds (first compiled calls)")
+    ax.set_title(f"Compile cache: target ≤ {CACHE_HIT_TARGET:.0%} of cold")
+    ax.set_ylim(0, max(r["cold"] for r in rows) * 1.2)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def coldstart_chart(r: dict[str, Any], path: Path) -> bool:
+    scenarios = [s for s in r["scenarios"].values() if "skipped" not in s and s.get("median", {}).get("ready_s")]
+    if not scenarios:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.75 * len(scenarios)))
+    for i, scenario in enumerate(scenarios):
+        m = scenario["median"]
+        left = 0.0
+        for key, label, color in COLDSTART_PARTS:
+            value = float(m.get(key) or 0.0)
+            ax.barh(i, value, left=left, color=color, edgecolor="white", linewidth=0.5,
+                    label=label if i == 0 else None)
+            left += value
+        ax.text(left, i, f" {m['ready_s']:.2f} s", va="center", fontsize=9)
+        target = scenario.get("target_ready_s")
+        if target:
+            ax.vlines(target, i - 0.4, i + 0.4, colors="#d9534f", linestyles="--")
+            ax.text(target, i + 0.42, f"target {target:g} s", color="#d9534f", fontsize=8, ha="center")
+    ax.set_yticks(range(len(scenarios)), [f"{s['label']}\ncompile={s['compile']}" for s in scenarios],
+                  fontsize=8)
+    ax.invert_yaxis()
+    longest = max(s["median"]["ready_s"] for s in scenarios)
+    ax.set_xlim(0, max(longest, *(s.get("target_ready_s") or 0 for s in scenarios)) * 1.18)
+    ax.set_xlabel("seconds from process start to the ready webhook (median)")
+    ax.set_title(f"Cold start: {r['mode']} {r['model']} on {machine_label(r['machine'])}", fontsize=10)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.28 - 0.05 / len(scenarios)))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---- main -------------------------------------------------------------------------------------------
+def build(results: Path, out: Path) -> list[Path]:
+    kinds = load_results(results)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    lines = ["# Benchmark summary", "",
+             f"Generated by `python -m warmup.report` from the result files in `{_shown(results)}`; "
+             "do not edit by hand. Targets (issue 6) are for an H100/H200; CPU runs have none.", ""]
+    by_mode: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for item in kinds["latency"]:
+        by_mode.setdefault(item[1]["mode"], []).append(item)
+    if kinds["latency"]:
+        lines += latency_tables(kinds["latency"]) + [""]
+        for mode, items in sorted(by_mode.items()):
+            chart = out / f"latency-{mode}.png"
+            if latency_chart(items, chart, f"Eager vs tuned, {mode} mode (hatched: eager)"):
+                written.append(chart)
+                lines += [f"![latency {mode}]({chart.name})", ""]
+        table = compile_table(kinds["latency"])
+        if table:
+            lines += table + [""]
+            chart = out / "compile-cache.png"
+            if compile_chart(kinds["latency"], chart):
+                written.append(chart)
+                lines += [f"![compile cache]({chart.name})", ""]
+    charts = {}
+    for name, r in kinds["coldstart"]:
+        chart = out / (Path(name).stem + ".png")
+        if coldstart_chart(r, chart):
+            written.append(chart)
+            charts[name] = chart.name
+    lines += coldstart_tables(kinds["coldstart"], charts)
+    lines += fetch_tables(kinds["fetch"])
+    summary = out / "summary.md"
+    summary.write_text("\n".join(lines).rstrip() + "\n")
+    written.append(summary)
+    return written
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help="default: the results folder")
+    args = parser.parse_args(argv)
+    for path in build(args.results, args.out or args.results):
+        print(f"wrote {_shown(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
