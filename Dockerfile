@@ -48,6 +48,13 @@ RUN if [ "${INSTALL_XFORMERS}" = "1" ]; then \
         && python -c "import xformers.ops; print('xformers', xformers.__version__)"; \
     fi
 
+# torchao for VISGATE_QUANTIZE (fp8 on Hopper/Ada, int8 weight-only): 0.15.0 is the release built
+# against torch 2.9.1 (torchao's own compatibility table). Optional for the worker, which skips
+# quantization with a reason where it is missing; here it is part of the product.
+ARG TORCHAO_VERSION=0.15.0
+RUN python -m pip install --no-cache-dir -c /etc/pip-constraints.txt "torchao==${TORCHAO_VERSION}" \
+    && python -c "import torchao; print('torchao', torchao.__version__)"
+
 # The worker. .dockerignore admits only what the image needs (no tests, results, caches or .env).
 COPY runtime/ /app/runtime/
 COPY pipelines/ /app/pipelines/

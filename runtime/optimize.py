@@ -72,18 +72,6 @@ def precision(ctx: Context) -> str:
 LARGE_ENCODER_PARAMS = 1_000_000_000
 
 
-def _quant_configs() -> dict[str, Callable[[], Any]]:
-    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
-                                      Float8WeightOnlyConfig, Int8WeightOnlyConfig, PerRow)
-
-    return {
-        # Row-wise scales: the accuracy/speed point diffusers-torchao and flux-fast use.
-        "fp8": lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
-        "fp8-weight": lambda: Float8WeightOnlyConfig(),
-        "int8-weight": lambda: Int8WeightOnlyConfig(),
-    }
-
-
 def quantize(ctx: Context) -> str:
     try:
         return _quantize(ctx)
@@ -106,11 +94,17 @@ def _quantize(ctx: Context) -> str:
             raise Skip(f"fp8 needs compute capability 8.9 or higher (this GPU: "
                        f"{'.'.join(map(str, _capability(ctx)))})")
     try:
-        from torchao.quantization import quantize_
-
-        configs = _quant_configs()
+        from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
+                                          Float8WeightOnlyConfig, Int8WeightOnlyConfig, PerRow,
+                                          quantize_)
     except ImportError as exc:
         raise Skip(f"torchao is not installed ({exc.__class__.__name__})") from exc
+    configs: dict[str, Callable[[], Any]] = {
+        # Row-wise scales: the accuracy/speed point diffusers-torchao and flux-fast use.
+        "fp8": lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+        "fp8-weight": lambda: Float8WeightOnlyConfig(),
+        "int8-weight": lambda: Int8WeightOnlyConfig(),
+    }
     # device=: torchao moves each linear layer to the GPU just before quantizing it.
     quantize_(ctx.denoiser, configs[mode](), device=ctx.loaded.device)
     done = [ctx.loaded.family.denoiser_attr]

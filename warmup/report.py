@@ -247,22 +247,26 @@ def latency_chart(items: list[tuple[str, dict[str, Any]]], path: Path, title: st
             for key, label, color in LATENCY_STAGES:
                 value = float(b[2].get(key) or 0.0)
                 ax.bar(x, value, width * 0.95, bottom=bottom, color=color,
-                       hatch="//" if b[1] == "eager" else None, edgecolor="white", linewidth=0.5,
-                       label=label if (gi, b[1]) == (0, bars[0][1]) else None)
+                       hatch="//" if b[1] == "eager" else None, edgecolor="white", linewidth=0.5)
                 bottom += value
             ax.text(x, b[3], f"{b[1]}\n{b[3]:.2f} s", ha="center", va="bottom", fontsize=8)
         target = next((b[4] for b in bars if b[0] == group and b[4]), None)
         if target:
             ax.hlines(target, gi - 0.45, gi + 0.45, colors="#d9534f", linestyles="--")
-            ax.text(gi + 0.45, target, f" target {target:g} s", color="#d9534f", va="bottom",
-                    ha="right", fontsize=8)
+            ax.text(gi - 0.45, target, f"target {target:g} s", color="#d9534f", va="bottom",
+                    ha="left", fontsize=8, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
     ax.set_ylabel("seconds per image (median)")
     ax.set_title(title)
     top = max(max(b[3] for b in bars), max((b[4] or 0) for b in bars))
     ax.set_ylim(0, top * 1.25)
-    ax.legend(fontsize=8, loc="upper right")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=color, label=label) for _, label, color in LATENCY_STAGES]
+    handles.append(Patch(facecolor="#999999", hatch="//", edgecolor="white", label="eager (hatched)"))
+    ax.legend(handles=handles, fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -301,29 +305,40 @@ def coldstart_chart(r: dict[str, Any], path: Path) -> bool:
     if not scenarios:
         return False
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.75 * len(scenarios)))
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.7 * len(scenarios)))
     for i, scenario in enumerate(scenarios):
         m = scenario["median"]
         left = 0.0
         for key, label, color in COLDSTART_PARTS:
             value = float(m.get(key) or 0.0)
-            ax.barh(i, value, left=left, color=color, edgecolor="white", linewidth=0.5,
+            ax.barh(i, value, left=left, height=0.6, color=color, edgecolor="white", linewidth=0.5,
                     label=label if i == 0 else None)
             left += value
-        ax.text(left, i, f" {m['ready_s']:.2f} s", va="center", fontsize=9)
+        end = left
+        serving = m.get("serving_s")
+        if serving and serving > left:  # announced ready, then the job server starts
+            ax.barh(i, serving - left, left=left, height=0.6, color="white", hatch="...",
+                    edgecolor="#999999", linewidth=0.5,
+                    label="after ready: job server starting" if i == 0 else None)
+            end = serving
+        ax.text(end, i, f" ready {m['ready_s']:.2f} s" + (f" (serving {serving:.2f})" if serving else ""),
+                va="center", fontsize=8)
         target = scenario.get("target_ready_s")
         if target:
-            ax.vlines(target, i - 0.4, i + 0.4, colors="#d9534f", linestyles="--")
-            ax.text(target, i + 0.42, f"target {target:g} s", color="#d9534f", fontsize=8, ha="center")
-    ax.set_yticks(range(len(scenarios)), [f"{s['label']}\ncompile={s['compile']}" for s in scenarios],
-                  fontsize=8)
+            ax.vlines(target, i - 0.4, i + 0.4, colors="#d9534f", linestyles="--",
+                      label="target (warm caches)")
+    ax.set_yticks(range(len(scenarios)), [f"{s['label']}\n(VISGATE_COMPILE={s['compile']})"
+                                          for s in scenarios], fontsize=8)
     ax.invert_yaxis()
-    longest = max(s["median"]["ready_s"] for s in scenarios)
-    ax.set_xlim(0, max(longest, *(s.get("target_ready_s") or 0 for s in scenarios)) * 1.18)
-    ax.set_xlabel("seconds from process start to the ready webhook (median)")
-    ax.set_title(f"Cold start: {r['mode']} {r['model']} on {machine_label(r['machine'])}", fontsize=10)
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.28 - 0.05 / len(scenarios)))
+    ends = [max(s["median"]["ready_s"], s["median"].get("serving_s") or 0, s.get("target_ready_s") or 0)
+            for s in scenarios]
+    ax.set_xlim(0, max(ends) * 1.45)
+    ax.set_xlabel("seconds from process start (median)")
+    ax.set_title(f"Cold start to the ready webhook: {r['mode']} {r['model']} on "
+                 f"{machine_label(r['machine'])}", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -345,7 +360,7 @@ def build(results: Path, out: Path) -> list[Path]:
         lines += latency_tables(kinds["latency"]) + [""]
         for mode, items in sorted(by_mode.items()):
             chart = out / f"latency-{mode}.png"
-            if latency_chart(items, chart, f"Eager vs tuned, {mode} mode (hatched: eager)"):
+            if latency_chart(items, chart, f"Seconds per image, eager vs tuned ({mode} mode)"):
                 written.append(chart)
                 lines += [f"![latency {mode}]({chart.name})", ""]
         table = compile_table(kinds["latency"])

@@ -646,7 +646,7 @@ def test_runpod_handler_file_delegates_to_the_entry_point() -> None:
 OPTIONAL_IMPORTS = {
     "fpng": "requirements.txt (Pillow is the fallback)",
     "xformers": "the INSTALL_XFORMERS=1 build argument",
-    "torchao": "not in the image: VISGATE_QUANTIZE=fp8* is skipped with a reason",
+    "torchao": "the Dockerfile's TORCHAO_VERSION step (matched to the base image's torch)",
     "flash_attn_interface": "not in the image (FlashAttention 3): flash3 falls back with a warning",
 }
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every benchmark once, in tiny mode on the CPU, as a smoke test (called by .ci/run after the
+# tests). Each must run to its end and write its results; timings are printed, never asserted.
+# Results go to out/bench-smoke/ (BENCH_SMOKE_OUT), not warmup/results/: the committed figures
+# stay as measured. About 2 minutes on 2 cores.
+#   BENCH_SMOKE_COMPILE=1  also boots with the compile cache cold and warm (adds ~2-3 minutes)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/setup.sh
+source "$ROOT/scripts/setup.sh"
+cd "$ROOT"
+OUT="${BENCH_SMOKE_OUT:-$ROOT/out/bench-smoke}"
+rm -rf "$OUT"
+mkdir -p "$OUT/logs"
+export VISGATE_BENCH_RESULTS="$OUT" PYTHONUNBUFFERED=1 HF_HUB_DISABLE_PROGRESS_BARS=1
+
+run() {  # run NAME COMMAND...: the command's log goes to a file; its table (or its failure) here
+  local name="$1" log="$OUT/logs/$1.log" t0=$SECONDS
+  shift
+  echo "== bench smoke: $name"
+  if "$@" >"$log" 2>&1; then
+    grep -E '^(\||#|wrote|written|speedup|compile|target|repository|FAIL| *link| +(unthrottled|[0-9]+ MB/s))' "$log" || true
+    echo "== $name: ok in $((SECONDS - t0)) s"
+  else
+    local rc=$?
+    tail -n 80 "$log"
+    echo "== $name: FAILED (exit $rc) after $((SECONDS - t0)) s; full log: $log" >&2
+    return "$rc"
+  fi
+}
+
+run latency python -m warmup.bench_latency --mode tiny --model visgate/tiny-flux --size 256 \
+  --steps 2 --runs 2 --compile off --cache-dir "$OUT/cache"
+scenarios="empty,warm-eager"
+if [ "${BENCH_SMOKE_COMPILE:-0}" = "1" ]; then
+  scenarios="all"
+fi
+run coldstart python -m warmup.bench_coldstart --repeat 1 --scenarios "$scenarios" --compile off
+run fetch python -m warmup.bench_fetch --repeats 1 --rates 0
+run report python -m warmup.report --results "$OUT"
+echo "== bench smoke: all benchmarks ran; results and charts in $OUT"

@@ -1,0 +1,161 @@
+"""The GPU CI's regression gate (warmup/check_regression.py) on synthetic result dicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from warmup import check_regression as cr
+
+H100 = "NVIDIA H100 80GB HBM3"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def latency(gpu: str | None = H100, tuned: float | None = 3.9, eager: float | None = 5.3,
+            ratio: float | None = 0.24, psnr: float | None = 47.5, **options: str) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "what": "latency", "mode": "synthetic", "model": "flux-dev", "size": 1024, "steps": 28,
+        "options": {"compile": "regional", "quantize": "none", "attention": "auto", **options},
+        "machine": {"gpu": gpu, "date": "2026-11-27T13:12:35Z"} if gpu else {"cpu": "AMD EPYC"},
+        "lossy": options.get("quantize", "none") != "none"}
+    if eager is not None:
+        result["eager"] = {"median_s": eager}
+    if tuned is not None:
+        result["tuned"] = {"median_s": tuned}
+    if ratio is not None:
+        result["compile_cache_ratio"] = ratio
+    if psnr is not None:
+        result["psnr_tuned_vs_eager_db"] = psnr
+    return result
+
+
+def coldstart(ready: float | None = 12.0, errors: int = 0, gpu: str = H100) -> dict[str, Any]:
+    median = {"ready_s": ready} if ready is not None else {}
+    return {"what": "coldstart", "mode": "synthetic", "model": "sdxl", "machine": {"gpu": gpu},
+            "scenarios": {"warm-cache": {"median": median, "errors": errors}}}
+
+
+def baseline_of(*results: dict[str, Any]) -> dict[str, Any]:
+    return cr.build_baseline((f"r{i}.json", r) for i, r in enumerate(results))
+
+
+def statuses(checks: list[cr.Check]) -> dict[str, str]:
+    return {c.metric: c.status for c in checks}
+
+
+# ---- latency ------------------------------------------------------------------------------------
+def test_the_same_figures_pass() -> None:
+    base = baseline_of(latency())
+    checks = cr.check(latency(), base)
+    assert statuses(checks) == {"tuned_median_s": "ok", "compile_cache_ratio": "ok",
+                                "psnr_tuned_vs_eager_db": "ok"}
+    assert not any(c.failed for c in checks)
+
+
+def test_tuned_latency_within_the_threshold_passes_and_beyond_it_fails() -> None:
+    base = baseline_of(latency(tuned=4.0))
+    assert statuses(cr.check(latency(tuned=4.59), base))["tuned_median_s"] == "ok"  # 4.0 x 1.15 = 4.6
+    slower = [c for c in cr.check(latency(tuned=4.61), base) if c.metric == "tuned_median_s"]
+    assert slower[0].status == "regression" and slower[0].failed
+    assert slower[0].limit == pytest.approx(4.6)
+
+
+def test_a_faster_run_passes() -> None:
+    base = baseline_of(latency(tuned=4.0))
+    assert statuses(cr.check(latency(tuned=2.0), base))["tuned_median_s"] == "ok"
+
+
+def test_the_threshold_comes_from_the_baseline_file() -> None:
+    base = baseline_of(latency(tuned=4.0))
+    base["thresholds"]["latency_ratio"] = 1.05
+    assert statuses(cr.check(latency(tuned=4.3), base))["tuned_median_s"] == "regression"
+
+
+def test_compile_cache_ratio_above_a_quarter_fails_even_without_a_baseline() -> None:
+    checks = cr.check(latency(ratio=0.3), {"gpus": {}})
+    assert statuses(checks)["compile_cache_ratio"] == "regression"
+    assert statuses(cr.check(latency(ratio=0.25), {"gpus": {}}))["compile_cache_ratio"] == "ok"
+
+
+def test_a_tuned_image_unlike_the_eager_one_fails_unless_quantized() -> None:
+    assert statuses(cr.check(latency(psnr=18.0), {}))["psnr_tuned_vs_eager_db"] == "regression"
+    lossy = cr.check(latency(psnr=18.0, quantize="fp8"), {})
+    assert "psnr_tuned_vs_eager_db" not in statuses(lossy)
+
+
+def test_a_new_gpu_or_configuration_is_reported_not_failed() -> None:
+    base = baseline_of(latency())
+    other_gpu = cr.check(latency(gpu="NVIDIA H200", tuned=99.0), base)
+    assert statuses(other_gpu)["tuned_median_s"] == "new"
+    other_options = cr.check(latency(tuned=99.0, attention="cudnn"), base)
+    assert statuses(other_options)["tuned_median_s"] == "new"
+    assert not any(c.failed for c in other_gpu + other_options)
+
+
+def test_options_are_part_of_the_key() -> None:
+    assert cr.latency_key(latency()) == "latency/synthetic/flux-dev/1024/28"
+    assert cr.latency_key(latency(attention="cudnn")) == "latency/synthetic/flux-dev/1024/28/attention=cudnn"
+
+
+def test_a_tuned_run_that_measured_nothing_is_an_error() -> None:
+    base = baseline_of(latency())
+    result = latency()
+    result["tuned"] = {"median_s": None}
+    assert "tuned_median_s" not in cr.measurements(result)[cr.latency_key(result)]
+    crashed = latency()
+    crashed["cache_hit_boot"] = {"error": "child exited 1"}
+    checks = cr.check(crashed, base)
+    assert any(c.status == "error" and c.failed for c in checks)
+
+
+def test_cpu_results_are_not_checked() -> None:
+    assert cr.check(latency(gpu=None, tuned=1000.0, ratio=0.9), baseline_of(latency())) == []
+
+
+# ---- cold start ---------------------------------------------------------------------------------
+def test_cold_start_regression_uses_its_own_threshold() -> None:
+    base = baseline_of(coldstart(ready=10.0))
+    assert statuses(cr.check(coldstart(ready=12.4), base))["ready_s"] == "ok"  # 10 x 1.25
+    assert statuses(cr.check(coldstart(ready=12.6), base))["ready_s"] == "regression"
+
+
+def test_failed_boots_fail_the_check() -> None:
+    base = baseline_of(coldstart(ready=10.0))
+    checks = cr.check(coldstart(ready=10.0, errors=1), base)
+    assert any(c.metric == "crash" and c.failed for c in checks)
+    checks = cr.check(coldstart(ready=None, errors=3), base)
+    assert any(c.failed for c in checks)
+
+
+# ---- the baseline and the command -----------------------------------------------------------------
+def test_build_keeps_figures_per_gpu_and_later_files_win() -> None:
+    base = baseline_of(latency(tuned=4.0), latency(tuned=3.5), latency(gpu="NVIDIA H200", tuned=3.8))
+    assert base["gpus"][H100]["latency/synthetic/flux-dev/1024/28"]["tuned_median_s"] == 3.5
+    assert base["gpus"]["NVIDIA H200"]["latency/synthetic/flux-dev/1024/28"]["tuned_median_s"] == 3.8
+    merged = cr.build_baseline([("new.json", coldstart(ready=9.0))], previous=base)
+    assert merged["gpus"][H100]["coldstart/synthetic/sdxl/warm-cache"]["ready_s"] == 9.0
+    assert merged["gpus"][H100]["latency/synthetic/flux-dev/1024/28"]["tuned_median_s"] == 3.5
+
+
+def test_main_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(baseline_of(latency(tuned=4.0))))
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(latency(tuned=4.1)))
+    bad.write_text(json.dumps(latency(tuned=5.0)))
+    assert cr.main([str(good), "--baseline", str(baseline)]) == 0
+    assert cr.main([str(good), str(bad), "--baseline", str(baseline)]) == 1
+    assert "REGRESSION" in capsys.readouterr().out
+
+
+def test_the_committed_baseline_holds_todays_gpu_results() -> None:
+    baseline = json.loads((ROOT / "warmup" / "baseline.json").read_text())
+    results = ROOT / "warmup" / "results"
+    for name in ("latency-synthetic-flux-dev-1024-nvidia-h100-80gb-hbm3.json",
+                 "latency-synthetic-sdxl-1024-nvidia-h200.json"):
+        result = json.loads((results / name).read_text())
+        checks = cr.check(result, baseline)
+        assert checks and all(c.status == "ok" for c in checks), cr.render(checks)
