@@ -27,6 +27,12 @@ class Defaults:
     width: int
 
 
+# Sides up to 2048 px, but not both at once: 2048x1152 or 1536x1536 (2.36 MP) is the largest image.
+# Beyond it these models leave their training range, a job's time and memory grow past what one
+# request should hold, and a base64 PNG nears Runpod's 10 MB /run limit.
+MAX_PIXELS = 1536 * 1536
+
+
 @dataclass(frozen=True)
 class SizeRules:
     """Height and width must be multiples of ``factor``, within sides and total pixels."""

@@ -10,14 +10,20 @@ import inspect
 from functools import cached_property
 from typing import Any
 
-from pipelines.base import Defaults, PipelineFamily, SizeRules
+from pipelines.base import MAX_PIXELS, Defaults, PipelineFamily, SizeRules
+
+
+# diffusers' text-to-image mapping also lists pipelines that need an input image on every call
+# (ControlNet, Control, Kontext): our job contract has no image, so every job would fail.
+_NEEDS_AN_IMAGE = ("ControlNet", "Control", "Kontext")
 
 
 def text2image_class_names() -> tuple[str, ...]:
-    """Pipeline class names AutoPipelineForText2Image can build, from diffusers' own mapping."""
+    """Prompt-only pipeline classes AutoPipelineForText2Image can build (diffusers' own mapping)."""
     from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING
 
-    return tuple(sorted(cls.__name__ for cls in AUTO_TEXT2IMAGE_PIPELINES_MAPPING.values()))
+    return tuple(sorted(cls.__name__ for cls in AUTO_TEXT2IMAGE_PIPELINES_MAPPING.values()
+                        if not any(marker in cls.__name__ for marker in _NEEDS_AN_IMAGE)))
 
 
 class GenericFamily(PipelineFamily):
@@ -67,7 +73,7 @@ class GenericFamily(PipelineFamily):
     def size_rules(self) -> SizeRules:
         patch = int(self._denoiser_config.get("patch_size", 1) or 1)
         return SizeRules(factor=self.vae_scale_factor * patch, min_side=256, max_side=2048,
-                         max_pixels=2048 * 2048)
+                         max_pixels=MAX_PIXELS)
 
     @property
     def denoiser_attr(self) -> str:  # type: ignore[override]

@@ -25,7 +25,8 @@ FAMILIES: tuple[type[PipelineFamily], ...] = (
 
 
 def read_model_index(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / "model_index.json"
+    model_dir = Path(model_dir)
+    path = model_dir / "model_index.json"
     if not path.is_file():
         raise UnsupportedModelError(
             f"{model_dir.name} has no model_index.json: it is not a diffusers pipeline repository. "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.base import Defaults, GenerationRequest, PipelineFamily, SizeRules
+from pipelines.base import MAX_PIXELS, Defaults, GenerationRequest, PipelineFamily, SizeRules
 
 
 class SDXLFamily(PipelineFamily):
@@ -39,7 +39,7 @@ class SDXLFamily(PipelineFamily):
     @property
     def size_rules(self) -> SizeRules:
         return SizeRules(factor=self.vae_scale_factor, min_side=256, max_side=2048,
-                         max_pixels=2048 * 2048)
+                         max_pixels=MAX_PIXELS)
 
     def warm_key(self, request: GenerationRequest) -> tuple[Any, ...]:
         # Classifier-free guidance (guidance > 1) doubles the UNet batch: another graph.

@@ -39,7 +39,8 @@ class Settings:
     revision: str = "main"
     # Secrets are kept out of repr() so that logging a Settings can never leak them.
     hf_token: str | None = field(default=None, repr=False)
-    webhook_url: str | None = None
+    # repr=False: the URL may carry a token in its query or password.
+    webhook_url: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_timeout: float = WEBHOOK_TIMEOUT_S[0]  # seconds per delivery attempt
     webhook_budget: float = WEBHOOK_BUDGET_S[0]  # seconds for all attempts and waits together
@@ -76,7 +77,7 @@ class Settings:
             raise SettingsError("HF_MODEL_ID is required: set it to a Hugging Face model id "
                                 "(e.g. black-forest-labs/FLUX.1-schnell), a local model directory, "
                                 "or a built-in tiny model (visgate/tiny-flux, visgate/tiny-sdxl)")
-        device = _text(env, "DEVICE") or "cuda"
+        device = (_text(env, "DEVICE") or "cuda").lower()
         if not _DEVICE_RE.match(device):
             raise SettingsError(f"DEVICE={device!r} is not valid: use cuda, cuda:N or cpu")
         on_cuda = device.startswith("cuda")

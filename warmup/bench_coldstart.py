@@ -101,7 +101,9 @@ class LocalHub(Source):
         from tests.support.hub_server import HubServer
 
         self.model_id = "bench/" + model.split("/")[-1]
-        folder = build_repo(model, work / "hub-repo")
+        folder = work / "hub-repo"
+        shutil.rmtree(folder, ignore_errors=True)  # built deterministically: same files, same commit
+        build_repo(model, folder)
         self.hub = HubServer().start()
         self.hub.add_repo(self.model_id, folder)
         self.hub_url = self.hub.url

@@ -52,6 +52,9 @@ def test_tiny_repo_detection(built_tiny_repo: Callable[[str], Path], model_id: s
     assert family.variant == variant
     assert family.defaults == defaults
     assert family.size_rules.factor == factor
+    # The pixel limit binds below the side limit: 2048x1152 is allowed, 2048x2048 is not.
+    rules = family.size_rules
+    assert 2048 * 1152 <= rules.max_pixels < rules.max_side ** 2
     assert family.describe()["defaults"] == {
         "num_inference_steps": defaults.steps, "guidance_scale": defaults.guidance,
         "height": defaults.height, "width": defaults.width}
@@ -130,7 +133,9 @@ def assert_lists_supported(message: str) -> None:
     {"_class_name": "StableDiffusionXLImg2ImgPipeline"},
     {"_class_name": "AudioLDM2Pipeline"},
     {"_diffusers_version": "0.30.0"},
-], ids=["video", "img2img", "audio", "no-class-name"])
+    {"_class_name": "FluxControlPipeline"},  # in diffusers' text-to-image map, but needs an image
+    {"_class_name": "StableDiffusionXLControlNetPipeline"},
+], ids=["video", "img2img", "audio", "no-class-name", "flux-control", "sdxl-controlnet"])
 def test_not_text_to_image_is_refused_with_the_supported_list(tmp_path: Path, index: dict) -> None:
     with pytest.raises(UnsupportedModelError) as info:
         detect_family(write_repo(tmp_path, index))

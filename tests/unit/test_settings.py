@@ -171,6 +171,9 @@ def test_cache_dir_explicit_wins_over_the_volume(mounted_volume: Path, tmp_path:
 
 # ---- secrets and purity -----------------------------------------------------------------------------
 def test_secrets_are_not_in_repr(no_volume: Path) -> None:
+    s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ",
+                  "VISGATE_WEBHOOK": "https://hooks.example/ready?token=tok_QueryToken"}, no_volume)
+    assert "tok_QueryToken" not in repr(s) and "hooks.example" not in repr(s)
     s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ"},
                  no_volume)
     assert s.secrets == ("hf_SuperSecretToken", "whsec_XYZ")
@@ -178,6 +181,10 @@ def test_secrets_are_not_in_repr(no_volume: Path) -> None:
         assert "hf_SuperSecretToken" not in text
         assert "whsec_XYZ" not in text
         assert "black-forest-labs/FLUX.1-schnell" in text  # the repr is still useful
+
+
+def test_device_is_case_insensitive(no_volume: Path) -> None:
+    assert settings({**MODEL, "DEVICE": "CUDA:1"}, no_volume).device == "cuda:1"
 
 
 def test_settings_are_frozen(no_volume: Path) -> None:
