@@ -87,6 +87,12 @@ class PipelineFamily(ABC):
 
     # ---- the family's facts ------------------------------------------------------------------
     @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent: 2 per VAE level after the first (8 for the usual 4-level VAE)."""
+        blocks = self.component_config("vae").get("block_out_channels")
+        return 2 ** (len(blocks) - 1) if blocks else 8
+
+    @property
     @abstractmethod
     def defaults(self) -> Defaults: ...
 

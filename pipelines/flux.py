@@ -21,11 +21,6 @@ class FluxFamily(PipelineFamily):
         return "dev" if config.get("guidance_embeds", False) else "schnell"
 
     @property
-    def vae_scale_factor(self) -> int:
-        blocks = self.component_config("vae").get("block_out_channels", [0, 0, 0, 0])
-        return 2 ** (len(blocks) - 1)
-
-    @property
     def defaults(self) -> Defaults:
         # diffusers' FluxPipeline uses default_sample_size 128 latents: 1024 px at the usual VAE.
         side = 128 * self.vae_scale_factor

@@ -44,11 +44,6 @@ class GenericFamily(PipelineFamily):
                 return config
         return {}
 
-    @property
-    def vae_scale_factor(self) -> int:
-        blocks = self.component_config("vae").get("block_out_channels")
-        return 2 ** (len(blocks) - 1) if blocks else 8
-
     @cached_property
     def _call_defaults(self) -> dict[str, Any]:
         import diffusers

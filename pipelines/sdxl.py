@@ -25,11 +25,6 @@ class SDXLFamily(PipelineFamily):
         return "base"
 
     @property
-    def vae_scale_factor(self) -> int:
-        blocks = self.component_config("vae").get("block_out_channels", [0, 0, 0, 0])
-        return 2 ** (len(blocks) - 1)
-
-    @property
     def defaults(self) -> Defaults:
         side = self.component_config("unet").get("sample_size", 128) * self.vae_scale_factor
         if self.variant == "turbo":

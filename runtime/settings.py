@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from runtime.errors import SettingsError
@@ -84,12 +84,7 @@ class Settings:
         return cls(
             model_id=model_id,
             device=device,
-            revision=_text(env, "HF_MODEL_REVISION") or "main",
-            hf_token=_text(env, "HF_TOKEN"),
-            webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
-            webhook_secret=_text(env, "VISGATE_WEBHOOK_SECRET"),
-            webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
-            webhook_budget=_seconds(env, "VISGATE_WEBHOOK_BUDGET", WEBHOOK_BUDGET_S),
+            **_identity_and_webhook(env),
             cache_dir=_cache_dir(_text(env, "VISGATE_CACHE_DIR"), volume_root),
             hub_endpoint=_hub_endpoint(_text(env, "HF_ENDPOINT")),
             hub_offline=_flag(env, "HF_HUB_OFFLINE"),
@@ -100,8 +95,6 @@ class Settings:
             compile=_choice(env, "VISGATE_COMPILE", COMPILE_MODES, "regional" if on_cuda else "off"),
             quantize=_choice(env, "VISGATE_QUANTIZE", QUANTIZE_MODES, "none"),
             warmup_shapes=_shapes(_text(env, "VISGATE_WARMUP_SHAPES")),
-            worker_id=_text(env, "RUNPOD_POD_ID"),
-            endpoint_id=_text(env, "RUNPOD_ENDPOINT_ID"),
         )
 
 
@@ -111,20 +104,24 @@ def webhook_settings(env: Mapping[str, str]) -> Settings | None:
     None when the webhook is not set or its own variables are invalid too.
     """
     try:
-        settings = Settings(
-            model_id=_text(env, "HF_MODEL_ID") or "",
-            revision=_text(env, "HF_MODEL_REVISION") or "main",
-            hf_token=_text(env, "HF_TOKEN"),
-            webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
-            webhook_secret=_text(env, "VISGATE_WEBHOOK_SECRET"),
-            webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
-            webhook_budget=_seconds(env, "VISGATE_WEBHOOK_BUDGET", WEBHOOK_BUDGET_S),
-            worker_id=_text(env, "RUNPOD_POD_ID"),
-            endpoint_id=_text(env, "RUNPOD_ENDPOINT_ID"),
-        )
+        settings = Settings(model_id=_text(env, "HF_MODEL_ID") or "", **_identity_and_webhook(env))
     except SettingsError:
         return None
     return settings if settings.webhook_url else None
+
+
+def _identity_and_webhook(env: Mapping[str, str]) -> dict[str, Any]:
+    """The fields the webhook needs: read by from_env, and alone after a failed from_env."""
+    return dict(
+        revision=_text(env, "HF_MODEL_REVISION") or "main",
+        hf_token=_text(env, "HF_TOKEN"),
+        webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
+        webhook_secret=_text(env, "VISGATE_WEBHOOK_SECRET"),
+        webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
+        webhook_budget=_seconds(env, "VISGATE_WEBHOOK_BUDGET", WEBHOOK_BUDGET_S),
+        worker_id=_text(env, "RUNPOD_POD_ID"),
+        endpoint_id=_text(env, "RUNPOD_ENDPOINT_ID"),
+    )
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:

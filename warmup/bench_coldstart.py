@@ -125,9 +125,13 @@ class SyntheticDir(Source):
     """Full-size random weights written once under the volume; booted as a local directory."""
 
     def __init__(self, model: str, volume: Path, device: str) -> None:
-        from warmup import synthetic
-
-        self.model_id = str(synthetic.saved_repo(model, volume / "synthetic" / model, device))
+        dest = volume / "synthetic" / model
+        if not (dest / ".complete").is_file():
+            # In a child process: this one must not hold GPU memory while the workers boot.
+            log.info("writing the synthetic %s weights to %s (once per volume)", model, dest)
+            subprocess.run([sys.executable, "-m", "warmup.synthetic", "save", model, str(dest), device],
+                           cwd=ROOT, check=True)
+        self.model_id = str(dest)
 
     def skip_reason(self, scenario: str) -> str | None:
         if scenario == "empty":

@@ -1,7 +1,7 @@
 """Compare benchmark results with the committed baseline; exit 1 on a regression.
 
     python -m warmup.check_regression RESULT.json [...]            # against warmup/baseline.json
-    python -m warmup.check_regression --build RESULT.json [...] > warmup/baseline.json
+    python -m warmup.check_regression --update RESULT.json [...]   # merge them into the baseline
 
 The baseline is keyed by GPU name (``machine.gpu`` of a result), then by what was measured
 (``latency/<mode>/<model>/<size>/<steps>[/<option>=<value>...]`` or
@@ -151,7 +151,7 @@ def build_baseline(results: Iterable[tuple[str, dict[str, Any]]],
                    previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """The baseline from GPU results (later files win for the same GPU and key)."""
     baseline = {"about": ("Baseline for warmup/check_regression.py, by GPU name then measurement; "
-                          "built with `python -m warmup.check_regression --build RESULT.json...`."),
+                          "updated with `python -m warmup.check_regression --update RESULT.json...`."),
                 "thresholds": dict(THRESHOLDS), "gpus": {}}
     if previous:
         baseline["thresholds"] = {**baseline["thresholds"], **previous.get("thresholds", {})}
@@ -195,12 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--baseline", type=Path, default=BASELINE)
     parser.add_argument("--build", action="store_true",
-                        help="print a baseline built from the results (merged into --baseline if it exists)")
+                        help="print a baseline built from the results, merged into --baseline if it exists")
+    parser.add_argument("--update", action="store_true",
+                        help="the same, written into --baseline (after a deliberate change of speed)")
     args = parser.parse_args(argv)
     results = _read(args.results)
-    if args.build:
+    if args.build or args.update:
         previous = json.loads(args.baseline.read_text()) if args.baseline.is_file() else None
-        print(json.dumps(build_baseline(results, previous), indent=1))
+        text = json.dumps(build_baseline(results, previous), indent=1) + "\n"
+        if args.update:
+            args.baseline.write_text(text)
+            print(f"updated {args.baseline}")
+        else:
+            print(text, end="")
         return 0
     baseline = json.loads(args.baseline.read_text())
     checks = [c for _, result in results for c in check(result, baseline)]

@@ -45,7 +45,8 @@ CAVEATS = {
 
 # ---- reading ----------------------------------------------------------------------------------------
 def load_results(folder: Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    kinds: dict[str, list[tuple[str, dict[str, Any]]]] = {"latency": [], "coldstart": [], "fetch": []}
+    kinds: dict[str, list[tuple[str, dict[str, Any]]]] = {
+        "latency": [], "coldstart": [], "fetch": [], "compile_cache_mechanisms": [], "png_encode": []}
     for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text())
@@ -216,6 +217,31 @@ def fetch_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def mechanism_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = []
+    for _, r in items:
+        lines += [f"## Compile cache mechanisms: {r['model']} on {machine_label(r['machine'])} "
+                  "(first compiled calls in a fresh process)", "",
+                  "| restored from | warmup s | cache | ratio to cold |", "|---|---|---|---|"]
+        for name, row in r.get("results", {}).items():
+            lines.append(f"| {name} | {fmt(row.get('warmup_s'))} | {row.get('restored', '-')} "
+                         f"| {fmt(row.get('ratio_to_cold'), 3)} |")
+        lines.append("")
+    return lines
+
+
+def png_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = []
+    for _, r in items:
+        lines += [f"## PNG encode {r['size']}² on {machine_label(r['machine'])} (median of {r.get('repeat')})", "",
+                  "| encoder | median ms | MB | lossless |", "|---|---|---|---|"]
+        for name, row in r.get("results", {}).items():
+            lines.append(f"| {name} | {fmt(row.get('median_ms'), 1)} | {row.get('bytes', 0) / 1e6:.2f} "
+                         f"| {row.get('lossless')} |")
+        lines.append("")
+    return lines
+
+
 # ---- charts -----------------------------------------------------------------------------------------
 def _pyplot() -> Any:
     import matplotlib
@@ -378,6 +404,8 @@ def build(results: Path, out: Path) -> list[Path]:
             charts[name] = chart.name
     lines += coldstart_tables(kinds["coldstart"], charts)
     lines += fetch_tables(kinds["fetch"])
+    lines += mechanism_tables(kinds["compile_cache_mechanisms"])
+    lines += png_tables(kinds["png_encode"])
     summary = out / "summary.md"
     summary.write_text("\n".join(lines).rstrip() + "\n")
     written.append(summary)

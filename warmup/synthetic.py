@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,17 @@ def saved_repo(kind: str, dest: Path, device: str = "cuda") -> Path:
     shutil.rmtree(configs, ignore_errors=True)
     marker.write_text(kind + "\n")
     return dest
+
+
+def main(argv: list[str]) -> int:
+    """``python -m warmup.synthetic save KIND DEST [DEVICE]``: write the weights (saved_repo)."""
+    if len(argv) not in (3, 4) or argv[0] != "save":
+        print("usage: python -m warmup.synthetic save {flux-dev,flux-schnell,sdxl} DEST [DEVICE]",
+              file=sys.stderr)
+        return 2
+    print(saved_repo(argv[1], Path(argv[2]), argv[3] if len(argv) == 4 else "cuda"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -159,3 +159,14 @@ def test_the_committed_baseline_holds_todays_gpu_results() -> None:
         result = json.loads((results / name).read_text())
         checks = cr.check(result, baseline)
         assert checks and all(c.status == "ok" for c in checks), cr.render(checks)
+
+
+def test_update_merges_into_the_baseline_file(tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(baseline_of(latency(tuned=4.0))))
+    result = tmp_path / "cold.json"
+    result.write_text(json.dumps(coldstart(ready=9.0)))
+    assert cr.main([str(result), "--update", "--baseline", str(baseline)]) == 0
+    merged = json.loads(baseline.read_text())["gpus"][H100]
+    assert merged["coldstart/synthetic/sdxl/warm-cache"]["ready_s"] == 9.0
+    assert merged["latency/synthetic/flux-dev/1024/28"]["tuned_median_s"] == 4.0

@@ -1,0 +1,85 @@
+"""warmup/report.py: tables with each figure beside its target, and real PNG charts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from warmup import report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+H100 = {"gpu": "NVIDIA H100 80GB HBM3", "date": "2026-11-27T13:12:35Z"}
+CPU = {"cpu": "AMD EPYC", "cpu_threads": 2}
+
+
+def latency(machine: dict[str, Any], tuned: float, target: float | None = None) -> dict[str, Any]:
+    stages = {"text_encode_s": 0.05, "denoise_s": tuned - 0.1, "vae_decode_s": 0.05, "png_encode_s": 0.01}
+    result = {"what": "latency", "mode": "synthetic" if "gpu" in machine else "tiny", "model": "flux-dev",
+              "family": "flux", "variant": "dev", "precision": "bf16", "size": 1024, "steps": 28,
+              "options": {"compile": "regional", "quantize": "none", "attention": "auto"},
+              "machine": machine,
+              "eager": {"median_s": 5.3, "p95_s": 5.4, "images_per_minute": 11.3,
+                        "stages": {**stages, "denoise_s": 5.2}},
+              "tuned": {"median_s": tuned, "p95_s": tuned, "images_per_minute": 60 / tuned, "stages": stages},
+              "speedup": round(5.3 / tuned, 3), "psnr_tuned_vs_eager_db": 47.5,
+              "tuning": {"warmup_with_compile_s": 43.3},
+              "cache_hit_boot": {"tuning": {"warmup_with_compile_s": 10.5}}, "compile_cache_ratio": 0.243}
+    if target:
+        result["target_s"] = target
+    return result
+
+
+def coldstart(machine: dict[str, Any], ready: float, target: float | None) -> dict[str, Any]:
+    median = {"import_s": 0.2, "settings_s": 0.0, "fetch_s": 0.1, "load_s": 4.0, "optimize_s": 0.3,
+              "warmup_s": ready - 4.7, "other_s": 0.05, "announce_s": 0.05, "ready_s": ready,
+              "serving_s": ready + 1.5, "first_job_s": 2.0}
+    scenario = {"label": "(c) warm weights, warm compile cache", "compile": "regional", "median": median,
+                "n": 1, "errors": 0, "runs": []}
+    if target:
+        scenario["target_ready_s"] = target
+    return {"what": "coldstart", "mode": "synthetic", "model": "sdxl", "device": "cuda", "repeat": 1,
+            "command": "python -m warmup.bench_coldstart", "machine": machine,
+            "scenarios": {"warm-cache": scenario,
+                          "empty": {"label": "(a) empty cache", "compile": "regional",
+                                    "skipped": "needs a hub", "runs": []}}}
+
+
+def write(folder: Path, name: str, data: Any) -> None:
+    (folder / name).write_text(json.dumps(data))
+
+
+def test_figures_stand_beside_their_targets_and_charts_are_pngs(tmp_path: Path) -> None:
+    write(tmp_path, "latency-gpu.json", latency(H100, tuned=3.92, target=2.4))
+    write(tmp_path, "latency-fast.json", {**latency(H100, tuned=2.0, target=2.4), "model": "flux-fast"})
+    write(tmp_path, "latency-cpu.json", latency(CPU, tuned=0.3))
+    write(tmp_path, "coldstart-gpu.json", coldstart(H100, ready=9.5, target=8.0))
+    write(tmp_path, "not-a-result.json", [1, 2])
+    (tmp_path / "broken.json").write_text("{")
+    written = report.build(tmp_path, tmp_path / "out")
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| 3.92 (3.92) |" in summary and "≤ 2.4: **missed**" in summary
+    assert "≤ 2.4: **met**" in summary  # the 2.0 s run
+    assert "none (CPU)" in summary
+    assert "≤ 0.25: **met**" in summary  # compile cache ratio 0.243
+    assert "**9.50**" in summary and "≤ 8: **missed**" in summary
+    assert "skipped: needs a hub" in summary
+    charts = sorted(p.name for p in written if p.suffix == ".png")
+    assert charts == ["coldstart-gpu.png", "compile-cache.png", "latency-synthetic.png", "latency-tiny.png"]
+    for name in charts:
+        data = (tmp_path / "out" / name).read_bytes()
+        assert data[:8] == PNG_SIGNATURE and len(data) > 5000
+        assert f"]({name})" in summary  # embedded
+
+
+def test_no_results_still_writes_a_summary(tmp_path: Path) -> None:
+    written = report.build(tmp_path, tmp_path)
+    assert [p.name for p in written] == ["summary.md"]
+    assert "# Benchmark summary" in (tmp_path / "summary.md").read_text()
+
+
+def test_the_committed_results_render(tmp_path: Path) -> None:
+    written = report.build(report.RESULTS, tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "H100 80GB HBM3" in summary and "≤ 2.4: **missed**" in summary and "≤ 1.1: **missed**" in summary
+    assert any(p.name == "latency-synthetic.png" for p in written)
