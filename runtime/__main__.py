@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any, Callable
 
 from runtime.announce import Announcer
 from runtime.boot import announce_ready, boot, read_settings, read_webhook_settings, report_failure
 from runtime.boot_report import BootRecord
 from runtime.errors import SettingsError
-from runtime.handler import Service, make_handler
+from runtime.handler import make_handler
 from runtime.logs import setup_logging
 
 log = logging.getLogger("runtime")
@@ -38,18 +39,19 @@ def main() -> int:
         report_failure(announcer, exc, record)
         return 1
     record.log_line()
+    start = serving_loop()  # the SDK is imported before "ready": ready means able to take a job
     announce_ready(announcer, service, record)  # only now, and before any job is taken
-    serve(service)
+    start({"handler": make_handler(service)})
     return 0
 
 
-def serve(service: Service) -> None:
+def serving_loop() -> Callable[[dict[str, Any]], None]:
     # The SDK logs every job's input and output at DEBUG (its default level): that would print
     # prompts and megabytes of base64 per job. INFO unless the operator asks otherwise.
     os.environ.setdefault("RUNPOD_DEBUG_LEVEL", "INFO")
     import runpod
 
-    runpod.serverless.start({"handler": make_handler(service)})
+    return runpod.serverless.start
 
 
 if __name__ == "__main__":

@@ -318,7 +318,7 @@ def render(result: dict[str, Any]) -> str:
              "| scenario | compile | " + " | ".join(f"{h} s" for h in heads)
              + " | **ready s** | target | serving s | first job s |",
              "|---|---|" + "---|" * len(heads) + "---|---|---|---|"]
-    for name, entry in result["scenarios"].items():
+    for entry in result["scenarios"].values():
         if "skipped" in entry:
             lines.append(f"| {entry['label']} | {entry['compile']} | skipped: {entry['skipped']} |")
             continue

@@ -90,10 +90,12 @@ def build(args: argparse.Namespace, workdir: Path) -> tuple[Any, Any]:
     else:
         from runtime.fetch import fetch
 
-        repo = fetch(settings).model_dir
-        family = detect_family(repo)
+        fetched = fetch(settings)
+        family = detect_family(fetched.model_dir)
         precision = choose_precision(settings.precision, family, settings.device)
-        pipe = family.load(getattr(torch, DTYPE_NAMES[precision]), settings.device)
+        # The weight variant the fetch stage chose (e.g. SDXL's fp16 files), as the worker loads it.
+        pipe = family.load(getattr(torch, DTYPE_NAMES[precision]), settings.device,
+                           variant=fetched.variant)
     return Loaded(family=family, pipe=pipe, precision=precision, device=settings.device), settings
 
 
