@@ -222,7 +222,8 @@ def configure_dynamo(static_shapes: int) -> None:
     import torch._dynamo
 
     torch._dynamo.config.automatic_dynamic_shapes = False
-    torch._dynamo.config.recompile_limit = max(8, static_shapes + 2)
+    # Two entries per shape: the first call of a block can see other strides than the next ones.
+    torch._dynamo.config.recompile_limit = max(8, 2 * static_shapes + 2)
 
 
 def serve_stance(report: OptimizationReport) -> None:

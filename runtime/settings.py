@@ -147,7 +147,7 @@ def _webhook_url(url: str | None) -> str | None:
         return None
     parts = urlsplit(url)
     try:
-        parts.port  # urlsplit parses the port lazily: a bad one would only fail at announce time
+        _ = parts.port  # urlsplit parses the port lazily: a bad one would only fail at announce time
     except ValueError:
         raise SettingsError("VISGATE_WEBHOOK has an invalid port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
