@@ -1,0 +1,134 @@
+"""The compile-cache archive without compiling anything: keys, restore, corruption, atomic saves.
+
+(Real compiled artifacts across fresh processes: tests/integration/test_optimize.py.)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from runtime import compile_cache
+from runtime.compile_cache import CompileCache, for_boot, make_key
+
+
+@pytest.fixture(autouse=True)
+def _restore_inductor_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # activate() points TORCHINDUCTOR_CACHE_DIR at its local dir; keep that out of other tests.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset-by-test")
+
+
+def _cache(tmp_path: Path, local: str = "local", **parts: object) -> CompileCache:
+    return CompileCache(volume_dir=tmp_path / "volume" / "compile",
+                        parts={"model": "m", "shapes": [[1024, 1024]], **parts},
+                        local_root=tmp_path / local)
+
+
+def _boot_parts(**overrides: object) -> dict:
+    args = dict(cache_dir=Path("/v"), model_id="black-forest-labs/FLUX.1-dev", model_dir=Path("/x/abc123"),
+                revision="main", family="flux", variant="dev", device="cpu",
+                options={"compile": "regional", "quantize": "none"}, shapes=[(1024, 1024)])
+    args.update(overrides)
+    return for_boot(**args).parts  # type: ignore[arg-type]
+
+
+def test_key_covers_what_invalidates_compiled_code() -> None:
+    base = _boot_parts()
+    assert make_key(base) == make_key(_boot_parts())  # deterministic
+    assert {"model", "revision", "snapshot", "family", "variant", "options", "shapes", "torch",
+            "python", "diffusers", "machine", "cpu"} <= set(base)
+    assert base["snapshot"] == "abc123"
+    for changed in (_boot_parts(shapes=[(1024, 1024), (768, 1344)]), _boot_parts(revision="v2"),
+                    _boot_parts(options={"compile": "full", "quantize": "none"}),
+                    _boot_parts(model_dir=Path("/x/def456")), _boot_parts(variant="schnell")):
+        assert make_key(changed) != make_key(base)
+    assert make_key({**base, "torch": "9.9.9"}) != make_key(base)
+
+
+def test_missing_archive_is_a_miss_and_points_inductor_at_a_local_dir(tmp_path: Path) -> None:
+    cache = _cache(tmp_path)
+    status = cache.activate()
+    assert status["restored"] == "miss"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "local" / cache.key / "inductor")
+
+
+def test_saved_archive_restores_in_a_new_container(tmp_path: Path) -> None:
+    first = _cache(tmp_path, local="container-1")
+    first.activate()
+    kernel = first.local_dir / "inductor" / "fxgraph" / "ab" / "entry"
+    kernel.parent.mkdir(parents=True)
+    kernel.write_bytes(b"compiled graph")
+    saved = first.save()
+    assert saved["saved_bytes"] == first.archive.stat().st_size
+    assert [p.name for p in first.archive.parent.iterdir()] == [first.archive.name]  # no temp left
+
+    second = _cache(tmp_path, local="container-2")
+    assert second.key == first.key
+    assert second.activate()["restored"] == "hit"
+    restored = second.local_dir / "inductor" / "fxgraph" / "ab" / "entry"
+    assert restored.read_bytes() == b"compiled graph"
+
+
+def _write_tar(path: Path, members: dict[str, bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("members", [
+    None,  # garbage bytes
+    {"meta.json": b'{"key": "someone-else"}', "mega-cache.bin": b""},  # another key's archive
+    {"mega-cache.bin": b""},  # no meta
+    {"meta.json": b"{KEY}", "mega-cache.bin": b"not a torch cache blob"},  # blob torch rejects
+    {"meta.json": b"{KEY}", "mega-cache.bin": b"", "inductor/../../escaped": b"x"},  # path traversal
+], ids=["garbage", "other-key", "no-meta", "bad-blob", "traversal"])
+def test_unusable_archive_means_compile_again_never_a_crash(tmp_path: Path, members: dict | None,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    cache = _cache(tmp_path)
+    if members is None:
+        cache.archive.parent.mkdir(parents=True)
+        cache.archive.write_bytes(b"\0garbage" * 100)
+    else:
+        meta = json.dumps({"key": cache.key}).encode()
+        _write_tar(cache.archive, {k: (meta if v == b"{KEY}" else v) for k, v in members.items()})
+    status = cache.activate()
+    assert status["restored"] == "corrupt"
+    assert "compiling from scratch" in caplog.text
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "local" / "escaped").exists()
+    # and the next save overwrites it with a good archive
+    cache.save()
+    assert _cache(tmp_path, local="other").activate()["restored"] == "hit"
+
+
+def test_finish_keeps_a_clean_hit_and_saves_anything_new(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = _cache(tmp_path)
+    cache.activate()
+    monkeypatch.setattr(compile_cache, "inductor_cache_counters", lambda: {"fxgraph_cache_miss": 3})
+    assert compile_cache.finish(cache)["saved_bytes"] > 0  # a miss: compiled, so saved
+    written = cache.archive.stat().st_mtime_ns
+
+    again = _cache(tmp_path, local="next")
+    again.activate()
+    monkeypatch.setattr(compile_cache, "inductor_cache_counters", lambda: {"fxgraph_cache_hit": 3})
+    status = compile_cache.finish(again)
+    assert status["restored"] == "hit" and "saved_bytes" not in status
+    assert cache.archive.stat().st_mtime_ns == written  # untouched
+
+
+def test_a_volume_that_cannot_be_written_costs_the_next_boot_not_this_one(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = _cache(tmp_path)
+    cache.activate()
+    cache.volume_dir.parent.mkdir(parents=True)
+    cache.volume_dir.write_text("a file where the directory should be")
+    monkeypatch.setattr(compile_cache, "inductor_cache_counters", lambda: {"fxgraph_cache_miss": 1})
+    status = compile_cache.finish(cache)
+    assert "save_error" in status
