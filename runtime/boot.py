@@ -36,7 +36,8 @@ def boot(settings: Settings, record: BootRecord) -> Service:
         report.update(source=fetched.source, **fetched.report)
     with record.stage("load") as report:
         loaded = load(settings, fetched.model_dir, variant=fetched.variant)
-        report.update(loaded.family.describe(), precision=loaded.precision, device=loaded.device)
+        report.update(loaded.family.describe(), precision=loaded.precision, device=loaded.device,
+                      imports_seconds=loaded.imports_seconds)
     shapes = serving_shapes(loaded.family, settings.warmup_shapes)
     cache = _compile_cache(settings, fetched.model_dir, loaded, shapes)
     with record.stage("optimize") as report:

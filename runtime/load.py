@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ class Loaded:
     device: str  # where the pipeline serves
     # Where the weights are now: "cpu" while they wait to be quantized on their way to the GPU.
     placed_on: str = ""
+    # Of the load stage, the seconds spent importing torch/diffusers/transformers (not weights).
+    imports_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.placed_on = self.placed_on or self.device
@@ -72,11 +75,13 @@ def quiet_libraries() -> None:
 def load(settings: Settings, model_dir: Path, variant: str | None = None) -> Loaded:
     """``variant``: FetchResult.variant, the weight variant the fetch stage downloaded."""
     family = detect_family(model_dir)
-    check_device(settings.device)
+    t0 = time.perf_counter()
+    check_device(settings.device)  # the first torch import
     precision = choose_precision(settings.precision, family, settings.device)
     import torch
 
-    quiet_libraries()
+    quiet_libraries()  # the first diffusers and transformers imports
+    imports_seconds = round(time.perf_counter() - t0, 3)
     dtype = getattr(torch, DTYPE_NAMES[precision])
     # To quantize, weights stay in CPU memory and go to the GPU layer by layer as they are
     # quantized (optimize stage): FLUX.1-dev in bf16 (33 GB) would not fit a 24 GB GPU first.
@@ -89,4 +94,4 @@ def load(settings: Settings, model_dir: Path, variant: str | None = None) -> Loa
         raise BootError(f"the model does not fit in GPU memory as {precision}: use a larger GPU "
                         "or VISGATE_QUANTIZE=int8-weight", stage="load") from exc
     return Loaded(family=family, pipe=pipe, precision=precision, device=settings.device,
-                  placed_on=placed_on)
+                  placed_on=placed_on, imports_seconds=imports_seconds)
