@@ -48,16 +48,21 @@ DRY_RUN=0
 PUSH=1
 BUILD_ARGS=()
 BAKE=0
+# Tag suffix for non-default builds: a baked or xformers image must never become plain `latest`,
+# where an endpoint that forgot HF_MODEL_ID would silently serve the baked model.
+VARIANT=""
 
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
     --no-push) PUSH=0 ;;
-    --xformers) BUILD_ARGS+=(--build-arg INSTALL_XFORMERS=1) ;;
+    --xformers) BUILD_ARGS+=(--build-arg INSTALL_XFORMERS=1); VARIANT+="-xformers" ;;
     --bake-model)
       [ "$#" -ge 2 ] && [ -n "$2" ] || die "--bake-model needs a model id"
       BUILD_ARGS+=(--build-arg "BAKE_MODEL=$2")
       BAKE=1
+      model_tag="${2##*/}"; model_tag="${model_tag,,}"; model_tag="${model_tag//[^a-z0-9_.-]/-}"
+      VARIANT+="-${model_tag}"
       shift ;;
     --build-arg)
       [ "$#" -ge 2 ] && [[ "$2" == *=* ]] || die "--build-arg needs KEY=VALUE"
@@ -70,7 +75,8 @@ while [ "$#" -gt 0 ]; do
 done
 
 IMAGE="${DOCKER_USER}/${IMAGE_NAME}"
-DATE_TAG="$(date +%Y%m%d)"
+LATEST_TAG="latest${VARIANT}"
+DATE_TAG="$(date +%Y%m%d)${VARIANT}"
 
 # Print a command (each word single-quoted when it needs to be), then run it unless dry run.
 run() {
@@ -135,20 +141,20 @@ fi
 
 run env DOCKER_BUILDKIT=1 docker build --platform "$PLATFORM" \
   ${BUILD_ARGS[@]+"${BUILD_ARGS[@]}"} ${SECRET_ARGS[@]+"${SECRET_ARGS[@]}"} \
-  -t "${IMAGE}:latest" "$ROOT"
-run docker tag "${IMAGE}:latest" "${IMAGE}:${DATE_TAG}"
+  -t "${IMAGE}:${LATEST_TAG}" "$ROOT"
+run docker tag "${IMAGE}:${LATEST_TAG}" "${IMAGE}:${DATE_TAG}"
 
 if [ "$DRY_RUN" -eq 1 ]; then
   if [ "$PUSH" -eq 1 ]; then
-    run docker push "${IMAGE}:latest"
+    run docker push "${IMAGE}:${LATEST_TAG}"
     run docker push "${IMAGE}:${DATE_TAG}"
   fi
   echo "dry run: nothing was run"
 elif [ "$PUSH" -eq 1 ]; then
-  run docker push "${IMAGE}:latest" \
-    || die "push of ${IMAGE}:latest failed: is ${DOCKER_USER} logged in to ${REGISTRY} with push rights?"
+  run docker push "${IMAGE}:${LATEST_TAG}" \
+    || die "push of ${IMAGE}:${LATEST_TAG} failed: is ${DOCKER_USER} logged in to ${REGISTRY} with push rights?"
   run docker push "${IMAGE}:${DATE_TAG}" || die "push of ${IMAGE}:${DATE_TAG} failed"
-  echo "pushed ${IMAGE}:latest and ${IMAGE}:${DATE_TAG}"
+  echo "pushed ${IMAGE}:${LATEST_TAG} and ${IMAGE}:${DATE_TAG}"
 else
-  echo "built ${IMAGE}:latest and ${IMAGE}:${DATE_TAG} (not pushed)"
+  echo "built ${IMAGE}:${LATEST_TAG} and ${IMAGE}:${DATE_TAG} (not pushed)"
 fi

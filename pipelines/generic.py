@@ -56,8 +56,14 @@ class GenericFamily(PipelineFamily):
 
     @property
     def defaults(self) -> Defaults:
+        rules = self.size_rules
         side = int(self._denoiser_config.get("sample_size", 128)) * self.vae_scale_factor
-        side = max(self.size_rules.min_side, min(side, self.size_rules.max_side))
+        side = max(rules.min_side, min(side, rules.max_side))
+        # A 2K-native model (sample_size 256) would default beyond the pixel limit: every job
+        # without a size would be refused. Serve the largest square the rules allow instead.
+        while side * side > rules.max_pixels and side - rules.factor >= rules.min_side:
+            side -= rules.factor
+        side -= side % rules.factor
         steps = self._call_defaults.get("num_inference_steps")
         guidance = self._call_defaults.get("guidance_scale")
         return Defaults(steps=steps if isinstance(steps, int) else 30,

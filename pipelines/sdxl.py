@@ -42,7 +42,7 @@ class SDXLFamily(PipelineFamily):
 
     def preferred_dtype(self, device: str) -> str:
         # The SDXL UNet is trained and shipped in fp16; the VAE is kept safe from fp16 overflow
-        # by diffusers' force_upcast (see load()).
+        # by diffusers' force_upcast: the pipeline decodes with the VAE upcast to fp32.
         return "fp16" if device.startswith("cuda") else "fp32"
 
     def pipeline_class(self) -> type:

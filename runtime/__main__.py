@@ -35,11 +35,11 @@ def main() -> int:
     announcer = Announcer(settings)  # the one transition: ready or failed, announced once
     try:
         service = boot(settings, record)  # fetch -> load -> optimize -> warmup
+        record.log_line()
+        start = serving_loop()  # the SDK is imported before "ready": ready means able to take a job
     except Exception as exc:  # noqa: BLE001 - every boot failure is reported, then final
         report_failure(announcer, exc, record)
         return 1
-    record.log_line()
-    start = serving_loop()  # the SDK is imported before "ready": ready means able to take a job
     announce_ready(announcer, service, record)  # only now, and before any job is taken
     start({"handler": make_handler(service)})
     return 0

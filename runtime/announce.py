@@ -276,9 +276,21 @@ class Announcer:
             "endpoint_id": settings.endpoint_id,
             "boot": _record_dict(record),
         }
-        text = json.dumps(payload, default=str)  # insertion order: stages in boot order
         # A safety net: no stage report or foreign message may carry a secret to the receiver.
-        return redact(text, settings.secrets).encode()
+        # Redacted value by value, before encoding: replacing in the JSON text could hit a
+        # secret that equals a literal (true, a number) or miss one that JSON escapes.
+        clean = _redact_values(json.loads(json.dumps(payload, default=str)), settings.secrets)
+        return json.dumps(clean).encode()  # insertion order: stages in boot order
+
+
+def _redact_values(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {redact(k, secrets): _redact_values(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_values(v, secrets) for v in value]
+    return value
 
 
 def _record_dict(record: BootRecord) -> dict[str, Any]:

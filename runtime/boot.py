@@ -31,6 +31,7 @@ def read_settings(env: Mapping[str, str] | None = None) -> Settings:
 
 
 def boot(settings: Settings, record: BootRecord) -> Service:
+    record.device = settings.device
     with record.stage("fetch") as report:
         fetched = fetch(settings)
         report.update(source=fetched.source, **fetched.report)

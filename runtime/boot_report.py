@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import sys
 import time
 from contextlib import contextmanager
 from importlib import metadata
@@ -28,6 +29,7 @@ class BootRecord:
         # The stage that raised, so a failure is reported where it happened even when the
         # exception itself does not say (a library error inside fetch is a fetch failure).
         self.failed_stage: str | None = None
+        self.device: str | None = None  # the serving device, set by boot from DEVICE
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
@@ -52,7 +54,7 @@ class BootRecord:
         finished = {name: entry for name, entry in self.stages.items() if "seconds" in entry}
         return {"started_at": round(self.started, 3), "total_seconds": self.total_seconds(),
                 "stages": finished,
-                "versions": versions(), "device": device_info(), **self.info}
+                "versions": versions(), "device": device_info(self.device), **self.info}
 
     def log_line(self) -> None:
         log.info("boot record %s", json.dumps(self.as_dict(), sort_keys=True, default=str))
@@ -65,23 +67,22 @@ def versions() -> dict[str, str]:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    try:
-        import torch
-
-        if torch.version.cuda:
-            found["cuda"] = torch.version.cuda
-    except ImportError:
-        pass
+    torch = sys.modules.get("torch")  # no import just to report: see device_info
+    if torch is not None and torch.version.cuda:
+        found["cuda"] = torch.version.cuda
     return found
 
 
-def device_info() -> dict[str, Any]:
-    try:
-        import torch
-    except ImportError:
-        return {"type": "cpu"}
+def device_info(device: str | None = None) -> dict[str, Any]:
+    """The serving device (``DEVICE``), once boot has set it; before that, what the machine has."""
+    # Only describe devices through torch if something already imported it: a settings failure
+    # must not pay for a torch import (seconds) before it can report.
+    torch = sys.modules.get("torch")
+    if torch is None or (device or "").startswith("cpu"):
+        return {"type": "cpu", "threads": torch.get_num_threads() if torch else None}
     if not torch.cuda.is_available():
         return {"type": "cpu", "threads": torch.get_num_threads()}
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    index = int(device.split(":", 1)[1]) if device and ":" in device else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
     return {"type": "cuda", "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
             "capability": f"{props.major}.{props.minor}"}

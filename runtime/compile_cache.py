@@ -202,7 +202,7 @@ def finish(cache: CompileCache) -> dict[str, Any]:
         return cache.status
     try:
         cache.status.update(cache.save())
-    except OSError as exc:  # a full or read-only volume costs the next boot time, not this one
+    except Exception as exc:  # a full volume, a torch or tar error: costs the next boot time, not this one
         log.warning("compile cache not saved (%s: %s)", exc.__class__.__name__, exc)
         cache.status["save_error"] = exc.__class__.__name__
     return cache.status

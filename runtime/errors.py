@@ -27,7 +27,8 @@ class UnsupportedModelError(BootError):
     """The repository is not a text-to-image pipeline we can serve."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, stage="load")
+        # Raised while fetching (choosing files) or loading: the boot record knows which.
+        super().__init__(message, stage="boot")
 
 
 class JobInputError(WorkerError):

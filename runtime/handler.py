@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -86,6 +87,9 @@ def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) 
         return {"error": redact(str(exc), secrets), "model_id": model_id}
     response: dict[str, Any] = {"model_id": model_id}
     if _is_out_of_memory(exc):
+        # The traceback's frames still hold the job's latents and activations: drop them first,
+        # or empty_cache() has little to give back.
+        traceback.clear_frames(exc.__traceback__)
         _free_device_memory()
         log.warning("job ran out of GPU memory; cache freed")
         response["error"] = ("CUDA out of memory: reduce height/width (pixels) or "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from runtime.errors import redact
 
@@ -25,10 +26,23 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+_BASE_RECORD_FACTORY = logging.getLogRecordFactory()
+
+
 def setup_logging(secrets: tuple[str, ...] = ()) -> None:
+    redactor = RedactSecrets(secrets)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactSecrets(secrets))
+    handler.addFilter(redactor)
+
+    # Some libraries (diffusers, transformers) log through handlers of their own that never reach
+    # ours: cleaning each record as it is created covers every logger, whatever its handlers.
+    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = _BASE_RECORD_FACTORY(*args, **kwargs)
+        redactor.filter(record)
+        return record
+
+    logging.setLogRecordFactory(redacting_factory)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -51,7 +51,8 @@ class OptimizationReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"applied": self.applied, "skipped": self.skipped, "seconds": self.seconds}
+        # "step_seconds": the stage entry this lands in has its own "seconds" (the stage total).
+        return {"applied": self.applied, "skipped": self.skipped, "step_seconds": self.seconds}
 
 
 def _capability(ctx: Context) -> tuple[int, int]:
@@ -190,8 +191,6 @@ def channels_last(ctx: Context) -> str:
 
 
 def compile_models(ctx: Context) -> str:
-    import torch
-
     mode = ctx.settings.compile
     if mode == "off":
         raise Skip("VISGATE_COMPILE=off")
@@ -208,7 +207,6 @@ def compile_models(ctx: Context) -> str:
     ctx.pipe.vae.decoder.compile(fullgraph=True)
     compiled.append("vae.decoder")
     # Compilation happens lazily at the first call: the warmup stage pays for it.
-    _ = torch  # imported for side effects of torch._dynamo configuration above
     return "; ".join(compiled)
 
 

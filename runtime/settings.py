@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from runtime.errors import SettingsError
 
@@ -101,13 +101,18 @@ class Settings:
 def webhook_settings(env: Mapping[str, str]) -> Settings | None:
     """What a failed ``from_env`` still allows: the webhook and the ids, to announce the failure.
 
-    None when the webhook is not set or its own variables are invalid too.
+    None when the webhook is not set or its URL is invalid too; a bad timeout or budget falls back
+    to the defaults, since reporting the failure matters more than honouring them.
     """
-    try:
-        settings = Settings(model_id=_text(env, "HF_MODEL_ID") or "", **_identity_and_webhook(env))
-    except SettingsError:
-        return None
-    return settings if settings.webhook_url else None
+    for candidate in (env, {k: v for k, v in env.items()
+                            if k not in ("VISGATE_WEBHOOK_TIMEOUT", "VISGATE_WEBHOOK_BUDGET")}):
+        try:
+            settings = Settings(model_id=_text(candidate, "HF_MODEL_ID") or "",
+                                **_identity_and_webhook(candidate))
+        except SettingsError:
+            continue
+        return settings if settings.webhook_url else None
+    return None
 
 
 def _identity_and_webhook(env: Mapping[str, str]) -> dict[str, Any]:
@@ -145,7 +150,7 @@ def _choice(env: Mapping[str, str], name: str, valid: tuple[str, ...], default: 
 def _webhook_url(url: str | None) -> str | None:
     if url is None:
         return None
-    parts = urlsplit(url)
+    parts = _split_url("VISGATE_WEBHOOK", url)
     try:
         _ = parts.port  # urlsplit parses the port lazily: a bad one would only fail at announce time
     except ValueError:
@@ -176,14 +181,24 @@ def _url_credentials(url: str | None) -> tuple[str, ...]:
     libraries log the request line at DEBUG, so these are redacted like the other secrets."""
     if not url:
         return ()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # invalid URLs never get this far (_webhook_url refuses them)
+        return ()
     return tuple(s for s in (parts.password, parts.query) if s and len(s) >= 4)
+
+
+def _split_url(name: str, url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket; the message does not echo the URL
+        raise SettingsError(f"{name} is not a valid URL") from None
 
 
 def _hub_endpoint(url: str | None) -> str:
     if url is None:
         return "https://huggingface.co"
-    parts = urlsplit(url)
+    parts = _split_url("HF_ENDPOINT", url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError("HF_ENDPOINT must be an http:// or https:// URL with a host")
     return url.rstrip("/")

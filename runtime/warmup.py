@@ -26,11 +26,14 @@ WARMUP_STEPS = 2
 def serving_shapes(family: PipelineFamily, extra: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
     """The family's default shape first, then the extra shapes, each checked against its rules."""
     d = family.defaults
-    shapes = [(d.height, d.width)]
-    for height, width in extra:
+    shapes: list[tuple[int, int]] = []
+    for index, (height, width) in enumerate(((d.height, d.width), *extra)):
         try:
             check_shape(height, width, family.size_rules)
         except JobInputError as exc:
+            if index == 0:  # a family bug, not the user's: say so rather than serve a dead default
+                raise BootError(f"the model's default size {height}x{width} breaks its own size "
+                                f"rules: {exc}", stage="load") from exc
             raise BootError(f"VISGATE_WARMUP_SHAPES {height}x{width} is not valid for this model: {exc}",
                             stage="settings") from exc
         if (height, width) not in shapes:

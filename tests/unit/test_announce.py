@@ -34,7 +34,7 @@ def no_torch(monkeypatch):
     """Unit tier: the boot record's device probe would import torch; a CPU answer will do."""
     from runtime import boot_report
 
-    monkeypatch.setattr(boot_report, "device_info", lambda: {"type": "cpu"})
+    monkeypatch.setattr(boot_report, "device_info", lambda device=None: {"type": "cpu"})
 
 
 @pytest.fixture
@@ -336,6 +336,38 @@ def test_webhook_settings_survive_another_bad_setting():
     assert SECRET in partial.secrets and partial.model_id == ""
     assert webhook_settings({"VISGATE_COMPILE": "bogus"}) is None
     assert webhook_settings({"VISGATE_WEBHOOK": "ftp://x"}) is None
+    assert webhook_settings({"VISGATE_WEBHOOK": "http://[broken"}) is None
+    # A bad timeout or budget must not silence the failure report: the defaults stand in.
+    partial = webhook_settings({**env, "VISGATE_WEBHOOK_BUDGET": "abc"})
+    assert partial is not None and partial.webhook_budget == 30.0
+
+
+@pytest.mark.parametrize("secret", ["true", 'se"cret\\x', "clé-secrète"])
+def test_body_redaction_works_on_values_not_json_text(secret):
+    record = BootRecord()
+    with record.stage("fetch") as report:
+        report["flag"] = True
+        report["note"] = f"echoed {secret} here"
+    settings = settings_for("http://hook.example/x", webhook_secret=secret)
+    body = Announcer(settings).body("failed", "d-1", {"stage": "fetch"}, record)
+    payload = json.loads(body)  # still valid JSON, whatever the secret looks like
+    assert payload["boot"]["stages"]["fetch"]["flag"] is True
+    assert payload["boot"]["stages"]["fetch"]["note"] == "echoed *** here"
+    strings: list[str] = []
+
+    def collect(value):
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                strings.append(k)
+                collect(v)
+        elif isinstance(value, list):
+            for v in value:
+                collect(v)
+
+    collect(payload)
+    assert not [text for text in strings if secret in text]
 
 
 def test_failure_message_names_the_stage_that_raised():

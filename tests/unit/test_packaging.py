@@ -346,7 +346,9 @@ def test_dry_run_honours_user_image_name_and_build_options(tmp_path: Path) -> No
     lines = command_lines(result.stdout)
     assert [line.split()[0:2] for line in lines] == [["env", "DOCKER_BUILDKIT=1"], ["docker", "tag"]]
     build = lines[0]
-    assert "-t someone/worker:latest" in build
+    # A baked or xformers build is tagged apart: it must never become plain `latest`.
+    assert "-t someone/worker:latest-xformers-tiny-flux " in build + " "
+    assert lines[1].endswith("-xformers-tiny-flux")
     assert "--build-arg INSTALL_XFORMERS=1" in build
     assert "--build-arg BAKE_MODEL=visgate/tiny-flux" in build
     assert "--secret" not in build  # no HF_TOKEN: nothing to pass

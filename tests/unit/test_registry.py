@@ -111,6 +111,20 @@ def test_generic_family_for_a_stable_diffusion_repo(tmp_path: Path) -> None:
     assert family.denoiser_attr == "unet"
 
 
+def test_generic_default_size_stays_within_the_pixel_limit(tmp_path: Path) -> None:
+    # A 2K-native repo (sample_size 256 -> 2048 px) must not default to a size every job is refused.
+    from runtime.warmup import serving_shapes
+
+    repo = write_repo(tmp_path, {"_class_name": "PixArtSigmaPipeline",
+                                 "transformer": ["diffusers", "PixArtTransformer2DModel"]},
+                      {"transformer/config.json": {"sample_size": 256, "patch_size": 2},
+                       "vae/config.json": {"block_out_channels": [128, 256, 512, 512]}})
+    family = detect_family(repo)
+    d, rules = family.defaults, family.size_rules
+    assert d.height * d.width <= rules.max_pixels and d.height % rules.factor == 0
+    assert serving_shapes(family, ()) == [(d.height, d.width)]
+
+
 def test_generic_family_for_a_patchified_transformer(tmp_path: Path) -> None:
     repo = write_repo(tmp_path, {"_class_name": "StableDiffusion3Pipeline"}, {
         **VAE8, "transformer/config.json": {"sample_size": 128, "patch_size": 2}})
@@ -143,8 +157,12 @@ def test_not_text_to_image_is_refused_with_the_supported_list(tmp_path: Path, in
     assert f"{index.get('_class_name', 'no _class_name')} is not a supported text-to-image pipeline" \
         in message
     assert_lists_supported(message)
-    # A boot error of the load stage: the worker reports it and exits non-zero.
-    assert isinstance(info.value, BootError) and info.value.stage == "load"
+    # A boot error: the worker reports it, with the stage the boot record saw raise it (fetch
+    # when choosing files, load when loading), and exits non-zero.
+    assert isinstance(info.value, BootError)
+    from runtime.boot import failure_message
+    assert failure_message(info.value, (), "fetch")[0] == "fetch"
+    assert failure_message(info.value, (), "load")[0] == "load"
 
 
 def test_transformers_model_dir_is_refused(tmp_path: Path) -> None:

@@ -183,6 +183,12 @@ def test_secrets_are_not_in_repr(no_volume: Path) -> None:
         assert "black-forest-labs/FLUX.1-schnell" in text  # the repr is still useful
 
 
+@pytest.mark.parametrize("name", ["HF_ENDPOINT", "VISGATE_WEBHOOK"])
+def test_an_unparseable_url_is_a_settings_error_not_a_crash(name: str, no_volume: Path) -> None:
+    with pytest.raises(SettingsError, match=f"{name} is not a valid URL"):
+        settings({**MODEL, name: "http://[mirror.example/x?token=tok_123"}, no_volume)
+
+
 def test_device_is_case_insensitive(no_volume: Path) -> None:
     assert settings({**MODEL, "DEVICE": "CUDA:1"}, no_volume).device == "cuda:1"
 

@@ -1,0 +1,39 @@
+"""Secrets are removed from every log record, also from libraries that log through handlers of
+their own (diffusers, transformers) rather than the root logger's."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from runtime.logs import setup_logging
+
+SECRET = "hf_TopSecretToken123"
+
+
+@pytest.fixture
+def restore_logging():
+    factory, root = logging.getLogRecordFactory(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    logging.setLogRecordFactory(factory)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_a_library_with_its_own_handler_is_redacted_too(restore_logging):
+    setup_logging((SECRET,))
+    library = logging.getLogger("diffusers.test_logs")
+    library.propagate = False  # as diffusers and transformers configure their loggers
+    stream = io.StringIO()
+    library.addHandler(logging.StreamHandler(stream))
+    library.warning("downloading with token %s", SECRET)
+    try:
+        raise RuntimeError(f"401 for {SECRET}")
+    except RuntimeError:
+        library.exception("failed")
+    text = stream.getvalue()
+    assert "downloading with token ***" in text and "401 for ***" in text
+    assert SECRET not in text
