@@ -16,6 +16,7 @@ The result names the weight ``variant`` that load must pass to ``from_pretrained
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -119,6 +120,24 @@ def _from_local(settings: Settings, model_dir: Path) -> FetchResult:
 
 
 # ---- Runpod's model cache ------------------------------------------------------------------------
+def _missing_shards(root: Path, paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Components whose sharded weights' index names a shard the cache does not hold: a partly
+    cached model that would only fail later, at load, with no fallback."""
+    chosen, missing = set(paths), []
+    for path in paths:
+        if not path.endswith(".index.json") and ".index." not in path:
+            continue
+        component = path.split("/", 1)[0]
+        try:
+            shards = set(json.loads((root / path).read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            missing.append(component)
+            continue
+        if any(f"{component}/{shard}" not in chosen for shard in shards):
+            missing.append(component)
+    return tuple(missing)
+
+
 def _from_runpod_cache(settings: Settings) -> FetchResult | None:
     snap = find_snapshot(settings.runpod_model_cache, settings.model_id, settings.revision)
     if snap is None:
@@ -128,7 +147,7 @@ def _from_runpod_cache(settings: Settings) -> FetchResult | None:
     precision = fetch_precision(settings, family_cls, snap.path, index)
     selection = family_cls.select_files(index, [RepoFile(p, s) for p, s in snap.files.items()],
                                         precision)
-    lacking = components_without_weights(index, selection.paths)
+    lacking = components_without_weights(index, selection.paths) + _missing_shards(snap.path, selection.paths)
     if lacking:
         log.warning("Runpod's model cache holds %s but no usable weights for %s: using our cache",
                     settings.model_id, ", ".join(lacking))

@@ -136,7 +136,7 @@ class Transfer:
     def _fill(self, f: RemoteFile, part: Path, hasher: Hasher, lock: BlobLock) -> int:
         """Append the rest of ``f`` to ``part`` (hashing it); resume cuts with Range. Bytes received."""
         received, failures, wait = 0, 0, self.options.backoff_s
-        while (have := part.stat().st_size) < f.size:
+        while (have := _part_size(part, lock)) < f.size:
             reason = "the connection ended early"
             try:
                 received += self._stream(f, part, have, hasher, lock)
@@ -144,7 +144,7 @@ class Transfer:
                 raise
             except TransientHubError as exc:
                 reason = str(exc)
-            now = part.stat().st_size
+            now = _part_size(part, lock)
             if now >= f.size:
                 break
             if now > have:  # progress was made: resume at once, the failure budget starts over
@@ -173,6 +173,7 @@ class Transfer:
                 hasher.reset()
                 if response.status_code == 416:
                     raise TransientHubError("range not satisfiable: restarting the file")
+            _part_size(part, lock)  # "ab" would create an orphan if our partial was adopted
             with open(part, "ab") as out:
                 for chunk in iter_body(response, self.options.chunk_bytes):
                     if self.abort.is_set():
@@ -203,3 +204,15 @@ def _disk_error(exc: OSError, path: Path, remaining: int) -> Exception:
                          "needed for this file; free space there or set VISGATE_CACHE_DIR to a "
                          "larger disk", stage="fetch")
     return exc
+
+
+def _part_size(part: Path, lock: BlobLock) -> int:
+    """Our partial file's size, or LockLost when another worker has taken the download over
+    (after we stalled past the stale-lock timeout it breaks the lock and adopts the partial):
+    the caller then waits for that worker instead of failing the boot."""
+    if lock.lost:
+        raise LockLost("lock taken over")
+    try:
+        return part.stat().st_size
+    except FileNotFoundError:
+        raise LockLost("partial file adopted by another worker") from None

@@ -1,0 +1,50 @@
+"""Partial states the fetch stage must notice: a Runpod cache holding only some shards of a
+sharded component, and a download whose partial file another worker has adopted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from runtime.fetch import _missing_shards
+from runtime.hub.transfer import LockLost, _part_size
+
+INDEX = "transformer/diffusion_pytorch_model.safetensors.index.json"
+SHARDS = ["diffusion_pytorch_model-00001-of-00002.safetensors",
+          "diffusion_pytorch_model-00002-of-00002.safetensors"]
+
+
+def _snapshot(root: Path) -> Path:
+    (root / "transformer").mkdir(parents=True)
+    weight_map = {"a.weight": SHARDS[0], "b.weight": SHARDS[1], "c.weight": SHARDS[1]}
+    (root / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return root
+
+
+def test_a_component_missing_a_shard_is_reported(tmp_path: Path) -> None:
+    root = _snapshot(tmp_path)
+    complete = (INDEX, "transformer/config.json", *(f"transformer/{s}" for s in SHARDS))
+    assert _missing_shards(root, complete) == ()
+    assert _missing_shards(root, complete[:-1]) == ("transformer",)
+
+
+def test_an_unreadable_index_counts_as_incomplete(tmp_path: Path) -> None:
+    root = _snapshot(tmp_path)
+    (root / INDEX).write_text("{not json")
+    assert _missing_shards(root, (INDEX,)) == ("transformer",)
+
+
+def test_an_adopted_partial_means_lock_lost_not_a_failed_boot(tmp_path: Path) -> None:
+    part = tmp_path / "blob.part"
+    part.write_bytes(b"12345")
+    held = SimpleNamespace(lost=False)
+    assert _part_size(part, held) == 5  # type: ignore[arg-type]
+    part.rename(tmp_path / "blob.adopted.part")  # what the worker taking over does
+    with pytest.raises(LockLost):
+        _part_size(part, held)  # type: ignore[arg-type]
+    part.write_bytes(b"")
+    with pytest.raises(LockLost):
+        _part_size(part, SimpleNamespace(lost=True))  # type: ignore[arg-type]
