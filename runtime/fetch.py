@@ -105,17 +105,24 @@ def fetch_precision(settings: Settings, family_cls: type, model_dir: Path,
     return str(family_cls(model_dir, index).preferred_dtype(settings.device))
 
 
+def _plan(settings: Settings, root: Path, files: list[RepoFile]
+          ) -> tuple[dict[str, Any], str, FileSelection]:
+    """(model_index, precision, selection): the family named by ``root``'s model_index.json picks,
+    among ``files``, what load will read at the precision it will use."""
+    index = read_model_index(root)
+    family_cls = family_class_for(index)
+    precision = fetch_precision(settings, family_cls, root, index)
+    return index, precision, family_cls.select_files(index, files, precision)
+
+
 def _from_local(settings: Settings, model_dir: Path) -> FetchResult:
     """A model directory baked into the image: used as it is, with the variant its files hold
     (a baked SDXL holds only ``*.fp16.safetensors``, which load needs ``variant="fp16"`` for)."""
     variant = None
     if (model_dir / "model_index.json").is_file():  # else the load stage says what is wrong
-        index = read_model_index(model_dir)
-        family_cls = family_class_for(index)
         files = [RepoFile(p.relative_to(model_dir).as_posix(), p.stat().st_size)
                  for p in model_dir.rglob("*") if p.is_file()]
-        precision = fetch_precision(settings, family_cls, model_dir, index)
-        variant = family_cls.select_files(index, files, precision).variant
+        variant = _plan(settings, model_dir, files)[2].variant
     return FetchResult(model_dir, "local", {"cache": "local directory", "variant": variant}, variant)
 
 
@@ -142,11 +149,8 @@ def _from_runpod_cache(settings: Settings) -> FetchResult | None:
     snap = find_snapshot(settings.runpod_model_cache, settings.model_id, settings.revision)
     if snap is None:
         return None
-    index = read_model_index(snap.path)
-    family_cls = family_class_for(index)
-    precision = fetch_precision(settings, family_cls, snap.path, index)
-    selection = family_cls.select_files(index, [RepoFile(p, s) for p, s in snap.files.items()],
-                                        precision)
+    index, precision, selection = _plan(settings, snap.path,
+                                        [RepoFile(p, s) for p, s in snap.files.items()])
     lacking = components_without_weights(index, selection.paths) + _missing_shards(snap.path, selection.paths)
     if lacking:
         log.warning("Runpod's model cache holds %s but no usable weights for %s: using our cache",
@@ -219,11 +223,8 @@ def _cold(settings: Settings, cache: RepoCache, client: HubClient, options: Fetc
 def _select(settings: Settings, snapshot: Path, listing: Listing
             ) -> tuple[str, FileSelection, list[RemoteFile]]:
     """The family of model_index.json decides which files, for the precision load will use."""
-    index = read_model_index(snapshot)
-    family_cls = family_class_for(index)
-    precision = fetch_precision(settings, family_cls, snapshot, index)
-    selection = family_cls.select_files(
-        index, [RepoFile(f.path, f.size) for f in listing.files.values()], precision)
+    index, precision, selection = _plan(settings, snapshot,
+                                        [RepoFile(f.path, f.size) for f in listing.files.values()])
     files = _checked_files(settings, listing, index, selection)
     _log_plan(settings, listing, files, selection, precision)
     return precision, selection, files
