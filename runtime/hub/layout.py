@@ -52,6 +52,18 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def resolve_ref(folder: Path, revision: str) -> str | None:
+    """The commit a cached repository folder's ``refs/`` names for ``revision`` (a commit itself
+    resolves to itself); None when the cache does not know it."""
+    if COMMIT_RE.match(revision):
+        return revision
+    try:
+        commit = (folder / "refs" / revision).read_text().strip()
+    except OSError:
+        return None
+    return commit if COMMIT_RE.match(commit) else None
+
+
 class RepoCache:
     """One repository in the hub cache at ``hub_root``, with our state under ``state_root``."""
 
@@ -80,14 +92,7 @@ class RepoCache:
     # ---- refs ------------------------------------------------------------------------------
     def resolve(self, revision: str) -> str | None:
         """The commit for ``revision`` known to this cache, without asking the hub."""
-        if COMMIT_RE.match(revision):
-            return revision
-        ref = self.folder / "refs" / revision
-        try:
-            commit = ref.read_text().strip()
-        except OSError:
-            return None
-        return commit if COMMIT_RE.match(commit) else None
+        return resolve_ref(self.folder, revision)
 
     def write_ref(self, revision: str, commit: str) -> None:
         if revision != commit:

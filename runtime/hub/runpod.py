@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.hub.layout import COMMIT_RE, repo_folder
+from runtime.hub.layout import COMMIT_RE, repo_folder, resolve_ref
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,9 @@ def find_snapshot(root: Path, repo_id: str, revision: str) -> RunpodSnapshot | N
 
 
 def _commit_for(folder: Path, revision: str) -> str | None:
-    if COMMIT_RE.match(revision):
-        return revision
-    try:
-        commit = (folder / "refs" / revision).read_text().strip()
-        if COMMIT_RE.match(commit):
-            return commit
-    except OSError:
-        pass
+    commit = resolve_ref(folder, revision)
+    if commit is not None:
+        return commit
     if revision == "main":
         found = [p.name for p in (folder / "snapshots").iterdir() if COMMIT_RE.match(p.name)]
         if len(found) == 1:
