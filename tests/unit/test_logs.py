@@ -27,6 +27,7 @@ def test_a_library_with_its_own_handler_is_redacted_too(restore_logging):
     setup_logging((SECRET,))
     library = logging.getLogger("diffusers.test_logs")
     library.propagate = False  # as diffusers and transformers configure their loggers
+    library.setLevel(logging.INFO)  # other tests quiet the diffusers logger to ERROR
     stream = io.StringIO()
     library.addHandler(logging.StreamHandler(stream))
     library.warning("downloading with token %s", SECRET)
