@@ -26,6 +26,7 @@ import platform
 import shutil
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -146,6 +147,7 @@ class CompileCache:
         result = torch.compiler.save_cache_artifacts()
         blob = result[0] if result else b""
         self.volume_dir.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_temps(self.volume_dir)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.key}.", suffix=".tmp", dir=self.volume_dir)
         try:
             with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
@@ -165,6 +167,21 @@ class CompileCache:
         log.info("compile cache saved: %s (%.1f MB, mega-cache %.1f MB)", self.archive,
                  size / 1e6, len(blob) / 1e6)
         return {"saved_bytes": size, "mega_cache_bytes": len(blob)}
+
+
+# A worker writes its archive in seconds; a temp file this old belongs to a worker that was killed
+# mid-save and would otherwise sit on the volume forever.
+ABANDONED_TEMP_S = 3600
+
+
+def _remove_abandoned_temps(volume_dir: Path, now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    for tmp in volume_dir.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > ABANDONED_TEMP_S:
+                tmp.unlink()
+        except OSError:  # another worker removed it first
+            continue
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -132,3 +132,17 @@ def test_a_volume_that_cannot_be_written_costs_the_next_boot_not_this_one(tmp_pa
     monkeypatch.setattr(compile_cache, "inductor_cache_counters", lambda: {"fxgraph_cache_miss": 1})
     status = compile_cache.finish(cache)
     assert "save_error" in status
+
+
+def test_a_killed_workers_temp_file_is_removed_but_a_fresh_one_is_not(tmp_path: Path) -> None:
+    cache = _cache(tmp_path)
+    cache.activate()
+    cache.volume_dir.mkdir(parents=True)
+    abandoned = cache.volume_dir / ".otherkey.abc.tmp"
+    in_progress = cache.volume_dir / ".otherkey.def.tmp"
+    abandoned.write_bytes(b"half an archive")
+    in_progress.write_bytes(b"being written right now")
+    old = abandoned.stat().st_mtime - compile_cache.ABANDONED_TEMP_S - 60
+    os.utime(abandoned, (old, old))
+    cache.save()
+    assert not abandoned.exists() and in_progress.exists() and cache.archive.is_file()
