@@ -235,8 +235,13 @@ class Announcer:
 
     def failed(self, stage: str, message: str, record: BootRecord,
                family: Any | None = None) -> dict[str, Any]:
-        """Announce a boot failure (``message`` already safe: no traceback, no secrets)."""
-        extra = {"family": getattr(family, "name", None), "variant": getattr(family, "variant", None),
+        """Announce a boot failure (``message`` already safe: no traceback, no secrets).
+
+        The family is known once the load stage has reported it, even when a later stage failed.
+        """
+        loaded = record.stages.get("load", {})
+        extra = {"family": getattr(family, "name", None) or loaded.get("family"),
+                 "variant": getattr(family, "variant", None) or loaded.get("variant"),
                  "stage": stage, "error": message}
         return self._announce("failed", extra, record)
 

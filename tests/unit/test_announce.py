@@ -384,3 +384,12 @@ def test_boot_record_body_is_json_and_excludes_running_stage():
         body = Announcer(settings_for("http://127.0.0.1:9/")).body("ready", "id", {}, record)
     assert "announce" not in json.loads(body)["boot"]["stages"]
     assert "announce" in record.stages
+
+
+def test_failed_after_load_names_the_family(receiver):
+    record = BootRecord()
+    with record.stage("load") as report:
+        report.update(family="flux", variant="dev")
+    Announcer(settings_for(receiver.url)).failed("warmup", "compiled warmup failed", record)
+    body = json.loads(receiver.received[0].body)
+    assert (body["family"], body["variant"], body["stage"]) == ("flux", "dev", "warmup")
