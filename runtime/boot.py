@@ -40,7 +40,7 @@ def boot(settings: Settings, record: BootRecord) -> Service:
         report.update(loaded.family.describe(), precision=loaded.precision, device=loaded.device,
                       imports_seconds=loaded.imports_seconds)
     shapes = serving_shapes(loaded.family, settings.warmup_shapes)
-    cache = _compile_cache(settings, fetched.model_dir, loaded, shapes)
+    cache = compile_cache_for(settings, fetched.model_dir, loaded, shapes)
     with record.stage("optimize") as report:
         if cache:
             report["compile_cache"] = dict(cache.activate())
@@ -59,8 +59,9 @@ def boot(settings: Settings, record: BootRecord) -> Service:
                                        for r in warmup_requests(loaded.family, shapes)))
 
 
-def _compile_cache(settings: Settings, model_dir: Path, loaded: Loaded,
-                   shapes: list[tuple[int, int]]) -> compile_cache.CompileCache | None:
+def compile_cache_for(settings: Settings, model_dir: Path, loaded: Loaded,
+                      shapes: list[tuple[int, int]]) -> compile_cache.CompileCache | None:
+    """The compile-cache archive this boot uses (None with VISGATE_COMPILE=off)."""
     if settings.compile == "off":
         return None
     options = {"precision": loaded.precision, "attention": settings.attention,

@@ -151,18 +151,13 @@ def run_variant(loaded: Any, request: Any, runs: int, encoder: Any) -> dict[str,
 def tune(loaded: Any, settings: Any, request: Any, fresh_local: bool) -> dict[str, Any]:
     """Apply the worker's optimize stage + compile cache; time the compiling first call."""
     from runtime import compile_cache
+    from runtime.boot import compile_cache_for
     from runtime.optimize import optimize, serve_stance, warm_with_fallback
     from runtime.warmup import warmup
 
     shapes = [(request.height, request.width)]
-    cache = None
-    if settings.compile != "off":
-        cache = compile_cache.for_boot(settings.cache_dir, settings.model_id, Path("synthetic"),
-                                       settings.revision, loaded.family.name, loaded.family.variant,
-                                       loaded.device, {"precision": loaded.precision,
-                                                       "attention": settings.attention,
-                                                       "compile": settings.compile,
-                                                       "quantize": settings.quantize}, shapes)
+    cache = compile_cache_for(settings, Path("synthetic"), loaded, shapes)
+    if cache is not None:
         if fresh_local:  # a new container has an empty local inductor cache
             shutil.rmtree(cache.local_dir, ignore_errors=True)
         cache.activate()
