@@ -55,6 +55,11 @@ class GenerationRequest:
     seed: int
 
 
+# Devices diffusers' from_pretrained takes as a device_map: device types only, so "cuda:1" is
+# loaded on the CPU and then moved.
+DIRECT_DEVICES = ("cuda", "cpu")
+
+
 class PipelineFamily(ABC):
     """One family of diffusers pipelines (Flux, SDXL, ...), bound to one model directory."""
 
@@ -137,8 +142,19 @@ class PipelineFamily(ABC):
         """``variant``: the weight variant the fetch stage chose (FetchResult.variant), e.g. "fp16"."""
         cls = self.pipeline_class()
         extra = {"variant": variant} if variant else {}
-        pipe = cls.from_pretrained(str(self.model_dir), dtype=torch_dtype, **extra)
-        pipe.to(device)
+        pipe = None
+        if device in DIRECT_DEVICES:
+            # Each tensor goes from the safetensors file straight onto the device: no copy of
+            # the whole pipeline in host memory first (33 GB for FLUX.1-dev) and then a second
+            # one to the GPU. A plain device type loads with no accelerate hooks.
+            try:
+                pipe = cls.from_pretrained(str(self.model_dir), dtype=torch_dtype, device_map=device,
+                                           **extra)
+            except NotImplementedError:  # pipelines of connected pipes refuse a device map
+                pipe = None
+        if pipe is None:
+            pipe = cls.from_pretrained(str(self.model_dir), dtype=torch_dtype, **extra)
+            pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

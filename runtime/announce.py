@@ -27,12 +27,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import requests
 
 from runtime.boot_report import BootRecord
-from runtime.errors import redact
+from runtime.errors import redact, safe_target
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -208,15 +207,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if seconds != seconds:  # nan
         return None
     return max(0.0, seconds)
-
-
-def safe_target(url: str) -> str:
-    """The URL as it may be logged: scheme, host and port only (the path or query may hold a token)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 # ---- the one transition -------------------------------------------------------------------------

@@ -114,6 +114,7 @@ class CompileCache:
         try:
             self._restore()
             self.status["restored"] = "hit"
+            _mark_used(self.archive)
         except Exception as exc:  # corrupt or foreign archive: compile again, overwrite later
             log.warning("compile cache %s unusable (%s: %s); compiling from scratch",
                         self.archive.name, exc.__class__.__name__, str(exc)[:200])
@@ -148,6 +149,7 @@ class CompileCache:
         blob = result[0] if result else b""
         self.volume_dir.mkdir(parents=True, exist_ok=True)
         _remove_abandoned_temps(self.volume_dir)
+        _remove_stale_archives(self.volume_dir, keep=self.archive)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.key}.", suffix=".tmp", dir=self.volume_dir)
         try:
             with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
@@ -180,6 +182,32 @@ def _remove_abandoned_temps(volume_dir: Path, now: float | None = None) -> None:
         try:
             if now - tmp.stat().st_mtime > ABANDONED_TEMP_S:
                 tmp.unlink()
+        except OSError:  # another worker removed it first
+            continue
+
+
+# Archives are keyed by options, versions and GPU, so a volume shared by endpoints, or one that
+# outlived an upgrade of torch, collects archives no worker will read again (hundreds of MB each
+# for FLUX). Each boot that restores an archive marks it used (its mtime), and a worker that writes
+# a new archive removes those unused this long: an endpoint idle for two weeks compiles once more.
+STALE_ARCHIVE_S = 14 * 24 * 3600
+
+
+def _mark_used(archive: Path) -> None:
+    try:
+        os.utime(archive)
+    except OSError:  # a read-only volume: the archive then ages, and may be pruned and rewritten
+        pass
+
+
+def _remove_stale_archives(volume_dir: Path, keep: Path, now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    for archive in volume_dir.glob("*.tar"):
+        try:
+            if archive != keep and now - archive.stat().st_mtime > STALE_ARCHIVE_S:
+                archive.unlink()
+                log.info("compile cache: removed %s, unused for %d days", archive.name,
+                         STALE_ARCHIVE_S // 86400)
         except OSError:  # another worker removed it first
             continue
 

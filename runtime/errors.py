@@ -6,6 +6,8 @@ no secrets). Job errors carry a message for the client and whether the worker mu
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 
 class WorkerError(Exception):
     """Base of every error the worker raises on purpose; its message is safe to show."""
@@ -41,3 +43,13 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def safe_target(url: str) -> str:
+    """A URL as it may be logged: scheme, host and port only (its user-info, path or query may
+    hold a token). Shared by the webhook and the hub client."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")

@@ -18,11 +18,11 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import requests
 
-from runtime.errors import BootError
+from runtime.errors import BootError, safe_target
 from runtime.hub.layout import RemoteFile
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,7 @@ class HubClient:
     @property
     def host(self) -> str:
         """The endpoint without any credentials in it, for messages."""
-        parts = urlsplit(self.endpoint)
-        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return safe_target(self.endpoint)
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)

@@ -46,6 +46,10 @@ def test_compiled_flux_on_gpu_matches_eager(tmp_path):
     optimize = record.stages["optimize"]
     assert "compile" in optimize["applied"], optimize
     assert optimize["applied"]["precision"] == "bf16"
+    # loaded straight onto the GPU (device_map), with no accelerate hooks on any module
+    assert service.pipe.hf_device_map == "cuda"
+    assert not [n for n, m in service.pipe.components.items() if hasattr(m, "_hf_hook")]
+    assert {p.device.type for p in service.pipe.transformer.parameters()} == {"cuda"}
     assert record.stages["warmup"]["compile_cache"]["restored"] == "miss"
     handler = make_handler(service)
     job = {"input": {"prompt": "a red fox", "seed": 3}}  # default 1024x1024: the warmed shape

@@ -223,3 +223,15 @@ def test_a_baked_directory_with_only_fp16_files_loads_its_variant(built_tiny_rep
     loaded = load(settings, fetched.model_dir, variant=fetched.variant)
     image = loaded.family.generate(loaded.pipe, _request(seed=2, steps=1))
     assert image.shape == (256, 256, 3)
+
+
+@pytest.mark.parametrize("model", ["visgate/tiny-flux", "visgate/tiny-sdxl"])
+def test_weights_load_straight_onto_the_device_without_hooks(built_tiny_repo, model):
+    # device_map=<device>: no staging copy in host memory; and no accelerate hook may wrap a
+    # module (a hook per forward would cost every step and get in torch.compile's way).
+    loaded, _ = _loaded(built_tiny_repo(model))
+    assert loaded.pipe.hf_device_map == "cpu"
+    hooked = [name for name, module in loaded.pipe.components.items() if hasattr(module, "_hf_hook")]
+    assert hooked == []
+    params = [p for m in loaded.pipe.components.values() if hasattr(m, "parameters") for p in m.parameters()]
+    assert params and {p.device.type for p in params} == {"cpu"}

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -113,14 +114,15 @@ def test_finish_keeps_a_clean_hit_and_saves_anything_new(tmp_path: Path, monkeyp
     cache.activate()
     monkeypatch.setattr(compile_cache, "inductor_cache_counters", lambda: {"fxgraph_cache_miss": 3})
     assert compile_cache.finish(cache)["saved_bytes"] > 0  # a miss: compiled, so saved
-    written = cache.archive.stat().st_mtime_ns
+    written = cache.archive.stat()
 
     again = _cache(tmp_path, local="next")
     again.activate()
     monkeypatch.setattr(compile_cache, "inductor_cache_counters", lambda: {"fxgraph_cache_hit": 3})
     status = compile_cache.finish(again)
     assert status["restored"] == "hit" and "saved_bytes" not in status
-    assert cache.archive.stat().st_mtime_ns == written  # untouched
+    now = cache.archive.stat()
+    assert (now.st_ino, now.st_size) == (written.st_ino, written.st_size)  # not rewritten
 
 
 def test_a_volume_that_cannot_be_written_costs_the_next_boot_not_this_one(tmp_path: Path,
@@ -146,3 +148,25 @@ def test_a_killed_workers_temp_file_is_removed_but_a_fresh_one_is_not(tmp_path: 
     os.utime(abandoned, (old, old))
     cache.save()
     assert not abandoned.exists() and in_progress.exists() and cache.archive.is_file()
+
+
+def test_archives_unused_for_two_weeks_are_removed_when_a_new_one_is_written(tmp_path: Path) -> None:
+    # Another endpoint's archive, used by its last boot long ago, and one restored at boot
+    # (marked used then, however old its file): only the first goes.
+    cache = _cache(tmp_path)
+    cache.volume_dir.mkdir(parents=True)
+    stale = cache.volume_dir / ("a" * 24 + ".tar")
+    in_use = _cache(tmp_path, local="in-use", options={"compile": "max-autotune"})
+    in_use.activate()
+    in_use.save()
+    long_ago = time.time() - compile_cache.STALE_ARCHIVE_S - 3600
+    stale.write_bytes(b"an old endpoint's archive")
+    for archive in (stale, in_use.archive):
+        os.utime(archive, (long_ago, long_ago))
+    reboot = _cache(tmp_path, local="reboot", options={"compile": "max-autotune"})
+    assert reboot.activate()["restored"] == "hit"  # marks it used
+
+    cache.activate()
+    cache.save()
+    assert not stale.exists()
+    assert in_use.archive.is_file() and cache.archive.is_file()
