@@ -226,6 +226,22 @@ def inductor_cache_counters() -> dict[str, int]:
     return {k: int(v) for k, v in inductor.items() if k.startswith(("fxgraph_cache", "aot_autograd"))}
 
 
+# Where the first compiled calls spent their time, from torch's own timers (summed over graphs):
+# on a cache hit what is left is tracing and loading code, and this says which of the two.
+COMPILE_PHASES = {"dynamo_total": "_compile.compile_inner", "tracing": "bytecode_tracing",
+                  "backend": "OutputGraph.call_user_compiler",
+                  "code_load": "PyCodeCache.load_by_key_path", "host_compile": "compile_file"}
+
+
+def compile_seconds(phases: dict[str, str] | None = None, minimum: float = 0.0) -> dict[str, float]:
+    """Seconds per compile phase so far; every timer torch kept when ``phases`` is {}."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    names = COMPILE_PHASES if phases is None else phases or {k: k for k in compilation_time_metrics}
+    totals = {name: round(sum(compilation_time_metrics.get(key, ())), 3) for name, key in names.items()}
+    return {name: seconds for name, seconds in totals.items() if seconds > minimum}
+
+
 def for_boot(cache_dir: Path, model_id: str, model_dir: Path, revision: str, family: str,
              variant: str, device: str, options: dict[str, Any],
              shapes: list[tuple[int, int]]) -> CompileCache:
@@ -243,6 +259,7 @@ def finish(cache: CompileCache) -> dict[str, Any]:
     """After warmup: record hits/misses; save the archive unless it was fully reused."""
     counters = inductor_cache_counters()
     cache.status["counters"] = counters
+    cache.status["compile_seconds"] = compile_seconds()
     if cache.status.get("restored") == "hit" and not counters.get("fxgraph_cache_miss"):
         return cache.status
     try:

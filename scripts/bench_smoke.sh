@@ -2,7 +2,7 @@
 # Every benchmark once, in tiny mode on the CPU, as a smoke test (called by .ci/run after the
 # tests). Each must run to its end and write its results; timings are printed, never asserted.
 # Results go to out/bench-smoke/ (BENCH_SMOKE_OUT), not warmup/results/: the committed figures
-# stay as measured. About 2 minutes on 2 cores.
+# stay as measured. About 3 minutes on 2 cores.
 #   BENCH_SMOKE_COMPILE=1  also boots with the compile cache cold and warm (adds ~2-3 minutes)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +36,9 @@ if [ "${BENCH_SMOKE_COMPILE:-0}" = "1" ]; then
   scenarios="all"
 fi
 run coldstart python -m warmup.bench_coldstart --repeat 1 --scenarios "$scenarios" --compile off
+# One strategy (one compile, ~1 minute) runs the parent/child machinery; bench_shapes runs all three.
+run shapes python -m warmup.bench_shapes --strategies eager-fallback --size 256 --new 256x320 \
+  --steps 1 --runs 1 --cache-dir "$OUT/cache"
 run fetch python -m warmup.bench_fetch --repeats 1 --rates 0
 run report python -m warmup.report --results "$OUT"
 echo "== bench smoke: all benchmarks ran; results and charts in $OUT"

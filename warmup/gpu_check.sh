@@ -2,7 +2,8 @@
 # Every GPU check in one prepared run on the lent GPU machine (see BENCHMARKS.md):
 #   1. synthetic FLUX.1-dev and SDXL at full size: eager vs tuned, per-stage split,
 #      compile cold vs cache hit in a fresh process, PSNR tuned vs eager;
-#   2. the GPU test tier (tests/gpu) through the real boot path.
+#   2. optionally (SHAPES_SPECS) the strategies for a shape warmup did not compile;
+#   3. the GPU test tier (tests/gpu) through the real boot path (GPU_TESTS=0 skips it).
 # Expects wheels missing on that machine (diffusers, torchao, fpng) in .whl/ and writes to $OUT.
 set -uo pipefail
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
@@ -24,4 +25,15 @@ while read -r model steps limit extra; do
     --size 1024 --steps "$steps" --runs 3 --cache-phases --cache-dir /tmp/bench-cache $extra \
     --out "$OUT/latency-synthetic-$tag-1024.json" 2>&1 | grep -vE "Warning|warn\(|_pytree" | tail -30 | tee "$OUT/bench-$tag.txt"
 done <<< "$BENCH_SPECS"
-timeout "${GPU_TESTS_TIMEOUT:-140}" python3 -m pytest tests/gpu -q -p no:cacheprovider --noconftest -o addopts="" 2>&1 | tail -25 | tee "$OUT/gpu-tests.txt"
+# Optional: "model size new-shape steps timeout" per line, the unwarmed-shape strategies
+# (warmup/bench_shapes.py); e.g. SHAPES_SPECS='sdxl 1024 832x1216 30 300'.
+while read -r model size new steps limit; do
+  [ -n "$model" ] || continue
+  timeout "$limit" python3 -m warmup.bench_shapes --mode synthetic --model "$model" --device cuda \
+    --size "$size" --new "$new" --steps "$steps" --runs 3 --cache-dir /tmp/bench-cache \
+    --out "$OUT/shapes-synthetic-$model-$size.json" 2>&1 | grep -vE "Warning|warn\(|_pytree" | tail -12 | tee "$OUT/shapes-$model.txt"
+done <<< "${SHAPES_SPECS:-}"
+if [ "${GPU_TESTS:-1}" = "1" ]; then
+  timeout "${GPU_TESTS_TIMEOUT:-140}" python3 -m pytest tests/gpu -q -p no:cacheprovider --noconftest \
+    -o addopts="" 2>&1 | tail -25 | tee "$OUT/gpu-tests.txt"
+fi

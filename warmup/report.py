@@ -46,7 +46,8 @@ CAVEATS = {
 # ---- reading ----------------------------------------------------------------------------------------
 def load_results(folder: Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     kinds: dict[str, list[tuple[str, dict[str, Any]]]] = {
-        "latency": [], "coldstart": [], "fetch": [], "compile_cache_mechanisms": [], "png_encode": []}
+        "latency": [], "coldstart": [], "fetch": [], "compile_cache_mechanisms": [], "png_encode": [],
+        "unwarmed_shapes": []}
     for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text())
@@ -242,6 +243,23 @@ def png_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def shapes_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = []
+    for _, r in items:
+        lines += [f"## A shape warmup did not compile: {r['mode']} {r['model']} on {machine_label(r['machine'])}",
+                  "", f"Warmed {r['size']}x{r['size']}, new shape {r['new']}, {r['steps']} steps; medians of "
+                  f"{r.get('runs')} (fresh process per strategy).", "",
+                  "| strategy | warmup s | warmed shape s | new shape: first request s | new shape s "
+                  "| warmed shape after, s | graphs compiled at the new shape |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in r.get("results", []):
+            lines.append(f"| {row['strategy']} | {fmt(row['warmup_s'])} | {fmt(row['warm_shape']['median_s'], 4)} "
+                         f"| {fmt(row['new_first_request_s'], 3)} | {fmt(row['new_shape']['median_s'], 4)} "
+                         f"| {fmt(row['warm_shape_after_new']['median_s'], 4)} | {row['graphs_at_new_shape']} |")
+        lines.append("")
+    return lines
+
+
 # ---- charts -----------------------------------------------------------------------------------------
 def _pyplot() -> Any:
     import matplotlib
@@ -415,6 +433,7 @@ def build(results: Path, out: Path) -> list[Path]:
     lines += fetch_tables(kinds["fetch"])
     lines += mechanism_tables(kinds["compile_cache_mechanisms"])
     lines += png_tables(kinds["png_encode"])
+    lines += shapes_tables(kinds["unwarmed_shapes"])
     summary = out / "summary.md"
     summary.write_text("\n".join(lines).rstrip() + "\n")
     written.append(summary)

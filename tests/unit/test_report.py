@@ -83,3 +83,20 @@ def test_the_committed_results_render(tmp_path: Path) -> None:
     summary = (tmp_path / "summary.md").read_text()
     assert "H100 80GB HBM3" in summary and "≤ 2.4: **missed**" in summary and "≤ 1.1: **missed**" in summary
     assert any(p.name == "latency-synthetic.png" for p in written)
+
+
+def test_unwarmed_shape_strategies_render_one_row_each(tmp_path: Path) -> None:
+    def row(strategy: str, first: float, graphs: int) -> dict[str, Any]:
+        steady = {"median_s": 0.05, "p95_s": 0.06, "min_s": 0.04, "n": 3}
+        return {"strategy": strategy, "warmup_s": 40.0, "graphs_at_warmup": 4, "graphs_at_new_shape": graphs,
+                "recompiled_in_first_new_request": graphs > 0, "warm_shape": steady,
+                "new_first_request_s": first, "new_shape": steady, "warm_shape_after_new": steady}
+
+    write(tmp_path, "shapes.json", {"what": "unwarmed_shapes", "mode": "tiny", "model": "visgate/tiny-flux",
+                                    "size": 256, "new": "256x384", "steps": 4, "runs": 3, "machine": CPU,
+                                    "results": [row("eager-fallback", 0.12, 0), row("recompile", 25.8, 4)]})
+    report.build(tmp_path, tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "A shape warmup did not compile: tiny visgate/tiny-flux on CPU AMD EPYC" in summary
+    assert "| eager-fallback | 40.00 | 0.0500 | 0.120 | 0.0500 | 0.0500 | 0 |" in summary
+    assert "| recompile | 40.00 | 0.0500 | 25.800 | 0.0500 | 0.0500 | 4 |" in summary
