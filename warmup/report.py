@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -218,46 +218,47 @@ def fetch_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def mechanism_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    lines = []
+def _tables(items: list[tuple[str, dict[str, Any]]], heading: Callable[[dict[str, Any]], list[str]],
+            columns: list[str], rows: Callable[[dict[str, Any]], Iterable[list[str]]]) -> list[str]:
+    """One Markdown table per result file: its heading lines, then a row per ``rows(result)``."""
+    lines: list[str] = []
     for _, r in items:
-        lines += [f"## Compile cache mechanisms: {r['model']} on {machine_label(r['machine'])} "
-                  "(first compiled calls in a fresh process)", "",
-                  "| restored from | warmup s | cache | ratio to cold |", "|---|---|---|---|"]
-        for name, row in r.get("results", {}).items():
-            lines.append(f"| {name} | {fmt(row.get('warmup_s'))} | {row.get('restored', '-')} "
-                         f"| {fmt(row.get('ratio_to_cold'), 3)} |")
+        lines += heading(r) + ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows(r)]
         lines.append("")
     return lines
+
+
+def mechanism_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return _tables(
+        items, lambda r: [f"## Compile cache mechanisms: {r['model']} on {machine_label(r['machine'])} "
+                          "(first compiled calls in a fresh process)", ""],
+        ["restored from", "warmup s", "cache", "ratio to cold"],
+        lambda r: ([name, fmt(row.get("warmup_s")), str(row.get("restored", "-")), fmt(row.get("ratio_to_cold"), 3)]
+                   for name, row in r.get("results", {}).items()))
 
 
 def png_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    lines = []
-    for _, r in items:
-        lines += [f"## PNG encode {r['size']}² on {machine_label(r['machine'])} (median of {r.get('repeat')})", "",
-                  "| encoder | median ms | MB | lossless |", "|---|---|---|---|"]
-        for name, row in r.get("results", {}).items():
-            lines.append(f"| {name} | {fmt(row.get('median_ms'), 1)} | {row.get('bytes', 0) / 1e6:.2f} "
-                         f"| {row.get('lossless')} |")
-        lines.append("")
-    return lines
+    return _tables(
+        items, lambda r: [f"## PNG encode {r['size']}² on {machine_label(r['machine'])} "
+                          f"(median of {r.get('repeat')})", ""],
+        ["encoder", "median ms", "MB", "lossless"],
+        lambda r: ([name, fmt(row.get("median_ms"), 1), f"{row.get('bytes', 0) / 1e6:.2f}", str(row.get("lossless"))]
+                   for name, row in r.get("results", {}).items()))
 
 
 def shapes_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    lines = []
-    for _, r in items:
-        lines += [f"## A shape warmup did not compile: {r['mode']} {r['model']} on {machine_label(r['machine'])}",
-                  "", f"Warmed {r['size']}x{r['size']}, new shape {r['new']}, {r['steps']} steps; medians of "
-                  f"{r.get('runs')} (fresh process per strategy).", "",
-                  "| strategy | warmup s | warmed shape s | new shape: first request s | new shape s "
-                  "| warmed shape after, s | graphs compiled at the new shape |",
-                  "|---|---|---|---|---|---|---|"]
-        for row in r.get("results", []):
-            lines.append(f"| {row['strategy']} | {fmt(row['warmup_s'])} | {fmt(row['warm_shape']['median_s'], 4)} "
-                         f"| {fmt(row['new_first_request_s'], 3)} | {fmt(row['new_shape']['median_s'], 4)} "
-                         f"| {fmt(row['warm_shape_after_new']['median_s'], 4)} | {row['graphs_at_new_shape']} |")
-        lines.append("")
-    return lines
+    return _tables(
+        items, lambda r: [f"## A shape warmup did not compile: {r['mode']} {r['model']} on "
+                          f"{machine_label(r['machine'])}", "",
+                          f"Warmed {r['size']}x{r['size']}, new shape {r['new']}, {r['steps']} steps; "
+                          f"medians of {r.get('runs')} (fresh process per strategy).", ""],
+        ["strategy", "warmup s", "warmed shape s", "new shape: first request s", "new shape s",
+         "warmed shape after, s", "graphs compiled at the new shape"],
+        lambda r: ([row["strategy"], fmt(row["warmup_s"]), fmt(row["warm_shape"]["median_s"], 4),
+                    fmt(row["new_first_request_s"], 3), fmt(row["new_shape"]["median_s"], 4),
+                    fmt(row["warm_shape_after_new"]["median_s"], 4), str(row["graphs_at_new_shape"])]
+                   for row in r.get("results", [])))
 
 
 # ---- charts -----------------------------------------------------------------------------------------
@@ -310,7 +311,11 @@ def latency_chart(items: list[tuple[str, dict[str, Any]]], path: Path, title: st
     handles = [Patch(color=color, label=label) for _, label, color in LATENCY_STAGES]
     handles.append(Patch(facecolor="#999999", hatch="//", edgecolor="white", label="eager (hatched)"))
     ax.legend(handles=handles, fontsize=8, loc="upper right")
-    ax.grid(axis="y", alpha=0.3)
+    return _save(plt, fig, ax, path, grid="y")
+
+
+def _save(plt: Any, fig: Any, ax: Any, path: Path, grid: str) -> bool:
+    ax.grid(axis=grid, alpha=0.3)
     ax.set_axisbelow(True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -338,11 +343,7 @@ def compile_chart(items: list[tuple[str, dict[str, Any]]], path: Path) -> bool:
     ax.set_title(f"Compile cache: target ≤ {CACHE_HIT_TARGET:.0%} of cold")
     ax.set_ylim(0, max(r["cold"] for r in rows) * 1.2)
     ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, ax, path, grid="y")
 
 
 def median_boot(scenario: dict[str, Any]) -> dict[str, Any]:
@@ -390,12 +391,7 @@ def coldstart_chart(r: dict[str, Any], path: Path) -> bool:
     ax.set_title(f"Cold start to the ready webhook: {r['mode']} {r['model']} on "
                  f"{machine_label(r['machine'])}", fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_axisbelow(True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, ax, path, grid="x")
 
 
 # ---- main -------------------------------------------------------------------------------------------
