@@ -168,6 +168,20 @@ class PipelineFamily(ABC):
 
         device = pipe._execution_device  # where the denoiser runs, so the seed means the same everywhere
         generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(request.seed)
+        # diffusers upcasts an fp16 VAE to fp32 for decoding (force_upcast, SDXL) and casts it back
+        # only when decoding succeeds: after an out-of-memory there, every later job would fail on
+        # an fp32 VAE fed fp16 latents. Whatever happens, the VAE leaves in the dtype it came in.
+        vae = getattr(pipe, "vae", None)
+        vae_dtype = getattr(vae, "dtype", None)
+        try:
+            return self._run(pipe, request, generator)
+        finally:
+            if vae is not None and vae.dtype != vae_dtype:
+                vae.to(dtype=vae_dtype)
+
+    def _run(self, pipe: Any, request: GenerationRequest, generator: Any) -> Any:
+        import torch
+
         with torch.inference_mode():
             out = pipe(
                 prompt=request.prompt,

@@ -16,7 +16,15 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            message = record.getMessage()
+            try:
+                message = record.getMessage()
+            except Exception:  # noqa: BLE001
+                # A log call whose arguments do not fit its format. This runs as the record is
+                # created, outside logging's own error handling: raising here would fail the
+                # library call that logged (a boot, a job). Keep the format and the argument types
+                # only: the values may hold a secret and cannot be rendered safely.
+                message = f"{record.msg!s} (unformattable log arguments: " \
+                          f"{', '.join(type(a).__name__ for a in _as_tuple(record.args))})"
             cleaned = redact(message, self.secrets)
             if record.exc_info:
                 # Format the traceback now so it can be cleaned too, then drop the raw one.
@@ -24,6 +32,12 @@ class RedactSecrets(logging.Filter):
                 record.exc_info = None
             record.msg, record.args = cleaned, None
         return True
+
+
+def _as_tuple(args: Any) -> tuple[Any, ...]:
+    if args is None:
+        return ()
+    return args if isinstance(args, tuple) else (args,)
 
 
 _BASE_RECORD_FACTORY = logging.getLogRecordFactory()

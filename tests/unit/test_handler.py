@@ -295,3 +295,31 @@ def test_missing_fpng_falls_back_to_pillow(monkeypatch: pytest.MonkeyPatch, png_
     assert encoder.name == "pillow"
     array = photo_like(24, 24)
     assert np.array_equal(png_tools.decode(encoder.encode(array)), array)
+
+
+def test_an_sdxl_decode_that_runs_out_of_memory_leaves_the_vae_as_it_was(
+        built_tiny_repo: Callable[[str], Path], png_tools: Any) -> None:
+    # SDXL serves in fp16 and diffusers upcasts its VAE to fp32 to decode, casting it back only
+    # on success: an OOM in the decoder must not leave an fp32 VAE that fails every later job.
+    family = detect_family(built_tiny_repo("visgate/tiny-sdxl"))
+    pipe = family.load(torch.float16, "cpu")
+    assert pipe.vae.config.force_upcast and pipe.vae.dtype == torch.float16
+    handle = make_handler(Service(model_id="visgate/tiny-sdxl", family=family, pipe=pipe,
+                                  encoder=PngEncoder()))
+    job = {"input": {"prompt": "a red apple", "height": 256, "width": 256, "seed": 3,
+                     "num_inference_steps": 2}}
+    reference = handle(job)
+    assert set(reference) == CONTRACT_KEYS, reference.get("error")
+
+    def out_of_memory(*_: Any) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    hook = pipe.vae.decoder.register_forward_pre_hook(out_of_memory)
+    try:
+        assert handle(job)["error"].startswith("CUDA out of memory")
+    finally:
+        hook.remove()
+    assert pipe.vae.dtype == torch.float16
+    again = handle(job)
+    assert set(again) == CONTRACT_KEYS, again.get("error")
+    assert again["image_base64"] == reference["image_base64"]

@@ -38,3 +38,12 @@ def test_a_library_with_its_own_handler_is_redacted_too(restore_logging):
     text = stream.getvalue()
     assert "downloading with token ***" in text and "401 for ***" in text
     assert SECRET not in text
+
+
+def test_a_log_call_that_does_not_fit_its_format_never_raises_in_the_caller(restore_logging, capsys):
+    # Redaction formats each record as it is created, outside logging's own error handling.
+    setup_logging((SECRET,))
+    logging.getLogger("somelib").warning("loaded %d shards of %s", "three", SECRET)
+    err = capsys.readouterr().err
+    assert "loaded %d shards of %s (unformattable log arguments: str, str)" in err
+    assert SECRET not in err
