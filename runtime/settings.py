@@ -66,8 +66,8 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in logs, outputs or errors."""
-        return tuple(s for s in (self.hf_token, self.webhook_secret, *_url_credentials(self.webhook_url))
-                     if s)
+        return tuple(s for s in (self.hf_token, self.webhook_secret, *_url_credentials(self.webhook_url),
+                                 *_url_credentials(self.hub_endpoint)) if s)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], volume_root: Path = RUNPOD_VOLUME) -> "Settings":
@@ -151,10 +151,6 @@ def _webhook_url(url: str | None) -> str | None:
     if url is None:
         return None
     parts = _split_url("VISGATE_WEBHOOK", url)
-    try:
-        _ = parts.port  # urlsplit parses the port lazily: a bad one would only fail at announce time
-    except ValueError:
-        raise SettingsError("VISGATE_WEBHOOK has an invalid port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         # The URL may carry a token in its query, so the message names only what is wrong.
         raise SettingsError("VISGATE_WEBHOOK must be an http:// or https:// URL with a host")
@@ -177,22 +173,29 @@ def _seconds(env: Mapping[str, str], name: str, bounds: tuple[float, float, floa
 
 
 def _url_credentials(url: str | None) -> tuple[str, ...]:
-    """A webhook URL's password and query string often carry a token (``?token=...``): HTTP
-    libraries log the request line at DEBUG, so these are redacted like the other secrets."""
+    """A URL's password and query string often carry a token (``?token=...``), and so does a
+    user name given alone (``https://<token>@mirror``): HTTP libraries log the request line at
+    DEBUG and put URLs in their errors, so these are redacted like the other secrets."""
     if not url:
         return ()
     try:
         parts = urlsplit(url)
-    except ValueError:  # invalid URLs never get this far (_webhook_url refuses them)
+    except ValueError:  # invalid URLs never get this far (_split_url refuses them)
         return ()
-    return tuple(s for s in (parts.password, parts.query) if s and len(s) >= 4)
+    user = parts.username if parts.password is None else None
+    return tuple(s for s in (parts.password, parts.query, user) if s and len(s) >= 4)
 
 
 def _split_url(name: str, url: str) -> SplitResult:
     try:
-        return urlsplit(url)
+        parts = urlsplit(url)
     except ValueError:  # e.g. an unclosed IPv6 bracket; the message does not echo the URL
         raise SettingsError(f"{name} is not a valid URL") from None
+    try:
+        _ = parts.port  # parsed lazily: a bad one would fail later, in a message quoting the URL
+    except ValueError:
+        raise SettingsError(f"{name} has an invalid port") from None
+    return parts
 
 
 def _hub_endpoint(url: str | None) -> str:

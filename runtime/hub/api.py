@@ -88,6 +88,8 @@ class HubClient:
             raise HubUnreachable(f"{self.host} unreachable ({_root_cause(exc)})") from None
         except requests.Timeout as exc:
             raise TransientHubError(f"{self.host} timed out ({exc.__class__.__name__})") from None
+        except requests.RequestException as exc:  # their messages quote the whole URL: name the class
+            raise TransientHubError(f"request to {self.host} failed ({exc.__class__.__name__})") from None
 
     # ---- listing -------------------------------------------------------------------------------
     def listing(self, revision: str) -> Listing:

@@ -290,3 +290,31 @@ def test_a_runpod_cache_without_the_weights_falls_back_to_ours(hub: HubServer, t
     result = fetch(settings, FAST)
     assert result.source == "hub" and result.report["cache"] == "miss"
     assert (result.model_dir / "unet/diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_a_request_error_names_its_kind_not_the_url(tmp_path: Path):
+    # requests' own messages quote the whole URL (a mirror's credentials with it): a server that
+    # redirects to itself forever ends in TooManyRedirects, reported by class and host only.
+    import http.server
+    import threading
+
+    class Loop(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loop)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://mirror:pw_MirrorSecret@127.0.0.1:{server.server_port}"
+        settings = Settings.from_env({"HF_MODEL_ID": SDXL, "HF_ENDPOINT": endpoint, "DEVICE": "cpu",
+                                      "VISGATE_CACHE_DIR": str(tmp_path / "cache")})
+        message = fetch_error(settings)
+    finally:
+        server.shutdown()
+    assert f"request to http://127.0.0.1:{server.server_port} failed (TooManyRedirects)" in message
+    assert "pw_MirrorSecret" not in message and "/api/models" not in message

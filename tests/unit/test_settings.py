@@ -189,6 +189,21 @@ def test_an_unparseable_url_is_a_settings_error_not_a_crash(name: str, no_volume
         settings({**MODEL, name: "http://[mirror.example/x?token=tok_123"}, no_volume)
 
 
+@pytest.mark.parametrize("name", ["HF_ENDPOINT", "VISGATE_WEBHOOK"])
+@pytest.mark.parametrize("port", ["99999", "12x"])
+def test_a_bad_port_is_a_settings_error_that_does_not_quote_the_url(name: str, port: str,
+                                                                     no_volume: Path) -> None:
+    with pytest.raises(SettingsError, match=f"^{name} has an invalid port$"):
+        settings({**MODEL, name: f"http://user:pw_Secret1@mirror.example:{port}/x"}, no_volume)
+
+
+def test_credentials_in_the_hub_endpoint_are_secrets(no_volume: Path) -> None:
+    s = settings({**MODEL, "HF_ENDPOINT": "https://mirror:pw_MirrorSecret@hub.example"}, no_volume)
+    assert s.secrets == ("pw_MirrorSecret",)
+    s = settings({**MODEL, "HF_ENDPOINT": "https://tok_UserNameToken@hub.example"}, no_volume)
+    assert s.secrets == ("tok_UserNameToken",)
+
+
 def test_device_is_case_insensitive(no_volume: Path) -> None:
     assert settings({**MODEL, "DEVICE": "CUDA:1"}, no_volume).device == "cuda:1"
 
