@@ -43,6 +43,10 @@ class SizeRules:
     max_pixels: int
 
 
+# What every family accepts at most; a family may be stricter (FLUX: multiples of 16).
+COMMON_SIZE_RULES = SizeRules(factor=8, min_side=256, max_side=2048, max_pixels=MAX_PIXELS)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """A validated job: every field set, defaults already applied."""

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from pipelines.registry import detect_family
 from runtime import compile_cache
 from runtime.announce import Announcer
 from runtime.boot_report import BootRecord
@@ -35,11 +36,14 @@ def boot(settings: Settings, record: BootRecord) -> Service:
     with record.stage("fetch") as report:
         fetched = fetch(settings)
         report.update(source=fetched.source, **fetched.report)
+    # The family's own size rules, from model_index.json: a bad warmup shape stops the boot
+    # before gigabytes of weights are loaded onto the GPU.
+    family = detect_family(fetched.model_dir)
+    shapes = serving_shapes(family, settings.warmup_shapes)
     with record.stage("load") as report:
-        loaded = load(settings, fetched.model_dir, variant=fetched.variant)
+        loaded = load(settings, fetched.model_dir, variant=fetched.variant, family=family)
         report.update(loaded.family.describe(), precision=loaded.precision, device=loaded.device,
                       imports_seconds=loaded.imports_seconds)
-    shapes = serving_shapes(loaded.family, settings.warmup_shapes)
     cache = compile_cache_for(settings, fetched.model_dir, loaded, shapes)
     with record.stage("optimize") as report:
         if cache:

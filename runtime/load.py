@@ -72,9 +72,11 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def load(settings: Settings, model_dir: Path, variant: str | None = None) -> Loaded:
-    """``variant``: FetchResult.variant, the weight variant the fetch stage downloaded."""
-    family = detect_family(model_dir)
+def load(settings: Settings, model_dir: Path, variant: str | None = None,
+         family: PipelineFamily | None = None) -> Loaded:
+    """``variant``: FetchResult.variant, the weight variant the fetch stage downloaded;
+    ``family``: the model's family when the caller has detected it already."""
+    family = family or detect_family(model_dir)
     t0 = time.perf_counter()
     check_device(settings.device)  # the first torch import
     precision = choose_precision(settings.precision, family, settings.device)

@@ -237,6 +237,21 @@ def _shapes(value: str | None) -> tuple[tuple[int, int], ...]:
             raise SettingsError(f"VISGATE_WARMUP_SHAPES item {item!r} is not HEIGHTxWIDTH "
                                 "(e.g. 1024x1024,768x1344)")
         shape = (int(match.group(1)), int(match.group(2)))
+        _check_shape_any_family(shape)
         if shape not in shapes:
             shapes.append(shape)
     return tuple(shapes)
+
+
+def _check_shape_any_family(shape: tuple[int, int]) -> None:
+    """Fail before the fetch on a shape no family can serve (a family may be stricter still, e.g.
+    FLUX's multiples of 16, checked as soon as model_index.json is read)."""
+    from pipelines.base import COMMON_SIZE_RULES
+    from runtime.errors import JobInputError
+    from runtime.validate import check_shape
+
+    try:
+        check_shape(*shape, COMMON_SIZE_RULES)
+    except JobInputError as exc:
+        reason = str(exc).replace(" for this model", "")  # no model is known yet: these hold for all
+        raise SettingsError(f"VISGATE_WARMUP_SHAPES {shape[0]}x{shape[1]} is not valid: {reason}") from None

@@ -208,6 +208,17 @@ def test_bad_settings_fail_boot(run_worker_once: Callable, env: dict, message: s
     assert run.returncode == code
 
 
+def test_a_warmup_shape_the_family_refuses_fails_boot_before_loading(run_worker_once: Callable) -> None:
+    # 1032 is a multiple of 8 (settings accept it) but not of FLUX's 16: the family's rules,
+    # read from model_index.json, stop the boot before any weights are loaded.
+    run = run_worker_once({"HF_MODEL_ID": "visgate/tiny-flux", "DEVICE": "cpu",
+                           "VISGATE_WARMUP_SHAPES": "1032x1024"})
+    assert_boot_failed(run, "VISGATE_WARMUP_SHAPES 1032x1024 is not valid for this model: 'height' "
+                            "must be a multiple of 16")
+    assert "boot failed at settings" in run.log
+    assert "loading visgate/tiny-flux" not in run.log
+
+
 # ---- each variant's defaults through the real path ---------------------------------------------------
 def test_flux_dev_defaults(start_worker: Callable, png_tools: Any) -> None:
     worker = start_worker("visgate/tiny-flux-dev")

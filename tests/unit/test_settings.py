@@ -102,6 +102,14 @@ BAD = [
                  "VISGATE_WARMUP_SHAPES item '768*1344' is not HEIGHTxWIDTH", id="shape-star"),
     pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "-8x1024"},
                  "VISGATE_WARMUP_SHAPES item '-8x1024'", id="shape-negative"),
+    # no family serves these: refused before anything is downloaded
+    pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "1024x1024,0x0"},
+                 "VISGATE_WARMUP_SHAPES 0x0 is not valid", id="shape-zero"),
+    pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "4096x4096"},
+                 "VISGATE_WARMUP_SHAPES 4096x4096 is not valid", id="shape-too-large"),
+    pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "1020x1024"},
+                 "VISGATE_WARMUP_SHAPES 1020x1024 is not valid: 'height' must be a multiple of 8, got 1020",
+                 id="shape-not-multiple-of-8"),
 ]
 
 
