@@ -159,16 +159,20 @@ def attention(ctx: Context) -> str:
             raise Skip("auto on CPU: PyTorch SDPA as loaded")
         # FA3 is the fastest on Hopper when installed; else PyTorch SDPA (flash/cuDNN kernels).
         choice = "flash3" if _capability(ctx)[0] == 9 and _flash3_available() else "sdpa"
-    if choice == "xformers" and not hasattr(target, "set_attention_backend"):
+    if choice in ("sdpa", "native"):
+        return "sdpa (PyTorch picks flash/cuDNN/efficient kernels)"
+    # A UNet's attention runs through attention processors, which diffusers' backend dispatch
+    # does not reach (it has set_attention_backend, but it changes nothing there).
+    if ctx.loaded.family.denoiser_attr == "unet" or not hasattr(target, "set_attention_backend"):
+        if choice != "xformers":
+            raise Skip(f"{choice} is not dispatchable for {type(target).__name__}; using PyTorch SDPA")
+        fused = any(type(p).__name__.startswith("Fused")
+                    for p in getattr(target, "attn_processors", {}).values())
         try:
             ctx.pipe.enable_xformers_memory_efficient_attention()
         except Exception as exc:  # ImportError or a version mismatch with torch
             raise Skip(f"xformers unavailable: {exc.__class__.__name__}: {str(exc)[:120]}") from exc
-        return "xformers"
-    if choice in ("sdpa", "native"):
-        return "sdpa (PyTorch picks flash/cuDNN/efficient kernels)"
-    if not hasattr(target, "set_attention_backend") or ctx.loaded.family.denoiser_attr == "unet":
-        raise Skip(f"{choice} is not dispatchable for {type(target).__name__}; using PyTorch SDPA")
+        return "xformers processors" + ("; they replace the fused-QKV processors" if fused else "")
     try:
         target.set_attention_backend(_BACKENDS[choice])
     except Exception as exc:  # backend library missing or unsupported on this GPU

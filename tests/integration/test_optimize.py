@@ -61,6 +61,8 @@ def _request(height: int = 256, width: int = 256, seed: int = 5, steps: int = 2)
     ("visgate/tiny-sdxl", {"VISGATE_ATTENTION": "flash"}, {"fuse_qkv": "UNet2DConditionModel QKV fused"},
      {"attention": "not dispatchable for UNet2DConditionModel"}),
     ("visgate/tiny-sdxl", {"VISGATE_PRECISION": "bf16"}, {"precision": "bf16"}, {}),
+    # the UNet's xformers path is its attention processors (no xformers on this machine)
+    ("visgate/tiny-sdxl", {"VISGATE_ATTENTION": "xformers"}, {}, {"attention": "xformers unavailable"}),
 ])
 def test_each_option_reports_applied_or_skipped(built_tiny_repo, model, env, applied, skipped):
     from runtime.optimize import optimize
