@@ -42,9 +42,14 @@ class SizeRules:
     max_side: int
     max_pixels: int
 
+    @classmethod
+    def with_factor(cls, factor: int) -> "SizeRules":
+        """The sides and pixel limit every family shares, with the family's own size factor."""
+        return cls(factor=factor, min_side=256, max_side=2048, max_pixels=MAX_PIXELS)
+
 
 # What every family accepts at most; a family may be stricter (FLUX: multiples of 16).
-COMMON_SIZE_RULES = SizeRules(factor=8, min_side=256, max_side=2048, max_pixels=MAX_PIXELS)
+COMMON_SIZE_RULES = SizeRules.with_factor(8)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.base import MAX_PIXELS, Defaults, GenerationRequest, PipelineFamily, SizeRules
+from pipelines.base import Defaults, GenerationRequest, PipelineFamily, SizeRules
 
 
 class FluxFamily(PipelineFamily):
@@ -31,8 +31,7 @@ class FluxFamily(PipelineFamily):
     @property
     def size_rules(self) -> SizeRules:
         # Latents are packed 2x2, so pixels must be a multiple of twice the VAE factor.
-        return SizeRules(factor=2 * self.vae_scale_factor, min_side=256, max_side=2048,
-                         max_pixels=MAX_PIXELS)
+        return SizeRules.with_factor(2 * self.vae_scale_factor)
 
     @property
     def max_sequence_length(self) -> int:

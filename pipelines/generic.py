@@ -10,7 +10,7 @@ import inspect
 from functools import cached_property
 from typing import Any
 
-from pipelines.base import MAX_PIXELS, Defaults, PipelineFamily, SizeRules
+from pipelines.base import Defaults, PipelineFamily, SizeRules
 
 
 # diffusers' text-to-image mapping also lists pipelines that need an input image on every call
@@ -73,8 +73,7 @@ class GenericFamily(PipelineFamily):
     @property
     def size_rules(self) -> SizeRules:
         patch = int(self._denoiser_config.get("patch_size", 1) or 1)
-        return SizeRules(factor=self.vae_scale_factor * patch, min_side=256, max_side=2048,
-                         max_pixels=MAX_PIXELS)
+        return SizeRules.with_factor(self.vae_scale_factor * patch)
 
     @property
     def denoiser_attr(self) -> str:  # type: ignore[override]

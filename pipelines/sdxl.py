@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.base import MAX_PIXELS, Defaults, GenerationRequest, PipelineFamily, SizeRules
+from pipelines.base import Defaults, GenerationRequest, PipelineFamily, SizeRules
 
 
 class SDXLFamily(PipelineFamily):
@@ -33,8 +33,7 @@ class SDXLFamily(PipelineFamily):
 
     @property
     def size_rules(self) -> SizeRules:
-        return SizeRules(factor=self.vae_scale_factor, min_side=256, max_side=2048,
-                         max_pixels=MAX_PIXELS)
+        return SizeRules.with_factor(self.vae_scale_factor)
 
     def warm_key(self, request: GenerationRequest) -> tuple[Any, ...]:
         # Classifier-free guidance (guidance > 1) doubles the UNet batch: another graph.
