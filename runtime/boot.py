@@ -36,11 +36,11 @@ def boot(settings: Settings, record: BootRecord) -> Service:
     with record.stage("fetch") as report:
         fetched = fetch(settings)
         report.update(source=fetched.source, **fetched.report)
-    # The family's own size rules, from model_index.json: a bad warmup shape stops the boot
-    # before gigabytes of weights are loaded onto the GPU.
-    family = detect_family(fetched.model_dir)
-    shapes = serving_shapes(family, settings.warmup_shapes)
     with record.stage("load") as report:
+        # The family's own size rules, from model_index.json: a bad warmup shape stops the boot
+        # (as a settings error) before gigabytes of weights are loaded onto the GPU.
+        family = detect_family(fetched.model_dir)
+        shapes = serving_shapes(family, settings.warmup_shapes)
         loaded = load(settings, fetched.model_dir, variant=fetched.variant, family=family)
         report.update(loaded.family.describe(), precision=loaded.precision, device=loaded.device,
                       imports_seconds=loaded.imports_seconds)
