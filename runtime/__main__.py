@@ -35,8 +35,9 @@ def main() -> int:
     announcer = Announcer(settings)  # the one transition: ready or failed, announced once
     try:
         service = boot(settings, record)  # fetch -> load -> optimize -> warmup
+        with record.stage("serve"):  # the SDK is imported before "ready": ready means able to take a job
+            start = serving_loop()
         record.log_line()
-        start = serving_loop()  # the SDK is imported before "ready": ready means able to take a job
     except Exception as exc:  # noqa: BLE001 - every boot failure is reported, then final
         report_failure(announcer, exc, record)
         return 1

@@ -19,7 +19,7 @@ run() {  # run NAME COMMAND...: the command's log goes to a file; its table (or 
   shift
   echo "== bench smoke: $name"
   if "$@" >"$log" 2>&1; then
-    grep -E '^(\||#|wrote|written|speedup|compile|target|repository|FAIL| *link| +(unthrottled|[0-9]+ MB/s))' "$log" || true
+    grep -E '^(\||#|wrote|written|speedup|compile|target|tuned:|repository|FAIL| *link| +(unthrottled|[0-9]+ MB/s))' "$log" || true
     echo "== $name: ok in $((SECONDS - t0)) s"
   else
     local rc=$?

@@ -3,8 +3,9 @@
 # torchao, fpng or the runpod SDK, and reaches no package index), downloaded here into .whl/ for
 # Python 3.12 / x86_64, then carried with the call (`carry: [".whl"]`) and installed by
 # warmup/gpu_check.sh. The runpod SDK and its dependencies are what the worker entrypoint (and so
-# warmup/bench_coldstart.py) imports; the versions are the ones requirements.txt and the
-# development venv resolve to. About 40 MB in all (the carry limit is 64 MiB with the repo).
+# warmup/bench_coldstart.py) imports, opentelemetry-api included (fastapi imports it when the
+# SDK starts its API server); the versions are the ones requirements.txt and the development
+# venv resolve to. About 40 MB in all (the carry limit is 64 MiB with the repo).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -22,5 +23,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
   inquirerpy==0.3.4 pfzy==0.3.4 prompt_toolkit==3.0.53 wcwidth==0.9.4 paramiko==5.1.0 \
   bcrypt==5.0.0 PyNaCl==1.6.2 cffi==2.1.1 pycparser==3.12 prettytable==3.18.0 tomli==2.5.0 \
-  tomlkit==0.15.2 tqdm-loggable==0.4.1 watchdog==7.1.0 uvicorn==0.54.0
+  tomlkit==0.15.2 tqdm-loggable==0.4.1 watchdog==7.1.0 uvicorn==0.54.0 \
+  opentelemetry-api==1.45.2
 du -sh .whl

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,7 +57,7 @@ SCENARIOS = {
     "warm-cache": "(c) warm weights, warm compile cache",
     "warm-eager": "warm weights, no compile",
 }
-STAGES = ("settings", "fetch", "load", "optimize", "warmup")
+STAGES = ("settings", "fetch", "load", "optimize", "warmup", "serve")
 # Column order of a boot, start to ready: they add up to ``ready_s``.
 PARTS = ("import_s", *(f"{s}_s" for s in STAGES), "other_s", "announce_s")
 # Container start to ready with warm caches (issue 6), on an H100/H200 once weights are on
@@ -202,8 +202,10 @@ def timings(spawn: float, serving_at: float, received: list[Any]) -> dict[str, A
     compile_status = (stages.get("warmup", {}).get("compile_cache")
                       or stages.get("optimize", {}).get("compile_cache"))
     if compile_status:
-        out["compile_cache"] = {k: compile_status[k] for k in ("restored", "counters", "saved_bytes")
-                                if k in compile_status}
+        out["compile_cache"] = {k: compile_status[k] for k in ("restored", "counters", "saved_bytes",
+                                                               "compile_seconds") if k in compile_status}
+    # Of the load stage: library imports, the rest being the weights.
+    out["load_imports_s"] = stages.get("load", {}).get("imports_seconds")
     out["applied"] = sorted(stages.get("optimize", {}).get("applied", {}))
     out["device"] = boot.get("device")
     return out
@@ -236,7 +238,10 @@ def prime_weights(source: Source, cache: Path, args: argparse.Namespace) -> None
         raise RuntimeError(f"prefetch failed ({proc.returncode}): {proc.stderr[-2000:]}")
 
 
-def run_all(args: argparse.Namespace, source: Source, work: Path) -> dict[str, list[dict[str, Any]]]:
+def run_all(args: argparse.Namespace, source: Source, work: Path,
+            checkpoint: Callable[[dict[str, list[dict[str, Any]]]], None] = lambda runs: None,
+            ) -> dict[str, list[dict[str, Any]]]:
+    """Every scenario, ``--repeat`` times; ``checkpoint(runs)`` after each boot."""
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in args.scenarios}
     shared_cache = work / "cache-shared"
     primed = False
@@ -269,6 +274,7 @@ def run_all(args: argparse.Namespace, source: Source, work: Path) -> dict[str, l
                 result["hub_requests_seen"] = after - before
             result.update(scenario=scenario, repeat=i, compile=scenario_compile(scenario, args))
             runs[scenario].append(result)
+            checkpoint(runs)
             if "error" in result:
                 log.error("%s boot %d failed: %s", scenario, i, result["error"])
             else:
@@ -398,15 +404,21 @@ def main(argv: list[str] | None = None) -> int:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         source = make_source(args, work)
+        slug = args.model.replace("/", "_")
+        out = args.out or result_path(f"coldstart-{args.mode}-{slug}", args.device)
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(runs: dict[str, list[dict[str, Any]]], partial: bool) -> dict[str, Any]:
+            # Written after every boot too: a run killed at its time limit keeps what it measured.
+            result = {**summarize(args, source, runs), **({"partial": True} if partial else {})}
+            out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+            return result
+
         try:
-            runs = run_all(args, source, work)
+            runs = run_all(args, source, work, checkpoint=lambda runs: write(runs, partial=True))
         finally:
             source.close()
-    result = summarize(args, source, runs)
-    slug = args.model.replace("/", "_")
-    out = args.out or result_path(f"coldstart-{args.mode}-{slug}", args.device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    result = write(runs, partial=False)
     print(render(result))
     print(f"wrote {out}")
     failed = [f"{r['scenario']}#{r['repeat']}" for items in runs.values() for r in items if "error" in r]

@@ -199,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.encode import PngEncoder
 
     variants = args.variants.split(",")
+    out_path = args.out or result_path(f"latency-{args.mode}-{args.model.replace('/', '_')}-{args.size}", args.device)
+
+    def checkpoint(record: dict[str, Any]) -> None:
+        # After each phase too: a run killed at its time limit keeps what it measured.
+        if not args.child:
+            out_path.write_text(json.dumps({**record, "partial": True}, indent=1, default=str))
+
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         loaded, settings = build(args, Path(tmp))
@@ -218,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         if "eager" in variants:
             out = run_variant(loaded, request, args.runs, encoder)
             record["eager"], images["eager"] = out["result"], out["image"]
+            checkpoint(record)
         if "tuned" in variants:
             record["tuning"] = tune(loaded, settings, request, fresh_local=args.child)
+            checkpoint(record)
             out = run_variant(loaded, request, args.runs, encoder)
             record["tuned"], images["tuned"] = out["result"], out["image"]
         if len(images) == 2:
@@ -239,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print("CHILD_RESULT " + json.dumps(record, default=str))
         return 0
-    out_path = args.out or result_path(f"latency-{args.mode}-{args.model.replace('/', '_')}-{args.size}", args.device)
     out_path.write_text(json.dumps(record, indent=1, default=str))
     print(render(record))
     print(f"wrote {out_path}")
@@ -271,6 +279,10 @@ def render(r: dict[str, Any]) -> str:
     if "speedup" in r:
         lines.append(f"\nspeedup {r['speedup']}x; PSNR tuned vs eager {r['psnr_tuned_vs_eager_db']} dB"
                      + (" (quantized: lossy)" if r.get("lossy") else ""))
+    opts = r.get("tuning", {}).get("optimizations")
+    if opts:  # a skipped fp8 or a compile that fell back to eager must show beside the figures
+        skipped = "; ".join(f"{k} ({v})" for k, v in opts.get("skipped", {}).items())
+        lines.append(f"tuned: applied {', '.join(opts.get('applied', {}))}" + (f"; skipped {skipped}" if skipped else ""))
     if "tuning" in r and r["options"].get("compile") != "off":
         lines.append(f"compile (first calls, cold cache): {r['tuning']['warmup_with_compile_s']} s")
     hit = r.get("cache_hit_boot", {}).get("tuning")

@@ -11,13 +11,40 @@ OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/site:$PWD"
+else
+  echo "no wheels in .whl/: run scripts/gpu_wheels.sh here and carry .whl" >&2
+  exit 1
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia-smi.txt"
-python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-python3 -c "import runpod; print('runpod', runpod.__version__)" 2>&1 | tail -1  # the worker entrypoint needs it
+# Preflight, in seconds: every import the runs below need (the runpod SDK's API server included,
+# which the worker entrypoint starts only after a whole boot), so a missing wheel fails here and
+# not after minutes of GPU time.
+python3 - <<'PY' || exit 1
+import importlib
+import sys
+
+import diffusers
+import torch
+
+print("torch", torch.__version__, "diffusers", diffusers.__version__)
+missing = []
+for name in ("transformers", "accelerate", "torchao.quantization", "runpod",
+             "runpod.serverless.modules.rp_fastapi", "uvicorn", "tests.support.receiver",
+             "warmup.local_worker", "warmup.synthetic", "fpng"):
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # noqa: BLE001
+        if name == "fpng":  # optional: Pillow encodes the PNGs without it
+            print(f"fpng unavailable ({exc.__class__.__name__}): PNG timings will be Pillow's")
+            continue
+        missing.append(f"{name}: {exc.__class__.__name__}: {exc}")
+print("\n".join(["preflight: ok"] if not missing else ["preflight FAILED:", *missing]))
+sys.exit(1 if missing else 0)
+PY
 # "model steps timeout [extra bench_latency flags]" per line; override with BENCH_SPECS.
-BENCH_SPECS="${BENCH_SPECS:-flux-dev 28 270
+# Set but empty (BENCH_SPECS=) runs none.
+BENCH_SPECS="${BENCH_SPECS-flux-dev 28 270
 sdxl 30 170}"
 while read -r model steps limit extra; do
   [ -n "$model" ] || continue
@@ -46,5 +73,5 @@ while read -r model size new steps limit; do
 done <<< "${SHAPES_SPECS:-}"
 if [ "${GPU_TESTS:-1}" = "1" ]; then
   timeout "${GPU_TESTS_TIMEOUT:-140}" python3 -m pytest tests/gpu -q -p no:cacheprovider --noconftest \
-    -o addopts="" 2>&1 | tail -25 | tee "$OUT/gpu-tests.txt"
+    -o addopts="" --disable-warnings --tb=short -rfE 2>&1 | tee "$OUT/gpu-tests.txt" | tail -40
 fi

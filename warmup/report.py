@@ -31,6 +31,7 @@ LATENCY_STAGES = (("text_encode_s", "text encoding", "#8fb3d9"), ("denoise_s", "
 COLDSTART_PARTS = (("import_s", "process start + imports", "#bbbbbb"), ("settings_s", "settings", "#666666"),
                    ("fetch_s", "fetch", "#4c9a5f"), ("load_s", "load", "#2f6db3"),
                    ("optimize_s", "optimize", "#9b59b6"), ("warmup_s", "warmup", "#f0a04b"),
+                   ("serve_s", "serve (job SDK import)", "#17a2b8"),
                    ("other_s", "other (no stage)", "#d9534f"), ("announce_s", "announce", "#333333"))
 # Facts about a result that its numbers cannot carry, shown beside it.
 CAVEATS = {

@@ -113,7 +113,7 @@ def test_ready_arrives_after_warmup_and_before_the_first_job(cache_dir, tmp_path
     assert (body["model_id"], body["revision"]) == ("visgate/tiny-flux", "main")
     assert (body["family"], body["variant"]) == ("flux", "schnell")
     assert (body["worker_id"], body["endpoint_id"]) == ("pod-abc", "ep-xyz")
-    assert list(boot["stages"]) == ["settings", "fetch", "load", "optimize", "warmup"]
+    assert list(boot["stages"]) == ["settings", "fetch", "load", "optimize", "warmup", "serve"]
     assert all(stage["seconds"] >= 0 for stage in boot["stages"].values())
     assert boot["stages"]["fetch"]["source"] == "builtin"
     assert boot["stages"]["load"]["device"] == "cpu"
