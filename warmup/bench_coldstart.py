@@ -170,6 +170,11 @@ def boot_once(env: dict[str, str], work: Path, name: str, timeout: float,
                     result["error"] = f"first job failed: {str(answer)[:300]}"
         except (RuntimeError, TimeoutError, OSError) as exc:
             result = {"error": f"{exc.__class__.__name__}: {exc}"}
+            # The worker may have booted and announced ready, then failed to serve: keep the
+            # stage timings its webhook carried beside the error.
+            received = hook.wait_for(1, timeout=5)
+            if received and received[0].json().get("status") == "ready":
+                result = {**timings(spawn, spawn, received), **result, "serving_s": None}
         finally:
             worker.stop()
     if "error" in result:
