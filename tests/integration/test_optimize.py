@@ -74,6 +74,40 @@ def test_each_option_reports_applied_or_skipped(built_tiny_repo, model, env, app
     for name, reason in skipped.items():
         assert name in report.skipped and reason in report.skipped[name], report.as_dict()
     assert set(report.applied) | set(report.skipped) == set(report.seconds)
+    _check_the_model_itself(loaded, report)
+    image = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
+    assert image.shape == (256, 256, 3) and image.std() > 1.0
+
+
+def _check_the_model_itself(loaded, report) -> None:
+    """What an "applied" report claims, checked on the modules, not on its wording."""
+    import torch
+
+    denoiser = getattr(loaded.pipe, loaded.family.denoiser_attr)
+    if "fuse_qkv" in report.applied:
+        attentions = [m for m in denoiser.modules() if hasattr(m, "fuse_projections")]
+        assert attentions and all(getattr(m, "fused_projections", False) for m in attentions)
+    linears = [m for m in denoiser.modules() if isinstance(m, torch.nn.Linear)]
+    plain = [m for m in linears if type(m.weight) in (torch.nn.Parameter, torch.Tensor)]
+    if "quantize" in report.applied:  # every linear layer's weight is a torchao tensor now
+        assert linears and not plain, [type(m.weight).__name__ for m in plain][:3]
+    else:
+        assert len(plain) == len(linears)
+
+
+def test_weight_only_modes_quantize_large_text_encoders_too(built_tiny_repo, monkeypatch):
+    # T5-XXL (4.7 B parameters) is quantized beside the transformer so FLUX.1-dev fits 24 GB; the
+    # tiny T5 is far below the threshold, so lower it here.
+    import torch
+
+    from runtime import optimize as optimize_module
+
+    monkeypatch.setattr(optimize_module, "LARGE_ENCODER_PARAMS", 1000)
+    loaded, settings = _loaded(built_tiny_repo("visgate/tiny-flux"), VISGATE_QUANTIZE="int8-weight")
+    report = optimize_module.optimize(loaded, settings)
+    assert "text_encoder_2" in report.applied["quantize"], report.as_dict()
+    t5_linears = [m for m in loaded.pipe.text_encoder_2.modules() if isinstance(m, torch.nn.Linear)]
+    assert t5_linears and all(type(m.weight) is not torch.nn.Parameter for m in t5_linears)
     image = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
     assert image.shape == (256, 256, 3) and image.std() > 1.0
 
@@ -111,7 +145,11 @@ def compiled_tiny_flux(built_tiny_repo, tmp_path, monkeypatch):
     cache.activate()
     report = optimize(loaded, settings)
     assert "compile" in report.applied
+    graphs = compile_cache.inductor_cache_counters
+    before = sum(v for k, v in graphs().items() if k.startswith("fxgraph_cache_"))
     warmup(loaded.family, loaded.pipe, [(256, 256)])
+    # warmup really ran compiled graphs (else "compiled" output would trivially equal eager)
+    assert sum(v for k, v in graphs().items() if k.startswith("fxgraph_cache_")) > before
     serve_stance(report)
     try:
         yield loaded
@@ -239,3 +277,42 @@ def test_weights_load_straight_onto_the_device_without_hooks(built_tiny_repo, mo
     assert hooked == []
     params = [p for m in loaded.pipe.components.values() if hasattr(m, "parameters") for p in m.parameters()]
     assert params and {p.device.type for p in params} == {"cpu"}
+
+
+# ---- a compiled warmup that fails: serve eagerly, and say so -------------------------------------------
+def test_a_compiled_warmup_failure_falls_back_to_eager_and_says_so():
+    import torch
+    from torch._dynamo.utils import counters
+
+    from runtime.optimize import OptimizationReport, warm_with_fallback
+
+    report = OptimizationReport(applied={"compile": "FluxTransformer2DModel repeated blocks"})
+    calls = []
+
+    def run() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("InductorError: C++ compile error\nlong detail")
+        return "warm"
+
+    try:
+        assert warm_with_fallback(run, report) == "warm"
+        assert len(calls) == 2
+        assert "compile" not in report.applied
+        assert report.skipped["compile"] == "failed at warmup (RuntimeError); serving eagerly"
+        compiled = torch.compile(lambda x: x * 2 + 1)
+        before = sum(counters["inductor"].values())
+        assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 3.0))
+        assert sum(counters["inductor"].values()) == before  # force_eager: nothing compiled
+    finally:
+        torch.compiler.set_stance("default")
+
+
+def test_without_compile_a_warmup_failure_is_a_boot_failure():
+    from runtime.optimize import OptimizationReport, warm_with_fallback
+
+    def run() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        warm_with_fallback(run, OptimizationReport(skipped={"compile": "VISGATE_COMPILE=off"}))

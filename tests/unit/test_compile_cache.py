@@ -170,3 +170,32 @@ def test_archives_unused_for_two_weeks_are_removed_when_a_new_one_is_written(tmp
     cache.save()
     assert not stale.exists()
     assert in_use.archive.is_file() and cache.archive.is_file()
+
+
+def test_every_boot_option_that_changes_compiled_code_changes_the_key(tmp_path: Path) -> None:
+    # boot.compile_cache_for: what the worker actually keys its archive by.
+    from runtime.boot import compile_cache_for
+    from runtime.load import Loaded
+    from runtime.settings import Settings
+
+    class Family:
+        name, variant = "flux", "dev"
+
+    def key(precision: str = "bf16", device: str = "cpu", model: str = "black-forest-labs/FLUX.1-dev",
+            shapes: tuple = ((1024, 1024),), **env: str) -> str:
+        settings = Settings.from_env({"HF_MODEL_ID": model, "DEVICE": device,
+                                      "VISGATE_CACHE_DIR": str(tmp_path), "VISGATE_COMPILE": "regional",
+                                      **env})
+        loaded = Loaded(family=Family(), pipe=None, precision=precision, device=device)  # type: ignore[arg-type]
+        cache = compile_cache_for(settings, Path("/x/abc123"), loaded, list(shapes))
+        assert cache is not None and cache.volume_dir == tmp_path / "compile"
+        return cache.key
+
+    base = key()
+    assert key() == base
+    changed = [key(precision="fp16"), key(model="other/model"), key(shapes=((768, 1344),)),
+               key(VISGATE_ATTENTION="cudnn"), key(VISGATE_QUANTIZE="fp8"),
+               key(VISGATE_COMPILE="max-autotune"), key(HF_MODEL_REVISION="v2")]
+    assert len({base, *changed}) == len(changed) + 1
+    settings = Settings.from_env({"HF_MODEL_ID": "m", "DEVICE": "cpu", "VISGATE_COMPILE": "off"})
+    assert compile_cache_for(settings, Path("/x"), None, []) is None  # type: ignore[arg-type]

@@ -55,6 +55,7 @@ def test_tiny_repo_detection(built_tiny_repo: Callable[[str], Path], model_id: s
     # The pixel limit binds below the side limit: 2048x1152 is allowed, 2048x2048 is not.
     rules = family.size_rules
     assert 2048 * 1152 <= rules.max_pixels < rules.max_side ** 2
+    assert rules == SizeRules(factor=factor, min_side=256, max_side=2048, max_pixels=1536 * 1536)
     assert family.describe()["defaults"] == {
         "num_inference_steps": defaults.steps, "guidance_scale": defaults.guidance,
         "height": defaults.height, "width": defaults.width}

@@ -11,11 +11,12 @@ from runtime.validate import ALLOWED_FIELDS, PROMPT_MAX_CHARS, SEED_MAX, validat
 
 pytestmark = pytest.mark.timeout(30)
 
-# The facts FluxFamily / SDXLFamily report for the tiny models (checked in test_registry.py).
+# The facts FluxFamily / SDXLFamily report for the tiny models (test_registry.py checks the
+# families give exactly these rules: 1536x1536 pixels at most, sides 256-2048).
 FLUX_DEFAULTS = Defaults(steps=4, guidance=0.0, height=1024, width=1024)
-FLUX_RULES = SizeRules(factor=16, min_side=256, max_side=2048, max_pixels=2048 * 2048)
+FLUX_RULES = SizeRules.with_factor(16)
 SDXL_DEFAULTS = Defaults(steps=30, guidance=5.0, height=1024, width=1024)
-SDXL_RULES = SizeRules(factor=8, min_side=256, max_side=2048, max_pixels=2048 * 2048)
+SDXL_RULES = SizeRules.with_factor(8)
 LIMITS = {"num_inference_steps": (1, 100), "guidance_scale": (0.0, 20.0)}
 # A family whose pixel budget is smaller than its largest side squared (e.g. a 1 MP model).
 ONE_MP_RULES = SizeRules(factor=16, min_side=256, max_side=2048, max_pixels=1024 * 1024)
@@ -207,3 +208,17 @@ def test_missing_seed_is_drawn_in_range(missing: dict) -> None:
 
 def test_allowed_fields_are_the_contract() -> None:
     assert ALLOWED_FIELDS == ("prompt", "num_inference_steps", "guidance_scale", "height", "width", "seed")
+
+
+@pytest.mark.parametrize("height, width", [(1536, 1536), (2048, 1152), (1152, 2048)])
+def test_the_largest_images_the_readme_promises_are_accepted(height: int, width: int) -> None:
+    assert (flux(job(height=height, width=width)).height, sdxl(job(height=height, width=width)).width) \
+        == (height, width)
+
+
+@pytest.mark.parametrize("height, width", [(1536, 1552), (2048, 2048), (2048, 1168)])
+def test_over_1536_squared_pixels_is_refused_with_the_limit(height: int, width: int) -> None:
+    with pytest.raises(JobInputError) as info:
+        flux(job(height=height, width=width))
+    assert str(info.value) == (f"height x width = {height * width} pixels is over this model's limit "
+                               "of 2359296 pixels; reduce height or width")
