@@ -134,11 +134,36 @@ def build_sdxl(dest: Path, turbo: bool) -> None:
         force_zeros_for_empty_prompt=True).save_pretrained(dest, safe_serialization=True)
 
 
+def build_sd(dest: Path) -> None:
+    """A Stable Diffusion 1.x-shaped pipeline: no family of its own, so the generic family
+    (AutoPipelineForText2Image) serves it; its defaults come from the pipeline and configs."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    _seeded(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=4,
+        cross_attention_dim=32, norm_num_groups=8)
+    _seeded(1)
+    text_encoder = CLIPTextModel(_clip_config(projection=False))
+    _seeded(3)
+    vae = _vae(latent_channels=4, flux=False)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, prediction_type="epsilon",
+                                       timestep_spacing="leading", steps_offset=1)
+    StableDiffusionPipeline(unet=unet, text_encoder=text_encoder, tokenizer=_clip_tokenizer(), vae=vae,
+                            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(dest, safe_serialization=True)
+
+
 TINY_MODELS: dict[str, Callable[[Path], None]] = {
     TINY_PREFIX + "tiny-flux": lambda d: build_flux(d, dev=False),
     TINY_PREFIX + "tiny-flux-dev": lambda d: build_flux(d, dev=True),
     TINY_PREFIX + "tiny-sdxl": lambda d: build_sdxl(d, turbo=False),
     TINY_PREFIX + "tiny-sdxl-turbo": lambda d: build_sdxl(d, turbo=True),
+    TINY_PREFIX + "tiny-sd": build_sd,
 }
 
 _COMPLETE = ".complete"

@@ -90,3 +90,21 @@ def test_the_prompt_reaches_the_text_encoder_and_changes_the_image(sdxl):
     a = family.generate(pipe, _request(steps=1, prompt="a red bicycle"))
     b = family.generate(pipe, _request(steps=1, prompt="a lighthouse at dusk"))
     assert not np.array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def generic_sd(built_tiny_repo):
+    return _loaded(built_tiny_repo, "visgate/tiny-sd")
+
+
+def test_the_generic_family_serves_a_pipeline_without_a_family_of_its_own(generic_sd):
+    family, pipe = generic_sd
+    assert (family.name, family.variant, type(pipe).__name__) == ("generic", "StableDiffusionPipeline",
+                                                                   "StableDiffusionPipeline")
+    # the pipeline's own defaults: 50 steps, guidance 7.5 (classifier-free: a batch of 2), 512 px
+    assert (family.defaults.steps, family.defaults.guidance, family.defaults.height) == (50, 7.5, 512)
+    seen = _seen(pipe.unet, lambda a, k: (a[0] if a else k["sample"]).shape, family, pipe,
+                 _request(steps=3, guidance=7.5, height=256, width=320))
+    assert seen == [torch.Size([2, 4, 32, 40])] * 3
+    image = family.generate(pipe, _request(steps=2, guidance=7.5, height=256, width=320))
+    assert image.shape == (256, 320, 3) and image.std() > 1.0
