@@ -233,3 +233,26 @@ def test_registry_order_specific_before_generic(monkeypatch: pytest.MonkeyPatch)
     assert family_class_for(FLUX_INDEX) is FluxFamily
     monkeypatch.setattr(registry, "FAMILIES", (GenericFamily, FluxFamily))
     assert family_class_for(FLUX_INDEX) is GenericFamily
+
+
+def test_serving_shapes_put_the_default_first_and_warm_each_shape_once(
+        built_tiny_repo: Callable[[str], Path]) -> None:
+    from runtime.warmup import serving_shapes
+
+    family = detect_family(built_tiny_repo("visgate/tiny-flux"))
+    # the default (1024x1024) listed again is not warmed twice (a compile at a shape costs minutes)
+    assert serving_shapes(family, ((768, 1344), (1024, 1024), (768, 1344))) == [(1024, 1024), (768, 1344)]
+
+
+def test_sdxl_guidance_on_or_off_is_another_compiled_shape(built_tiny_repo: Callable[[str], Path]) -> None:
+    # Classifier-free guidance doubles the UNet batch: a job switching it is not a warmed graph.
+    family = detect_family(built_tiny_repo("visgate/tiny-sdxl"))
+
+    def key(guidance: float) -> tuple[Any, ...]:
+        return family.warm_key(GenerationRequest(prompt="x", steps=1, guidance=guidance, height=1024,
+                                                 width=1024, seed=0))
+
+    assert key(5.0) == key(7.5) != key(1.0) == key(0.0)
+    flux = detect_family(built_tiny_repo("visgate/tiny-flux-dev"))  # guidance is an input there
+    assert flux.warm_key(GenerationRequest(prompt="x", steps=1, guidance=3.5, height=1024, width=1024,
+                                           seed=0)) == (1024, 1024)
