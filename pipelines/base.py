@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
@@ -41,6 +41,9 @@ class SizeRules:
     min_side: int
     max_side: int
     max_pixels: int
+    # Whose rules these are, in messages: a job's model, or (settings, before any model is known)
+    # every model.
+    scope: str = "this model"
 
     @classmethod
     def with_factor(cls, factor: int) -> "SizeRules":
@@ -49,7 +52,7 @@ class SizeRules:
 
 
 # What every family accepts at most; a family may be stricter (FLUX: multiples of 16).
-COMMON_SIZE_RULES = SizeRules.with_factor(8)
+COMMON_SIZE_RULES = replace(SizeRules.with_factor(8), scope="any model")
 
 
 @dataclass(frozen=True)

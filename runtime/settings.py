@@ -253,5 +253,4 @@ def _check_shape_any_family(shape: tuple[int, int]) -> None:
     try:
         check_shape(*shape, COMMON_SIZE_RULES)
     except JobInputError as exc:
-        reason = str(exc).replace(" for this model", "")  # no model is known yet: these hold for all
-        raise SettingsError(f"VISGATE_WARMUP_SHAPES {shape[0]}x{shape[1]} is not valid: {reason}") from None
+        raise SettingsError(f"VISGATE_WARMUP_SHAPES {shape[0]}x{shape[1]} is not valid: {exc}") from None

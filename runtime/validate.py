@@ -45,7 +45,7 @@ def validate(job_input: Any, defaults: Defaults, rules: SizeRules,
     height = _side(job_input, "height", defaults.height, rules)
     width = _side(job_input, "width", defaults.width, rules)
     if height * width > rules.max_pixels:
-        raise JobInputError(f"height x width = {height * width} pixels is over this model's limit of "
+        raise JobInputError(f"height x width = {height * width} pixels is over {rules.scope}'s limit of "
                             f"{rules.max_pixels} pixels; reduce height or width")
     seed = _integer(job_input, "seed", None, 0, SEED_MAX)
     if seed is None:
@@ -105,7 +105,7 @@ def _number(data: Mapping[str, Any], name: str, default: float, lo: float, hi: f
 def _side(data: Mapping[str, Any], name: str, default: int, rules: SizeRules) -> int:
     value = _integer(data, name, default, rules.min_side, rules.max_side)
     if value % rules.factor:
-        raise JobInputError(f"'{name}' must be a multiple of {rules.factor} for this model, got {value}")
+        raise JobInputError(f"'{name}' must be a multiple of {rules.factor} for {rules.scope}, got {value}")
     return value
 
 

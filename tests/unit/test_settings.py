@@ -107,8 +107,12 @@ BAD = [
                  "VISGATE_WARMUP_SHAPES 0x0 is not valid", id="shape-zero"),
     pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "4096x4096"},
                  "VISGATE_WARMUP_SHAPES 4096x4096 is not valid", id="shape-too-large"),
+    pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "2048x2048"},
+                 "VISGATE_WARMUP_SHAPES 2048x2048 is not valid: height x width = 4194304 pixels is over "
+                 "any model's limit of 2359296 pixels", id="shape-too-many-pixels"),
     pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "1020x1024"},
-                 "VISGATE_WARMUP_SHAPES 1020x1024 is not valid: 'height' must be a multiple of 8, got 1020",
+                 "VISGATE_WARMUP_SHAPES 1020x1024 is not valid: 'height' must be a multiple of 8 for any model, "
+                 "got 1020",
                  id="shape-not-multiple-of-8"),
 ]
 
