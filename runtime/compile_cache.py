@@ -148,8 +148,8 @@ class CompileCache:
         result = torch.compiler.save_cache_artifacts()
         blob = result[0] if result else b""
         self.volume_dir.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_temps(self.volume_dir)
-        _remove_stale_archives(self.volume_dir, keep=self.archive)
+        _remove_older_than(self.volume_dir, ".*.tmp", ABANDONED_TEMP_S)
+        _remove_older_than(self.volume_dir, "*.tar", STALE_ARCHIVE_S, keep=self.archive)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.key}.", suffix=".tmp", dir=self.volume_dir)
         try:
             with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
@@ -174,18 +174,6 @@ class CompileCache:
 # A worker writes its archive in seconds; a temp file this old belongs to a worker that was killed
 # mid-save and would otherwise sit on the volume forever.
 ABANDONED_TEMP_S = 3600
-
-
-def _remove_abandoned_temps(volume_dir: Path, now: float | None = None) -> None:
-    now = time.time() if now is None else now
-    for tmp in volume_dir.glob(".*.tmp"):
-        try:
-            if now - tmp.stat().st_mtime > ABANDONED_TEMP_S:
-                tmp.unlink()
-        except OSError:  # another worker removed it first
-            continue
-
-
 # Archives are keyed by options, versions and GPU, so a volume shared by endpoints, or one that
 # outlived an upgrade of torch, collects archives no worker will read again (hundreds of MB each
 # for FLUX). Each boot that restores an archive marks it used (its mtime), and a worker that writes
@@ -200,14 +188,15 @@ def _mark_used(archive: Path) -> None:
         pass
 
 
-def _remove_stale_archives(volume_dir: Path, keep: Path, now: float | None = None) -> None:
+def _remove_older_than(volume_dir: Path, pattern: str, max_age_s: float, keep: Path | None = None,
+                       now: float | None = None) -> None:
+    """Remove the files matching ``pattern`` not modified for ``max_age_s`` (except ``keep``)."""
     now = time.time() if now is None else now
-    for archive in volume_dir.glob("*.tar"):
+    for path in volume_dir.glob(pattern):
         try:
-            if archive != keep and now - archive.stat().st_mtime > STALE_ARCHIVE_S:
-                archive.unlink()
-                log.info("compile cache: removed %s, unused for %d days", archive.name,
-                         STALE_ARCHIVE_S // 86400)
+            if path != keep and now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                log.info("compile cache: removed %s, untouched for %d s", path.name, max_age_s)
         except OSError:  # another worker removed it first
             continue
 
@@ -233,11 +222,11 @@ COMPILE_PHASES = {"dynamo_total": "_compile.compile_inner", "tracing": "bytecode
                   "code_load": "PyCodeCache.load_by_key_path", "host_compile": "compile_file"}
 
 
-def compile_seconds(phases: dict[str, str] | None = None, minimum: float = 0.0) -> dict[str, float]:
-    """Seconds per compile phase so far; every timer torch kept when ``phases`` is {}."""
+def compile_seconds(every_timer: bool = False, minimum: float = 0.0) -> dict[str, float]:
+    """Seconds per compile phase so far (COMPILE_PHASES), or per timer torch kept, above ``minimum``."""
     from torch._dynamo.utils import compilation_time_metrics
 
-    names = COMPILE_PHASES if phases is None else phases or {k: k for k in compilation_time_metrics}
+    names = {k: k for k in compilation_time_metrics} if every_timer else COMPILE_PHASES
     totals = {name: round(sum(compilation_time_metrics.get(key, ())), 3) for name, key in names.items()}
     return {name: seconds for name, seconds in totals.items() if seconds > minimum}
 
