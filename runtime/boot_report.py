@@ -12,6 +12,7 @@ import sys
 import time
 from contextlib import contextmanager
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,30 @@ class BootRecord:
         log.info("boot record %s", json.dumps(self.as_dict(), sort_keys=True, default=str))
 
 
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (compiled CPU code targets its instruction set)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in _VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+        version = package_version(name)
+        if version is not None:
+            found[name] = version
     torch = sys.modules.get("torch")  # no import just to report: see device_info
     if torch is not None and torch.version.cuda:
         found["cuda"] = torch.version.cuda

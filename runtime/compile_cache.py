@@ -28,9 +28,10 @@ import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from runtime.boot_report import cpu_model, package_version
 
 log = logging.getLogger(__name__)
 
@@ -40,39 +41,23 @@ META_NAME = "meta.json"
 FORMAT = 1
 
 
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def environment_key_parts(device: str) -> dict[str, Any]:
     """Software and hardware facts compiled code depends on."""
     import torch
 
     parts: dict[str, Any] = {
         "format": FORMAT, "python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "triton": _version("triton"), "diffusers": _version("diffusers"),
-        "torchao": _version("torchao"), "machine": platform.machine(),
+        "cuda": torch.version.cuda, "triton": package_version("triton"),
+        "diffusers": package_version("diffusers"), "torchao": package_version("torchao"),
+        "machine": platform.machine(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         parts["gpu"] = torch.cuda.get_device_name(device)
         parts["capability"] = list(torch.cuda.get_device_capability(device))
     else:
         # CPU code is compiled for this CPU's instruction set.
-        parts["cpu"] = _cpu_model()
+        parts["cpu"] = cpu_model()
     return parts
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_key(parts: dict[str, Any]) -> str:

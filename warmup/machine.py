@@ -7,28 +7,21 @@ import platform
 import re
 import subprocess
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from runtime.boot_report import cpu_model, package_version
 
 # VISGATE_BENCH_RESULTS sends results elsewhere (the CI smoke run must not overwrite the
 # committed figures in warmup/results/).
 RESULTS = Path(os.environ.get("VISGATE_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     info: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                            "python": platform.python_version(), "cpu": _cpu_model(),
-                            "torch": _version("torch"), "diffusers": _version("diffusers"),
-                            "transformers": _version("transformers"), "torchao": _version("torchao"),
-                            "triton": _version("triton")}
+                            "python": platform.python_version(), "cpu": cpu_model(),
+                            **{name: package_version(name)
+                               for name in ("torch", "diffusers", "transformers", "torchao", "triton")}}
     try:
         import torch
 
@@ -40,17 +33,6 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     except ImportError:
         pass
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        match = re.search(r"model name\s*:\s*(.+)", text)
-        if match:
-            return match.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _driver() -> str | None:
