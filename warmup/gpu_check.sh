@@ -42,6 +42,10 @@ for name in ("transformers", "accelerate", "torchao.quantization", "runpod",
 print("\n".join(["preflight: ok"] if not missing else ["preflight FAILED:", *missing]))
 sys.exit(1 if missing else 0)
 PY
+# The end of a benchmark's output, without library warnings, shown and kept in $OUT/NAME.
+summary() {  # summary LINES NAME
+  grep -vE "Warning|warn\(|_pytree" | tail -"$1" | tee "$OUT/$2"
+}
 # "model steps timeout [extra bench_latency flags]" per line; override with BENCH_SPECS.
 # Set but empty (BENCH_SPECS=) runs none.
 BENCH_SPECS="${BENCH_SPECS-flux-dev 28 270
@@ -52,7 +56,7 @@ while read -r model steps limit extra; do
   # shellcheck disable=SC2086  # extra holds several flags on purpose
   timeout "$limit" python3 -m warmup.bench_latency --mode synthetic --model "$model" --device cuda \
     --size 1024 --steps "$steps" --runs 3 --cache-phases --cache-dir /tmp/bench-cache $extra \
-    --out "$OUT/latency-synthetic-$tag-1024.json" 2>&1 | grep -vE "Warning|warn\(|_pytree" | tail -30 | tee "$OUT/bench-$tag.txt"
+    --out "$OUT/latency-synthetic-$tag-1024.json" 2>&1 | summary 30 "bench-$tag.txt"
 done <<< "$BENCH_SPECS"
 # Optional: "model repeat timeout" per line, the synthetic cold start to the ready webhook by
 # stage (warmup/bench_coldstart.py; weights written once to /tmp/visgate-volume);
@@ -61,7 +65,7 @@ while read -r model repeat limit; do
   [ -n "$model" ] || continue
   timeout "$limit" python3 -m warmup.bench_coldstart --mode synthetic --model "$model" --device cuda \
     --volume /tmp/visgate-volume --repeat "$repeat" --out "$OUT/coldstart-synthetic-$model.json" 2>&1 \
-    | grep -vE "Warning|warn\(|_pytree" | tail -20 | tee "$OUT/coldstart-$model.txt"
+    | summary 20 "coldstart-$model.txt"
 done <<< "${COLDSTART_SPECS:-}"
 # Optional: "model size new-shape steps timeout" per line, the unwarmed-shape strategies
 # (warmup/bench_shapes.py); e.g. SHAPES_SPECS='sdxl 1024 832x1216 30 300'.
@@ -69,7 +73,7 @@ while read -r model size new steps limit; do
   [ -n "$model" ] || continue
   timeout "$limit" python3 -m warmup.bench_shapes --mode synthetic --model "$model" --device cuda \
     --size "$size" --new "$new" --steps "$steps" --runs 3 --cache-dir /tmp/bench-cache \
-    --out "$OUT/shapes-synthetic-$model-$size.json" 2>&1 | grep -vE "Warning|warn\(|_pytree" | tail -12 | tee "$OUT/shapes-$model.txt"
+    --out "$OUT/shapes-synthetic-$model-$size.json" 2>&1 | summary 12 "shapes-$model.txt"
 done <<< "${SHAPES_SPECS:-}"
 if [ "${GPU_TESTS:-1}" = "1" ]; then
   timeout "${GPU_TESTS_TIMEOUT:-140}" python3 -m pytest tests/gpu -q -p no:cacheprovider --noconftest \
