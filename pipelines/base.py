@@ -163,7 +163,7 @@ class PipelineFamily(ABC):
                 pipe = cls.from_pretrained(str(self.model_dir), dtype=torch_dtype, device_map=device,
                                            **extra)
             except NotImplementedError:  # pipelines of connected pipes refuse a device map
-                pipe = None
+                pass
         if pipe is None:
             pipe = cls.from_pretrained(str(self.model_dir), dtype=torch_dtype, **extra)
             pipe.to(device)
