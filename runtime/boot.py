@@ -13,6 +13,7 @@ from typing import Mapping
 
 from pipelines.registry import detect_family
 from runtime import compile_cache
+from runtime.aot import AotStore
 from runtime.announce import Announcer
 from runtime.boot_report import BootRecord
 from runtime.encode import PngEncoder
@@ -48,17 +49,17 @@ def boot(settings: Settings, record: BootRecord) -> Service:
     with record.stage("optimize") as report:
         if cache:
             report["compile_cache"] = dict(cache.activate())
-        tuning = optimize(loaded, settings)
+        tuning = optimize(loaded, settings, aot_store=aot_store_for(cache))
         report.update(tuning.as_dict())
     with record.stage("warmup") as report:
         report["runs"] = warm_with_fallback(lambda: warmup(loaded.family, loaded.pipe, shapes), tuning)
-        if cache and "compile" in tuning.applied:
+        if cache and tuning.compiled:
             report["compile_cache"] = compile_cache.finish(cache)
         serve_stance(tuning)
     encoder = PngEncoder()
     record.info["png_encoder"] = encoder.name
     return Service(model_id=settings.model_id, family=loaded.family, pipe=loaded.pipe,
-                   encoder=encoder, secrets=settings.secrets, compiled="compile" in tuning.applied,
+                   encoder=encoder, secrets=settings.secrets, compiled=tuning.compiled,
                    warm_keys=frozenset(loaded.family.warm_key(r)
                                        for r in warmup_requests(loaded.family, shapes)))
 
@@ -73,6 +74,14 @@ def compile_cache_for(settings: Settings, model_dir: Path, loaded: Loaded,
     return compile_cache.for_boot(settings.cache_dir, settings.model_id, model_dir, settings.revision,
                                   loaded.family.name, loaded.family.variant, loaded.device,
                                   options, shapes)
+
+
+def aot_store_for(cache: compile_cache.CompileCache | None) -> AotStore | None:
+    """Ahead-of-time packages sit beside the archive, under the same key; what happened to each
+    lands in the boot record's compile_cache entry (its "aot" part)."""
+    if cache is None:
+        return None
+    return AotStore(cache.volume_dir, cache.key, status=cache.status.setdefault("aot", {}))
 
 
 def read_webhook_settings(env: Mapping[str, str] | None = None) -> Settings | None:

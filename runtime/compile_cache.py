@@ -99,7 +99,7 @@ class CompileCache:
         try:
             self._restore()
             self.status["restored"] = "hit"
-            _mark_used(self.archive)
+            mark_used(self.archive)
         except Exception as exc:  # corrupt or foreign archive: compile again, overwrite later
             log.warning("compile cache %s unusable (%s: %s); compiling from scratch",
                         self.archive.name, exc.__class__.__name__, str(exc)[:200])
@@ -133,8 +133,8 @@ class CompileCache:
         result = torch.compiler.save_cache_artifacts()
         blob = result[0] if result else b""
         self.volume_dir.mkdir(parents=True, exist_ok=True)
-        _remove_older_than(self.volume_dir, ".*.tmp", ABANDONED_TEMP_S)
-        _remove_older_than(self.volume_dir, "*.tar", STALE_ARCHIVE_S, keep=self.archive)
+        remove_older_than(self.volume_dir, ".*.tmp", ABANDONED_TEMP_S)
+        remove_older_than(self.volume_dir, "*.tar", STALE_ARCHIVE_S, keep=self.archive)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.key}.", suffix=".tmp", dir=self.volume_dir)
         try:
             with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
@@ -166,14 +166,14 @@ ABANDONED_TEMP_S = 3600
 STALE_ARCHIVE_S = 14 * 24 * 3600
 
 
-def _mark_used(archive: Path) -> None:
+def mark_used(archive: Path) -> None:
     try:
         os.utime(archive)
     except OSError:  # a read-only volume: the archive then ages, and may be pruned and rewritten
         pass
 
 
-def _remove_older_than(volume_dir: Path, pattern: str, max_age_s: float, keep: Path | None = None,
+def remove_older_than(volume_dir: Path, pattern: str, max_age_s: float, keep: Path | None = None,
                        now: float | None = None) -> None:
     """Remove the files matching ``pattern`` not modified for ``max_age_s`` (except ``keep``)."""
     now = time.time() if now is None else now
@@ -230,7 +230,11 @@ def for_boot(cache_dir: Path, model_id: str, model_dir: Path, revision: str, fam
 
 
 def finish(cache: CompileCache) -> dict[str, Any]:
-    """After warmup: record hits/misses; save the archive unless it was fully reused."""
+    """After warmup: record hits/misses; save the archive unless it was fully reused.
+
+    With VISGATE_COMPILE=aot the packages are kept by runtime/aot.py, but the archive still pays:
+    loading a package checks the CPU's vector ISA, which compiles half a dozen probe programs
+    (6 s here) unless inductor's directory already holds them."""
     counters = inductor_cache_counters()
     cache.status["counters"] = counters
     cache.status["compile_seconds"] = compile_seconds()

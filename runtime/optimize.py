@@ -14,10 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from runtime.load import Loaded
 from runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from runtime.aot import AotModule, AotStore
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ class Skip(Exception):
 class Context:
     loaded: Loaded
     settings: Settings
+    report: "OptimizationReport"
+    aot_store: "AotStore | None" = None
 
     @property
     def pipe(self) -> Any:
@@ -49,6 +54,12 @@ class OptimizationReport:
     applied: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # VISGATE_COMPILE=aot: the wrappers to freeze after warmup (or remove, to serve eagerly).
+    aot_modules: list["AotModule"] = field(default_factory=list)
+
+    @property
+    def compiled(self) -> bool:
+        return "compile" in self.applied
 
     def as_dict(self) -> dict[str, Any]:
         # "step_seconds": the stage entry this lands in has its own "seconds" (the stage total).
@@ -199,19 +210,45 @@ def compile_models(ctx: Context) -> str:
     if mode == "off":
         raise Skip("VISGATE_COMPILE=off")
     configure_dynamo(len(ctx.settings.warmup_shapes) + 1)
-    target = ctx.denoiser
-    compiled = []
-    if mode == "regional" and getattr(target, "_repeated_blocks", None):
-        target.compile_repeated_blocks(fullgraph=True)
-        compiled.append(f"{type(target).__name__} repeated blocks {list(target._repeated_blocks)}")
-    else:
-        options = {"mode": "max-autotune"} if mode == "max-autotune" else {}
-        target.compile(fullgraph=mode != "regional", **options)
-        compiled.append(f"{type(target).__name__} whole ({mode})")
-    ctx.pipe.vae.decoder.compile(fullgraph=True)
-    compiled.append("vae.decoder")
+    if mode == "aot":
+        return _compile_ahead_of_time(ctx)
+    compiled = [_compile_denoiser(ctx.denoiser, mode), _compile_decoder(ctx.pipe.vae.decoder)]
     # Compilation happens lazily at the first call: the warmup stage pays for it.
     return "; ".join(compiled)
+
+
+def _compile_denoiser(target: Any, mode: str) -> str:
+    if mode in ("regional", "aot") and getattr(target, "_repeated_blocks", None):
+        target.compile_repeated_blocks(fullgraph=True)
+        return f"{type(target).__name__} repeated blocks {list(target._repeated_blocks)}"
+    options = {"mode": "max-autotune"} if mode == "max-autotune" else {}
+    target.compile(fullgraph=mode != "regional", **options)
+    return f"{type(target).__name__} whole ({mode})"
+
+
+def _compile_decoder(decoder: Any) -> str:
+    decoder.compile(fullgraph=True)
+    return "vae.decoder"
+
+
+def _compile_ahead_of_time(ctx: Context) -> str:
+    """Denoiser and VAE decoder exported and compiled whole per input signature at warmup, or
+    loaded from the volume (runtime/aot.py); either falls back to torch.compile if it cannot be
+    exported (the denoiser regionally, as VISGATE_COMPILE=regional would)."""
+    from runtime.aot import AotModule
+
+    if ctx.aot_store is None:
+        raise Skip("no compile cache directory for ahead-of-time packages")
+    denoiser, decoder = ctx.denoiser, ctx.pipe.vae.decoder
+    wrappers = [
+        AotModule(denoiser, ctx.loaded.family.denoiser_attr, ctx.aot_store, ctx.loaded.device,
+                  fallback=lambda: _compile_denoiser(denoiser, "aot")),
+        AotModule(decoder, "vae_decoder", ctx.aot_store, ctx.loaded.device,
+                  fallback=lambda: _compile_decoder(decoder)),
+    ]
+    ctx.report.aot_modules.extend(wrappers)
+    return (f"{type(denoiser).__name__} whole + vae.decoder ahead of time (torch.export + "
+            "AOTInductor), per warmed input signature")
 
 
 def configure_dynamo(static_shapes: int) -> None:
@@ -230,11 +267,13 @@ def configure_dynamo(static_shapes: int) -> None:
 
 def serve_stance(report: OptimizationReport) -> None:
     """After warmup: use compiled code where it is valid, run eagerly instead of recompiling."""
-    if "compile" not in report.applied:
+    if not report.compiled:
         return
     import torch
 
     torch.compiler.set_stance("eager_on_recompile")
+    for wrapper in report.aot_modules:
+        wrapper.frozen = True
 
 
 def warm_with_fallback(run: Callable[[], Any], report: OptimizationReport) -> Any:
@@ -242,13 +281,15 @@ def warm_with_fallback(run: Callable[[], Any], report: OptimizationReport) -> An
     try:
         return run()
     except Exception as exc:
-        if "compile" not in report.applied:
+        if not report.compiled:
             raise
         import torch
 
         log.warning("compiled warmup failed (%s: %s); serving eagerly", exc.__class__.__name__,
                     str(exc).splitlines()[0][:200] if str(exc) else "")
         torch.compiler.set_stance("force_eager")
+        for wrapper in report.aot_modules:
+            wrapper.uninstall()
         report.skipped["compile"] = f"failed at warmup ({exc.__class__.__name__}); serving eagerly"
         del report.applied["compile"]
         return run()
@@ -264,9 +305,9 @@ STEPS: tuple[tuple[str, Callable[[Context], str]], ...] = (
 )
 
 
-def optimize(loaded: Loaded, settings: Settings) -> OptimizationReport:
-    ctx = Context(loaded=loaded, settings=settings)
+def optimize(loaded: Loaded, settings: Settings, aot_store: "AotStore | None" = None) -> OptimizationReport:
     report = OptimizationReport()
+    ctx = Context(loaded=loaded, settings=settings, report=report, aot_store=aot_store)
     for name, step in STEPS:
         t0 = time.perf_counter()
         try:

@@ -21,7 +21,7 @@ RUNPOD_VOLUME = Path("/runpod-volume")
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ATTENTIONS = ("auto", "sdpa", "cudnn", "flash", "flash3", "xformers", "native")
-COMPILE_MODES = ("off", "regional", "full", "max-autotune")
+COMPILE_MODES = ("off", "regional", "full", "max-autotune", "aot")
 QUANTIZE_MODES = ("none", "fp8", "fp8-weight", "int8-weight")
 # Webhook delivery bounds, in seconds: (default, smallest, largest). The budget bounds how long the
 # announce stage can hold up serving (or exiting, after a failure) when the receiver is down.
