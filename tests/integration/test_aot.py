@@ -1,0 +1,229 @@
+"""VISGATE_COMPILE=aot on CPU: torch.export + AOTInductor packages on the volume.
+
+AOTInductor compiles C++ on a CPU exactly as it compiles Triton on a GPU: everything here is
+the real thing. What must hold: a package is compiled once per input signature and loaded by the
+next fresh process without tracing; the image agrees with eager; an unwarmed signature runs
+eagerly; a corrupt package is recompiled; weights that move are rebound; a module that cannot
+be exported falls back to torch.compile.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.integration.test_optimize import MAX_PIXEL_DIFF, MIN_PSNR_DB, _boot_record, _loaded, _request, psnr
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+
+def _aot_status(log: str) -> dict[str, Any]:
+    return _boot_record(log)["stages"]["warmup"]["compile_cache"]
+
+
+def _results(status: dict[str, Any]) -> dict[str, str]:
+    """module name -> what happened to its package (one package per module here)."""
+    return {name.rsplit("-", 1)[0]: entry.get("result", "fallback")
+            for name, entry in status["aot"].items()}
+
+
+# ---- across fresh processes: the real worker, cold, warm, corrupt --------------------------------------
+def test_packages_compile_once_and_a_fresh_process_loads_them_without_tracing(
+        start_worker, built_tiny_repo, tmp_path, png_tools):
+    volume = tmp_path / "volume"
+    shutil.copytree(built_tiny_repo("visgate/tiny-flux").parent, volume / "builtin")
+    job = {"prompt": "a red fox in the snow", "seed": 11}  # the default 1024x1024: the warmed shape
+
+    def boot(local: str, compile_mode: str = "aot"):
+        (tmp_path / local).mkdir()
+        # TMPDIR: a new container's empty local disk; only the volume carries over.
+        worker = start_worker("visgate/tiny-flux", VISGATE_COMPILE=compile_mode,
+                              TMPDIR=str(tmp_path / local), VISGATE_CACHE_DIR=str(volume))
+        log = worker.log_text()
+        image = png_tools.decode_b64(worker.runsync(job)["output"]["image_base64"])
+        worker.stop()
+        return log, image
+
+    _, eager = boot("local-eager", compile_mode="off")
+
+    cold_log, cold = boot("local-1")
+    cold_status = _aot_status(cold_log)
+    assert _results(cold_status) == {"transformer": "compiled", "vae_decoder": "compiled"}, cold_status
+    packages = sorted((volume / "compile").glob("*.pt2"))
+    assert len(packages) == 2
+    # The weights stay out of the packages (the runner binds the module's own tensors).
+    weights = sum(p.stat().st_size for p in (volume / "builtin").rglob("transformer/*.safetensors"))
+    assert all(p.stat().st_size < 20 * weights for p in packages)
+    assert np.abs(cold.astype(int) - eager.astype(int)).max() <= MAX_PIXEL_DIFF
+    assert psnr(cold, eager) >= MIN_PSNR_DB
+
+    warm_log, warm = boot("local-2")
+    warm_status = _aot_status(warm_log)
+    assert _results(warm_status) == {"transformer": "hit", "vae_decoder": "hit"}, warm_status
+    assert "dynamo_total" not in warm_status["compile_seconds"]  # nothing traced at all
+    assert np.array_equal(warm, cold)
+
+    # A truncated package: the boot warns, compiles that one again, serves the same image, and
+    # leaves a loadable package behind.
+    transformer = next(p for p in packages if ".transformer-" in p.name)
+    transformer.write_bytes(transformer.read_bytes()[: transformer.stat().st_size // 3])
+    broken_log, broken = boot("local-3")
+    broken_status = _aot_status(broken_log)
+    assert _results(broken_status) == {"transformer": "compiled", "vae_decoder": "hit"}, broken_status
+    assert re.search(r"aot package .*transformer.* unusable", broken_log)
+    assert np.array_equal(broken, cold)
+    again_log, _ = boot("local-4")
+    assert _results(_aot_status(again_log))["transformer"] == "hit"
+
+
+# ---- in one process: shapes, guidance, moved weights -------------------------------------------------
+@pytest.fixture(scope="module")
+def aot_tiny_sdxl(built_tiny_repo, tmp_path_factory):
+    """A tiny SDXL (classifier-free guidance: a batch-2 UNet) with aot wrappers, warmed at 256x256."""
+    from runtime.aot import AotStore
+    from runtime.optimize import optimize, serve_stance
+    from runtime.warmup import warmup
+
+    volume = tmp_path_factory.mktemp("aot-volume")
+    loaded, settings = _loaded(built_tiny_repo("visgate/tiny-sdxl"), VISGATE_COMPILE="aot")
+    eager = loaded.family.generate(loaded.pipe, _cfg_request())
+    store = AotStore(volume, "testkey")
+    report = optimize(loaded, settings, aot_store=store)
+    assert "ahead of time" in report.applied["compile"]
+    warmup(loaded.family, loaded.pipe, [(256, 256)])
+    serve_stance(report)
+    try:
+        yield loaded, report, store, eager
+    finally:
+        import torch
+
+        for wrapper in report.aot_modules:
+            wrapper.uninstall()
+        torch.compiler.set_stance("default")
+
+
+def _cfg_request(**kw: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(_request(**kw), guidance=5.0)
+
+
+def test_aot_output_agrees_with_eager(aot_tiny_sdxl):
+    loaded, report, store, eager = aot_tiny_sdxl
+    assert {entry["result"] for entry in store.status.values()} == {"compiled"}
+    image = loaded.family.generate(loaded.pipe, _cfg_request())
+    assert np.abs(image.astype(int) - eager.astype(int)).max() <= MAX_PIXEL_DIFF
+    assert psnr(image, eager) >= MIN_PSNR_DB
+
+
+@pytest.mark.parametrize("request_kw, guidance", [({"height": 256, "width": 320}, 5.0),
+                                                  ({}, 1.0)])  # no guidance: a batch-1 UNet
+def test_a_signature_warmup_did_not_see_runs_eagerly_without_compiling(aot_tiny_sdxl, request_kw,
+                                                                         guidance):
+    from dataclasses import replace
+
+    loaded, report, store, _ = aot_tiny_sdxl
+    packages = set(store.volume_dir.glob("*.pt2"))
+    unet = next(w for w in report.aot_modules if w.name == "unet")
+    before = unet.eager_calls
+    request = replace(_request(**request_kw), guidance=guidance)
+    served = loaded.family.generate(loaded.pipe, request)
+    assert unet.eager_calls > before
+    assert set(store.volume_dir.glob("*.pt2")) == packages  # nothing compiled after warmup
+    for wrapper in report.aot_modules:
+        wrapper.uninstall()
+    try:
+        eager = loaded.family.generate(loaded.pipe, request)
+    finally:
+        for wrapper in report.aot_modules:
+            wrapper.module.forward = wrapper
+    # (At the warmed size the VAE decoder's package still serves: equal up to rounding.)
+    assert np.abs(served.astype(int) - eager.astype(int)).max() <= MAX_PIXEL_DIFF
+
+
+def test_weights_given_new_storage_are_rebound(aot_tiny_sdxl):
+    """The SDXL VAE is cast to fp32 and back around each fp16 decode: new storage each time. A
+    package still reading the old storage would decode with stale (or freed) weights."""
+    import torch
+
+    loaded, report, store, _ = aot_tiny_sdxl
+    decoder = loaded.pipe.vae.decoder
+    original = {name: p.detach().clone() for name, p in decoder.named_parameters()}
+    try:
+        decoder.to(torch.float64)
+        with torch.no_grad():
+            decoder.conv_in.weight.mul_(1.5)
+        decoder.to(torch.float32)
+        image = loaded.family.generate(loaded.pipe, _cfg_request())
+        wrapper = next(w for w in report.aot_modules if w.name == "vae_decoder")
+        wrapper.uninstall()
+        try:
+            eager = loaded.family.generate(loaded.pipe, _cfg_request())
+        finally:
+            decoder.forward = wrapper
+        assert np.abs(image.astype(int) - eager.astype(int)).max() <= MAX_PIXEL_DIFF
+    finally:
+        with torch.no_grad():
+            for name, p in decoder.named_parameters():
+                p.copy_(original[name])
+
+
+# ---- a module export cannot capture: torch.compile instead, and the record says so -------------------
+def test_a_module_that_cannot_be_exported_falls_back_to_torch_compile(tmp_path):
+    import torch
+
+    from runtime.aot import AotModule, AotStore
+
+    class Branchy(torch.nn.Module):
+        """Python control flow on a tensor's value: torch.export refuses it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:
+                return x * self.scale
+            return x - self.scale
+
+    module = Branchy()
+    store = AotStore(tmp_path, "k")
+    fell_back = []
+
+    def fallback() -> str:
+        fell_back.append(1)
+        module.compile()
+        return "Branchy whole (torch.compile)"
+
+    AotModule(module, "branchy", store, "cpu", fallback=fallback)
+    try:
+        x = torch.ones(3)
+        assert torch.equal(module(x), torch.full((3,), 2.0))
+        assert torch.equal(module(-x), torch.full((3,), -3.0))
+        assert fell_back == [1]
+        entry = store.status["branchy-fallback"]
+        assert entry["instead"] == "Branchy whole (torch.compile)" and entry["reason"], entry
+        assert "forward" not in module.__dict__  # the wrapper is gone
+        assert not list(tmp_path.glob("*.pt2"))
+    finally:
+        torch._dynamo.reset()
+
+
+def test_a_package_is_written_whole_or_not_at_all(tmp_path):
+    """Workers sharing a volume: a reader sees the old file or the new one, never a torn one."""
+    from runtime.aot import AotStore
+
+    store = AotStore(tmp_path / "compile", "k")
+    local = tmp_path / "package.pt2"
+    local.write_bytes(b"x" * 1000)
+    final = store.path("transformer", "abc")
+    store.put(local, final)
+    assert final.read_bytes() == b"x" * 1000
+    assert [p.name for p in final.parent.iterdir()] == [final.name]  # no temporary left behind
+    json.dumps(store.status)  # the status is boot-record material
