@@ -46,6 +46,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from runtime.settings import COMPILE_MODES  # noqa: E402
 from warmup.local_worker import LocalWorker, worker_env  # noqa: E402
 from warmup.machine import machine_info, result_path  # noqa: E402
 
@@ -208,7 +209,7 @@ def timings(spawn: float, serving_at: float, received: list[Any]) -> dict[str, A
                       or stages.get("optimize", {}).get("compile_cache"))
     if compile_status:
         out["compile_cache"] = {k: compile_status[k] for k in ("restored", "counters", "saved_bytes",
-                                                               "compile_seconds") if k in compile_status}
+                                                               "compile_seconds", "aot") if k in compile_status}
     # Of the load stage: library imports, the rest being the weights.
     out["load_imports_s"] = stages.get("load", {}).get("imports_seconds")
     out["applied"] = sorted(stages.get("optimize", {}).get("applied", {}))
@@ -355,9 +356,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scenarios", default=None,
                         help=f"comma list of {', '.join(SCENARIOS)} or 'all'; default: "
                              "empty,warm-eager on CPU, all on CUDA (synthetic: no empty)")
-    parser.add_argument("--compile", default=None, choices=("off", "regional", "full", "max-autotune"),
+    parser.add_argument("--compile", default=None, choices=COMPILE_MODES,
                         help="VISGATE_COMPILE for (a) (default: the worker's default for the device) "
-                             "and for (b)/(c) (default regional)")
+                             "and for (b)/(c) (default regional); a result file of its own")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--first-job", action=argparse.BooleanOptionalAction, default=True,
                         help="time one job after the worker serves")
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         source = make_source(args, work)
-        slug = args.model.replace("/", "_")
+        slug = args.model.replace("/", "_") + (f"-{args.compile}" if args.compile else "")
         out = args.out or result_path(f"coldstart-{args.mode}-{slug}", args.device)
         out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -58,14 +58,16 @@ while read -r model steps limit extra; do
     --size 1024 --steps "$steps" --runs 3 --cache-phases --cache-dir /tmp/bench-cache $extra \
     --out "$OUT/latency-synthetic-$tag-1024.json" 2>&1 | summary 30 "bench-$tag.txt"
 done <<< "$BENCH_SPECS"
-# Optional: "model repeat timeout" per line, the synthetic cold start to the ready webhook by
-# stage (warmup/bench_coldstart.py; weights written once to /tmp/visgate-volume);
-# e.g. COLDSTART_SPECS='sdxl 2 330'.
-while read -r model repeat limit; do
+# Optional: "model repeat timeout [extra bench_coldstart flags]" per line, the synthetic cold
+# start to the ready webhook by stage (warmup/bench_coldstart.py; weights written once to
+# /tmp/visgate-volume); e.g. COLDSTART_SPECS='sdxl 2 330 --compile aot'.
+while read -r model repeat limit extra; do
   [ -n "$model" ] || continue
+  tag="$model${extra:+-$(echo "$extra" | tr -c 'a-z0-9' '-' | sed 's/-*$//')}"
+  # shellcheck disable=SC2086  # extra holds several flags on purpose
   timeout "$limit" python3 -m warmup.bench_coldstart --mode synthetic --model "$model" --device cuda \
-    --volume /tmp/visgate-volume --repeat "$repeat" --out "$OUT/coldstart-synthetic-$model.json" 2>&1 \
-    | summary 20 "coldstart-$model.txt"
+    --volume /tmp/visgate-volume --repeat "$repeat" --out "$OUT/coldstart-synthetic-$tag.json" $extra 2>&1 \
+    | summary 20 "coldstart-$tag.txt"
 done <<< "${COLDSTART_SPECS:-}"
 # Optional: "model size new-shape steps timeout" per line, the unwarmed-shape strategies
 # (warmup/bench_shapes.py); e.g. SHAPES_SPECS='sdxl 1024 832x1216 30 300'.
