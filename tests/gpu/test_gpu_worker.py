@@ -65,15 +65,15 @@ import json, sys
 from runtime.boot import boot
 from runtime.boot_report import BootRecord
 from runtime.settings import Settings
-settings = Settings.from_env({"HF_MODEL_ID": "visgate/tiny-flux", "DEVICE": "cuda",
-                              "VISGATE_CACHE_DIR": sys.argv[1], "VISGATE_COMPILE": "regional"})
+settings = Settings.from_env({"HF_MODEL_ID": sys.argv[2], "DEVICE": "cuda",
+                              "VISGATE_CACHE_DIR": sys.argv[1], "VISGATE_COMPILE": sys.argv[3]})
 record = BootRecord()
 boot(settings, record)
 print("STATUS " + json.dumps(record.stages["warmup"]["compile_cache"]))
 """
 
 
-def _boot_in_fresh_process(cache_dir, local_inductor):
+def _boot_in_fresh_process(cache_dir, local_inductor, model="visgate/tiny-flux", compile_mode="regional"):
     import json
     import os
     import subprocess
@@ -81,7 +81,7 @@ def _boot_in_fresh_process(cache_dir, local_inductor):
 
     env = {**os.environ, "TMPDIR": str(local_inductor)}  # a new container: empty local cache
     local_inductor.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-c", _BOOT_SCRIPT, str(cache_dir)], env=env,
+    proc = subprocess.run([sys.executable, "-c", _BOOT_SCRIPT, str(cache_dir), model, compile_mode], env=env,
                           capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("STATUS ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
@@ -95,6 +95,26 @@ def test_second_boot_hits_the_compile_cache(tmp_path):
     assert warm["restored"] == "hit", warm
     assert warm["counters"].get("fxgraph_cache_hit", 0) > 0, warm
     assert not warm["counters"].get("fxgraph_cache_miss"), warm
+
+
+def test_aot_packages_on_gpu_match_eager_and_load_in_a_fresh_process(tmp_path):
+    """SDXL in fp16: a batch-2 (guidance) UNet package, and a VAE decoder package compiled for the
+    fp32 weights diffusers upcasts to for each decode (rebound to their new storage every job)."""
+    from runtime.handler import make_handler
+
+    job = {"input": {"prompt": "a red fox", "seed": 3}}  # the default size: the warmed shape
+    service, record = _boot(tmp_path / "volume", "visgate/tiny-sdxl", VISGATE_COMPILE="aot")
+    status = record.stages["warmup"]["compile_cache"]
+    assert {entry.get("result") for entry in status["aot"].values()} == {"compiled"}, status
+    handler = make_handler(service)
+    tuned, again = _pixels(handler(job)), _pixels(handler(job))
+    eager_service, _ = _boot(tmp_path / "volume-eager", "visgate/tiny-sdxl", VISGATE_COMPILE="off")
+    eager = _pixels(make_handler(eager_service)(job))
+    assert np.array_equal(tuned, again)
+    assert _psnr(tuned, eager) > 30.0
+    warm = _boot_in_fresh_process(tmp_path / "volume", tmp_path / "local", model="visgate/tiny-sdxl",
+                                  compile_mode="aot")
+    assert {entry.get("result") for entry in warm["aot"].values()} == {"hit"}, warm
 
 
 def test_fp8_quantization_applies_on_hopper(tmp_path):
