@@ -241,14 +241,17 @@ def _compile_ahead_of_time(ctx: Context) -> str:
         raise Skip("no compile cache directory for ahead-of-time packages")
     denoiser, decoder = ctx.denoiser, ctx.pipe.vae.decoder
     wrappers = [
+        # CUDA graphs for the denoiser only: it runs at every step, while the VAE decoder runs
+        # once per image and SDXL's moves to new fp32 storage each time (a capture per job).
         AotModule(denoiser, ctx.loaded.family.denoiser_attr, ctx.aot_store, ctx.loaded.device,
-                  fallback=lambda: _compile_denoiser(denoiser, "aot")),
+                  fallback=lambda: _compile_denoiser(denoiser, "aot"), cuda_graphs=ctx.on_cuda),
         AotModule(decoder, "vae_decoder", ctx.aot_store, ctx.loaded.device,
                   fallback=lambda: _compile_decoder(decoder)),
     ]
     ctx.report.aot_modules.extend(wrappers)
+    graphs = " + CUDA graphs for the denoiser" if ctx.on_cuda else ""
     return (f"{type(denoiser).__name__} whole + vae.decoder ahead of time (torch.export + "
-            "AOTInductor), per warmed input signature")
+            f"AOTInductor{graphs}), per warmed input signature")
 
 
 def configure_dynamo(static_shapes: int) -> None:

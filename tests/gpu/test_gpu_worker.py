@@ -106,6 +106,9 @@ def test_aot_packages_on_gpu_match_eager_and_load_in_a_fresh_process(tmp_path):
     service, record = _boot(tmp_path / "volume", "visgate/tiny-sdxl", VISGATE_COMPILE="aot")
     status = record.stages["warmup"]["compile_cache"]
     assert {entry.get("result") for entry in status["aot"].values()} == {"compiled"}, status
+    # the denoiser (called at every step) replays a CUDA graph; the VAE decoder does not
+    assert {name.split("-")[0]: entry.get("cuda_graph") for name, entry in status["aot"].items()} == \
+        {"unet": "captured", "vae_decoder": None}, status
     handler = make_handler(service)
     tuned, again = _pixels(handler(job)), _pixels(handler(job))
     eager_service, _ = _boot(tmp_path / "volume-eager", "visgate/tiny-sdxl", VISGATE_COMPILE="off")
