@@ -100,16 +100,16 @@ class _Runner:
         self.graphed = graphed
         self.graph: _Graphed | None = None
         self.entry = {} if entry is None else entry
-        # Where each constant lives (its submodule and slot), looked up once: a module cast to
-        # another dtype keeps its Parameter objects but replaces their storage, and replaces
-        # its buffers outright, so the tensors themselves are read afresh at every check.
+        # Where each constant lives, looked up once: a module cast to another dtype keeps its
+        # Parameter objects but replaces their storage, and replaces its buffers outright, so
+        # the tensors themselves are read afresh at every check.
         self.names = list(model.get_constant_fqns())
-        self.slots = [_slot(module, name) for name in self.names]
+        self.getters = [_getter(module, name) for name in self.names]
         self.pointers: tuple[int, ...] = ()
         self.bind()
 
     def _current(self) -> list[Any]:
-        return [table[attr] for table, attr in self.slots]
+        return [get() for get in self.getters]
 
     def bind(self) -> None:
         current = self._current()
@@ -171,13 +171,35 @@ class _Graphed:
         return tree_map_only(torch.Tensor, lambda t: t.clone(), self.outputs)
 
 
-def _slot(module: Any, fqn: str) -> tuple[dict[str, Any], str]:
+def _getter(module: Any, fqn: str) -> Callable[[], Any]:
+    """How to read the module's tensor that a package constant names."""
+    if ".parametrizations." in f".{fqn}":
+        # A tensor subclass (torchao's quantized weights): export stores its plain inner tensors
+        # as <owner>.parametrizations.<attr>.original<i>, in __tensor_flatten__ order, depth first.
+        owner_name, _, rest = f".{fqn}".partition(".parametrizations.")
+        attr, _, original = rest.partition(".")
+        index = int(original.removeprefix("original"))
+        owner = module.get_submodule(owner_name.lstrip("."))
+        if owner._parameters.get(attr) is None:
+            raise ValueError(f"package constant {fqn} is not a tensor of the module")
+        return lambda: _plain_tensors(owner._parameters[attr])[index]
     owner_name, _, attr = fqn.rpartition(".")
     owner = module.get_submodule(owner_name) if owner_name else module
     for table in (owner._parameters, owner._buffers):
         if table.get(attr) is not None:
-            return table, attr
+            return lambda table=table: table[attr]
     raise ValueError(f"package constant {fqn} is not a tensor of the module")
+
+
+def _plain_tensors(tensor: Any) -> list[Any]:
+    import torch
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not is_traceable_wrapper_subclass(tensor):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    return [plain for name in names for plain in _plain_tensors(getattr(tensor, name))
+            if isinstance(plain, torch.Tensor)]
 
 
 class AotModule:
@@ -211,6 +233,7 @@ class AotModule:
             try:
                 runner = self.runners[sig] = self._obtain(sig, args, kwargs)
             except Exception as exc:  # noqa: BLE001 - export limits vary by model: fall back, never fail
+                self.store.status.pop(f"{self.name}-{sig}", None)
                 return self._fall_back(exc, args, kwargs)
         return runner(args, kwargs)
 
@@ -241,7 +264,10 @@ class AotModule:
 
         self.uninstall()  # export traces the module's own forward, not this wrapper
         try:
-            program = torch.export.export(self.module, args=args, kwargs=kwargs)
+            # Jobs run under inference_mode, whose tensors cannot be traced through tensor
+            # subclasses (torchao's quantized weights): export in plain no-grad mode instead.
+            with torch.inference_mode(False), torch.no_grad():
+                program = torch.export.export(self.module, args=args, kwargs=kwargs)
         finally:
             self.module.forward = self
         with tempfile.TemporaryDirectory(prefix="visgate-aot-") as tmp:

@@ -227,3 +227,29 @@ def test_a_package_is_written_whole_or_not_at_all(tmp_path):
     assert final.read_bytes() == b"x" * 1000
     assert [p.name for p in final.parent.iterdir()] == [final.name]  # no temporary left behind
     json.dumps(store.status)  # the status is boot-record material
+
+
+# ---- quantized weights (torchao tensor subclasses) ------------------------------------------------
+def test_quantized_weights_are_bound_to_the_package(built_tiny_repo, tmp_path):
+    """torchao's weights are tensor subclasses: a package holds their plain inner tensors, which
+    the runner must find inside the module's quantized parameters (int8 here; fp8 on a GPU)."""
+    from runtime.aot import AotStore
+    from runtime.optimize import optimize, serve_stance
+    from runtime.warmup import warmup
+
+    loaded, settings = _loaded(built_tiny_repo("visgate/tiny-flux"), VISGATE_COMPILE="aot",
+                               VISGATE_QUANTIZE="int8-weight")
+    store = AotStore(tmp_path, "k")
+    report = optimize(loaded, settings, aot_store=store)
+    assert "int8-weight" in report.applied["quantize"]
+    warmup(loaded.family, loaded.pipe, [(256, 256)])
+    serve_stance(report)
+    try:
+        assert {entry.get("result") for entry in store.status.values()} == {"compiled"}, store.status
+        served = loaded.family.generate(loaded.pipe, _request())
+    finally:
+        for wrapper in report.aot_modules:
+            wrapper.uninstall()
+    eager = loaded.family.generate(loaded.pipe, _request())  # the same int8 weights, eagerly
+    assert np.abs(served.astype(int) - eager.astype(int)).max() <= MAX_PIXEL_DIFF
+    assert psnr(served, eager) >= MIN_PSNR_DB
