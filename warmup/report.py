@@ -136,7 +136,8 @@ def latency_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
             if not v:
                 continue
             s = v.get("stages", {})
-            lines.append(f"| {machine_label(r['machine'])} | {r['model']} | {variant} "
+            label = f"{variant} ({options_label(r)})" if variant == "tuned" and options_label(r) else variant
+            lines.append(f"| {machine_label(r['machine'])} | {r['model']} | {label} "
                          f"| {fmt(s.get('text_encode_s'), 3)} | {fmt(s.get('denoise_s'), 3)} "
                          f"| {fmt(s.get('vae_decode_s'), 3)} | {fmt(s.get('png_encode_s'), 3)} "
                          f"| {fmt(v.get('images_per_minute'), 1)} |")
