@@ -217,6 +217,7 @@ class AotModule:
         self.runners: dict[str, _Runner] = {}
         self.frozen = False
         self.eager_calls = 0
+        self.unseen: set[str] = set()
         module.forward = self
 
     def uninstall(self) -> None:
@@ -228,6 +229,10 @@ class AotModule:
         runner = self.runners.get(sig)
         if runner is None:
             if self.frozen:
+                if sig not in self.unseen:  # once per signature: a job may call it 50 times
+                    self.unseen.add(sig)
+                    log.warning("aot: %s called with inputs no package was compiled for (%s); "
+                                "running it eagerly", self.name, sig)
                 self.eager_calls += 1
                 return self.eager(*args, **kwargs)
             try:

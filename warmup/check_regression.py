@@ -57,6 +57,13 @@ def latency_key(result: dict[str, Any]) -> str:
     return "/".join([key, *extra])
 
 
+def coldstart_key(result: dict[str, Any], scenario: str, entry: dict[str, Any]) -> str:
+    # A compile mode other than the scenario's usual one (regional; off without compile) is
+    # another configuration: an aot boot is not compared with a regional baseline.
+    key = f"coldstart/{result['mode']}/{result['model']}/{scenario}"
+    return key if entry.get("compile") in (None, "regional", "off") else f"{key}/compile={entry['compile']}"
+
+
 def measurements(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     """What a result file measured, by baseline key: the figures the checks compare."""
     what = result.get("what")
@@ -74,7 +81,7 @@ def measurements(result: dict[str, Any]) -> dict[str, dict[str, float]]:
         for scenario, entry in result.get("scenarios", {}).items():
             ready = entry.get("median", {}).get("ready_s")
             if ready is not None:
-                out[f"coldstart/{result['mode']}/{result['model']}/{scenario}"] = {"ready_s": float(ready)}
+                out[coldstart_key(result, scenario, entry)] = {"ready_s": float(ready)}
         return out
     return {}
 

@@ -83,21 +83,26 @@ def test_packages_compile_once_and_a_fresh_process_loads_them_without_tracing(
 
 
 # ---- in one process: shapes, guidance, moved weights -------------------------------------------------
-@pytest.fixture(scope="module")
-def aot_tiny_sdxl(built_tiny_repo, tmp_path_factory):
-    """A tiny SDXL (classifier-free guidance: a batch-2 UNet) with aot wrappers, warmed at 256x256."""
+def _tuned_and_warmed(loaded: Any, settings: Any, volume: Path) -> tuple[Any, Any]:
+    """The optimize stage with a package store in ``volume``, warmup at 256x256, then serving."""
     from runtime.aot import AotStore
     from runtime.optimize import optimize, serve_stance
     from runtime.warmup import warmup
 
-    volume = tmp_path_factory.mktemp("aot-volume")
-    loaded, settings = _loaded(built_tiny_repo("visgate/tiny-sdxl"), VISGATE_COMPILE="aot")
-    eager = loaded.family.generate(loaded.pipe, _cfg_request())
     store = AotStore(volume, "testkey")
     report = optimize(loaded, settings, aot_store=store)
-    assert "ahead of time" in report.applied["compile"]
     warmup(loaded.family, loaded.pipe, [(256, 256)])
     serve_stance(report)
+    return report, store
+
+
+@pytest.fixture(scope="module")
+def aot_tiny_sdxl(built_tiny_repo, tmp_path_factory):
+    """A tiny SDXL (classifier-free guidance: a batch-2 UNet) with aot wrappers, warmed at 256x256."""
+    loaded, settings = _loaded(built_tiny_repo("visgate/tiny-sdxl"), VISGATE_COMPILE="aot")
+    eager = loaded.family.generate(loaded.pipe, _cfg_request())
+    report, store = _tuned_and_warmed(loaded, settings, tmp_path_factory.mktemp("aot-volume"))
+    assert "ahead of time" in report.applied["compile"]
     try:
         yield loaded, report, store, eager
     finally:
@@ -125,8 +130,11 @@ def test_aot_output_agrees_with_eager(aot_tiny_sdxl):
 @pytest.mark.parametrize("request_kw, guidance", [({"height": 256, "width": 320}, 5.0),
                                                   ({}, 1.0)])  # no guidance: a batch-1 UNet
 def test_a_signature_warmup_did_not_see_runs_eagerly_without_compiling(aot_tiny_sdxl, request_kw,
-                                                                         guidance):
+                                                                         guidance, caplog):
+    import logging
     from dataclasses import replace
+
+    caplog.set_level(logging.WARNING, logger="runtime.aot")
 
     loaded, report, store, _ = aot_tiny_sdxl
     packages = set(store.volume_dir.glob("*.pt2"))
@@ -134,7 +142,10 @@ def test_a_signature_warmup_did_not_see_runs_eagerly_without_compiling(aot_tiny_
     before = unet.eager_calls
     request = replace(_request(**request_kw), guidance=guidance)
     served = loaded.family.generate(loaded.pipe, request)
-    assert unet.eager_calls > before
+    assert unet.eager_calls >= before + request.steps
+    # said once per new signature, not at every step
+    assert sum("unet called with inputs no package was compiled for" in r.getMessage()
+               for r in caplog.records) == 1
     assert set(store.volume_dir.glob("*.pt2")) == packages  # nothing compiled after warmup
     for wrapper in report.aot_modules:
         wrapper.uninstall()
@@ -233,17 +244,10 @@ def test_a_package_is_written_whole_or_not_at_all(tmp_path):
 def test_quantized_weights_are_bound_to_the_package(built_tiny_repo, tmp_path):
     """torchao's weights are tensor subclasses: a package holds their plain inner tensors, which
     the runner must find inside the module's quantized parameters (int8 here; fp8 on a GPU)."""
-    from runtime.aot import AotStore
-    from runtime.optimize import optimize, serve_stance
-    from runtime.warmup import warmup
-
     loaded, settings = _loaded(built_tiny_repo("visgate/tiny-flux"), VISGATE_COMPILE="aot",
                                VISGATE_QUANTIZE="int8-weight")
-    store = AotStore(tmp_path, "k")
-    report = optimize(loaded, settings, aot_store=store)
+    report, store = _tuned_and_warmed(loaded, settings, tmp_path)
     assert "int8-weight" in report.applied["quantize"]
-    warmup(loaded.family, loaded.pipe, [(256, 256)])
-    serve_stance(report)
     try:
         assert {entry.get("result") for entry in store.status.values()} == {"compiled"}, store.status
         served = loaded.family.generate(loaded.pipe, _request())

@@ -32,10 +32,11 @@ def latency(gpu: str | None = H100, tuned: float | None = 3.9, eager: float | No
     return result
 
 
-def coldstart(ready: float | None = 12.0, errors: int = 0, gpu: str = H100) -> dict[str, Any]:
+def coldstart(ready: float | None = 12.0, errors: int = 0, gpu: str = H100,
+              compile_mode: str = "regional") -> dict[str, Any]:
     median = {"ready_s": ready} if ready is not None else {}
     return {"what": "coldstart", "mode": "synthetic", "model": "sdxl", "machine": {"gpu": gpu},
-            "scenarios": {"warm-cache": {"median": median, "errors": errors}}}
+            "scenarios": {"warm-cache": {"median": median, "errors": errors, "compile": compile_mode}}}
 
 
 def baseline_of(*results: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +121,14 @@ def test_cold_start_regression_uses_its_own_threshold() -> None:
     base = baseline_of(coldstart(ready=10.0))
     assert statuses(cr.check(coldstart(ready=12.4), base))["ready_s"] == "ok"  # 10 x 1.25
     assert statuses(cr.check(coldstart(ready=12.6), base))["ready_s"] == "regression"
+
+
+def test_an_aot_cold_start_is_not_compared_with_a_regional_baseline() -> None:
+    base = baseline_of(coldstart(ready=16.0))
+    assert statuses(cr.check(coldstart(ready=7.0, compile_mode="aot"), base))["ready_s"] == "new"
+    both = baseline_of(coldstart(ready=16.0), coldstart(ready=7.0, compile_mode="aot"))
+    assert statuses(cr.check(coldstart(ready=9.0, compile_mode="aot"), both))["ready_s"] == "regression"
+    assert statuses(cr.check(coldstart(ready=9.0), both))["ready_s"] == "ok"
 
 
 def test_failed_boots_fail_the_check() -> None:
