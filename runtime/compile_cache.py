@@ -143,7 +143,9 @@ class CompileCache:
                 _add_bytes(tar, MEGA_CACHE_NAME, blob)
                 inductor = self.local_dir / INDUCTOR_DIR_NAME
                 if inductor.is_dir():
-                    tar.add(inductor, arcname=INDUCTOR_DIR_NAME)
+                    builds = _aot_build_dirs(inductor)
+                    tar.add(inductor, arcname=INDUCTOR_DIR_NAME,
+                            filter=lambda m: None if _under(m.name, builds) else m)
                 tar.fileobj.flush()  # type: ignore[union-attr]
                 os.fsync(raw.fileno())
             os.replace(tmp_name, self.archive)
@@ -184,6 +186,17 @@ def remove_older_than(volume_dir: Path, pattern: str, max_age_s: float, keep: Pa
                 log.info("compile cache: removed %s, untouched for %d s", path.name, max_age_s)
         except OSError:  # another worker removed it first
             continue
+
+
+def _aot_build_dirs(inductor: Path) -> set[str]:
+    """Archive names of AOTInductor build directories (VISGATE_COMPILE=aot): each is a copy of a
+    package already on the volume (runtime/aot.py), megabytes that every boot would extract."""
+    return {f"{INDUCTOR_DIR_NAME}/{wrapper.parent.relative_to(inductor).as_posix()}"
+            for pattern in ("*.wrapper.so", "*.wrapper.cpp") for wrapper in inductor.rglob(pattern)}
+
+
+def _under(name: str, dirs: set[str]) -> bool:
+    return any(name == d or name.startswith(d + "/") for d in dirs)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

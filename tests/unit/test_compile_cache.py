@@ -75,6 +75,23 @@ def test_saved_archive_restores_in_a_new_container(tmp_path: Path) -> None:
     assert restored.read_bytes() == b"compiled graph"
 
 
+def test_aot_build_directories_stay_out_of_the_archive(tmp_path: Path) -> None:
+    """With VISGATE_COMPILE=aot the packages live beside the archive; inductor's build copies of
+    them would double what every boot extracts. The CPU-ISA probes it keeps are what aot needs."""
+    cache = _cache(tmp_path)
+    cache.activate()
+    inductor = cache.local_dir / "inductor"
+    for name, data in {"c4icgo/cfab.wrapper.so": b"so" * 1000, "c4icgo/cfab.wrapper.cpp": b"cpp",
+                       "c4icgo/cc6i.kernel.cpp": b"kernels", "th/cthd.so": b"isa probe",
+                       "fxgraph/ab/entry": b"compiled graph"}.items():
+        (inductor / name).parent.mkdir(parents=True, exist_ok=True)
+        (inductor / name).write_bytes(data)
+    cache.save()
+    with tarfile.open(cache.archive) as tar:
+        files = {m.name for m in tar.getmembers() if m.isfile()}
+    assert files == {"meta.json", "mega-cache.bin", "inductor/th/cthd.so", "inductor/fxgraph/ab/entry"}
+
+
 def _write_tar(path: Path, members: dict[str, bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w") as tar:
