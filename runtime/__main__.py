@@ -6,9 +6,7 @@ Runpod's own flags (``--test_input``, ``--rp_serve_api``, ...) are read by the S
 from __future__ import annotations
 
 import logging
-import os
 import sys
-from typing import Any, Callable
 
 from runtime.announce import Announcer
 from runtime.boot import announce_ready, boot, read_settings, read_webhook_settings, report_failure
@@ -16,6 +14,7 @@ from runtime.boot_report import BootRecord
 from runtime.errors import SettingsError
 from runtime.handler import make_handler
 from runtime.logs import setup_logging
+from runtime.serve import JobSdk
 
 log = logging.getLogger("runtime")
 
@@ -33,10 +32,11 @@ def main() -> int:
         return 2
     setup_logging(settings.secrets)
     announcer = Announcer(settings)  # the one transition: ready or failed, announced once
+    sdk = JobSdk()  # imported on a side thread while the weights load
     try:
         service = boot(settings, record)  # fetch -> load -> optimize -> warmup
-        with record.stage("serve"):  # the SDK is imported before "ready": ready means able to take a job
-            start = serving_loop()
+        with record.stage("serve"):  # the SDK is in before "ready": ready means able to take a job
+            start = sdk.start_function()
         record.log_line()
     except Exception as exc:  # noqa: BLE001 - every boot failure is reported, then final
         report_failure(announcer, exc, record)
@@ -44,15 +44,6 @@ def main() -> int:
     announce_ready(announcer, service, record)  # only now, and before any job is taken
     start({"handler": make_handler(service)})
     return 0
-
-
-def serving_loop() -> Callable[[dict[str, Any]], None]:
-    # The SDK logs every job's input and output at DEBUG (its default level): that would print
-    # prompts and megabytes of base64 per job. INFO unless the operator asks otherwise.
-    os.environ.setdefault("RUNPOD_DEBUG_LEVEL", "INFO")
-    import runpod
-
-    return runpod.serverless.start
 
 
 if __name__ == "__main__":

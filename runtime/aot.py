@@ -284,11 +284,14 @@ class AotModule:
     def _runner(self, path: Path, entry: dict[str, Any]) -> _Runner:
         import torch
 
-        index = int(self.device.split(":")[1]) if self.device.startswith("cuda:") else -1
-        # run_single_threaded: no runner pool and its synchronisation, which CUDA graph capture
-        # cannot record (jobs run one at a time here anyway).
-        model = torch._inductor.aoti_load_package(str(path), run_single_threaded=self.cuda_graphs,
-                                                  device_index=index)
+        options: dict[str, Any] = {}  # only what is needed: older torch lacks some of these
+        if self.device.startswith("cuda:"):
+            options["device_index"] = int(self.device.split(":")[1])
+        if self.cuda_graphs:
+            # No runner pool and its synchronisation, which CUDA graph capture cannot record
+            # (jobs run one at a time here anyway).
+            options["run_single_threaded"] = True
+        model = torch._inductor.aoti_load_package(str(path), **options)
         return _Runner(model, self.module, graphed=self.cuda_graphs, entry=entry)
 
     def _fall_back(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
