@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runtime.compile_cache import ABANDONED_TEMP_S, STALE_ARCHIVE_S, mark_used, remove_older_than
+from runtime.errors import brief
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,7 @@ class _Runner:
                 self.graph = _Graphed(self.model, args, kwargs)
                 self.entry["cuda_graph"] = "captured"
             except Exception as exc:  # noqa: BLE001 - serve the package without a graph
-                log.warning("aot: CUDA graph capture failed (%s: %s); running without",
-                            exc.__class__.__name__, str(exc).splitlines()[0][:160] if str(exc) else "")
+                log.warning("aot: CUDA graph capture failed (%s); running without", brief(exc))
                 self.graphed = False
                 self.entry["cuda_graph"] = f"failed ({exc.__class__.__name__})"
                 return self.model(*args, **kwargs)
@@ -253,8 +253,7 @@ class AotModule:
                 mark_used(path)
                 return runner
             except Exception as exc:  # noqa: BLE001 - corrupt, truncated or from another build
-                log.warning("aot package %s unusable (%s: %s); compiling again", path.name,
-                            exc.__class__.__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                log.warning("aot package %s unusable (%s); compiling again", path.name, brief(exc))
                 entry["previous"] = f"unusable ({exc.__class__.__name__})"
         self._compile(path, args, kwargs)
         runner = self._runner(path, entry)
@@ -295,7 +294,7 @@ class AotModule:
         return _Runner(model, self.module, graphed=self.cuda_graphs, entry=entry)
 
     def _fall_back(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        reason = brief(exc, 160)
         log.warning("aot: %s cannot be compiled ahead of time (%s); using torch.compile", self.name,
                     reason)
         self.uninstall()

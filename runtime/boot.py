@@ -17,7 +17,7 @@ from runtime.aot import AotStore
 from runtime.announce import Announcer
 from runtime.boot_report import BootRecord
 from runtime.encode import PngEncoder
-from runtime.errors import BootError, WorkerError, redact
+from runtime.errors import BootError, WorkerError, brief, redact
 from runtime.fetch import fetch
 from runtime.handler import Service
 from runtime.load import Loaded, load
@@ -115,5 +115,4 @@ def failure_message(exc: BaseException, secrets: tuple[str, ...],
         return (exc.stage if exc.stage != "boot" else stage or "boot"), redact(str(exc), secrets)
     if isinstance(exc, WorkerError):
         return stage or "settings", redact(str(exc), secrets)
-    text = f"{exc.__class__.__name__}: {exc}".strip().splitlines()[0]
-    return stage or "boot", redact(text, secrets)
+    return stage or "boot", redact(brief(exc, limit=10_000), secrets)

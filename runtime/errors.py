@@ -37,6 +37,13 @@ class JobInputError(WorkerError):
     """The job's input is invalid; the message names the field and what is allowed."""
 
 
+def brief(exc: BaseException, limit: int = 200) -> str:
+    """``Class: first line of the message`` (at most ``limit`` characters of it): what a log line
+    or a report says about a foreign exception, without its traceback or later lines."""
+    lines = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {lines[0][:limit]}" if lines else exc.__class__.__name__
+
+
 def redact(text: str, secrets: tuple[str, ...]) -> str:
     """Replace every secret in ``text``; used wherever a foreign message may echo one back."""
     for secret in secrets:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from runtime.errors import brief
 from runtime.load import Loaded
 from runtime.settings import Settings
 
@@ -288,8 +289,7 @@ def warm_with_fallback(run: Callable[[], Any], report: OptimizationReport) -> An
             raise
         import torch
 
-        log.warning("compiled warmup failed (%s: %s); serving eagerly", exc.__class__.__name__,
-                    str(exc).splitlines()[0][:200] if str(exc) else "")
+        log.warning("compiled warmup failed (%s); serving eagerly", brief(exc))
         torch.compiler.set_stance("force_eager")
         for wrapper in report.aot_modules:
             wrapper.uninstall()

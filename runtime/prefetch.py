@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from runtime.errors import WorkerError, redact
+from runtime.errors import WorkerError, brief, redact
 from runtime.fetch import fetch
 from runtime.logs import setup_logging
 from runtime.settings import Settings
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             link_to(args.link, result.model_dir)
             check_boots_as_baked(settings, args.link, getattr(result, "variant", None))
     except Exception as exc:  # noqa: BLE001 - a build step: one safe line, then a failed build
-        message = redact(f"{exc.__class__.__name__}: {exc}".splitlines()[0], settings.secrets)
+        message = redact(brief(exc, limit=10_000), settings.secrets)
         log.error("prefetch of %s failed: %s", settings.model_id, message)
         return 1
     summary = {"model_id": settings.model_id, "revision": settings.revision, "source": result.source,
