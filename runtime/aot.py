@@ -236,11 +236,20 @@ class AotModule:
                 self.eager_calls += 1
                 return self.eager(*args, **kwargs)
             try:
-                runner = self.runners[sig] = self._obtain(sig, args, kwargs)
+                runner = self._obtain(sig, args, kwargs)
+                out = runner(args, kwargs)  # the first run too: a package that loads may still fail
             except Exception as exc:  # noqa: BLE001 - export limits vary by model: fall back, never fail
-                self.store.status.pop(f"{self.name}-{sig}", None)
+                self._discard(sig)
                 return self._fall_back(exc, args, kwargs)
+            self.runners[sig] = runner
+            return out
         return runner(args, kwargs)
+
+    def _discard(self, sig: str) -> None:
+        """Forget a signature that failed, and its package if there is one (unusable, or loaded
+        but failing to run): the next boot tries afresh instead of failing the same way."""
+        self.store.status.pop(f"{self.name}-{sig}", None)
+        self.store.path(self.name, sig).unlink(missing_ok=True)
 
     def _obtain(self, sig: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Runner:
         path = self.store.path(self.name, sig)

@@ -257,3 +257,22 @@ def test_quantized_weights_are_bound_to_the_package(built_tiny_repo, tmp_path):
     eager = loaded.family.generate(loaded.pipe, _request())  # the same int8 weights, eagerly
     assert np.abs(served.astype(int) - eager.astype(int)).max() <= MAX_PIXEL_DIFF
     assert psnr(served, eager) >= MIN_PSNR_DB
+
+
+def test_a_package_that_failed_is_removed_so_the_next_boot_compiles_it(tmp_path):
+    """A package that does not load, or loads but fails at its first run, would fail every boot
+    the same way: it is removed, and only that signature's."""
+    import torch
+
+    from runtime.aot import AotModule, AotStore
+
+    store = AotStore(tmp_path, "k")
+    wrapper = AotModule(torch.nn.Linear(2, 2), "linear", store, "cpu", fallback=lambda: "eager")
+    for sig in ("bad", "other"):
+        store.path("linear", sig).write_bytes(b"package")
+        store.status[f"linear-{sig}"] = {"result": "hit"}
+    wrapper._discard("bad")
+    assert not store.path("linear", "bad").exists() and store.path("linear", "other").exists()
+    assert set(store.status) == {"linear-other"}
+    wrapper._discard("never-compiled")  # an export that failed: nothing on the volume, no error
+    wrapper.uninstall()
