@@ -2,7 +2,7 @@
 # Every benchmark once, in tiny mode on the CPU, as a smoke test (called by .ci/run after the
 # tests). Each must run to its end and write its results; timings are printed, never asserted.
 # Results go to out/bench-smoke/ (BENCH_SMOKE_OUT), not warmup/results/: the committed figures
-# stay as measured. About 3 minutes on 2 cores.
+# stay as measured. About 4 minutes on 2 cores.
 #   BENCH_SMOKE_COMPILE=1  also boots with the compile cache cold and warm (adds ~2-3 minutes)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +31,10 @@ run() {  # run NAME COMMAND...: the command's log goes to a file; its table (or 
 
 run latency python -m warmup.bench_latency --mode tiny --model visgate/tiny-flux --size 256 \
   --steps 2 --runs 2 --compile off --cache-dir "$OUT/cache"
+# VISGATE_COMPILE=aot: export, compile and store the packages, then load them in a fresh process
+# (--cache-phases), the benchmark's own aot path (~1 minute).
+run latency-aot python -m warmup.bench_latency --mode tiny --model visgate/tiny-flux --size 256 \
+  --steps 2 --runs 1 --compile aot --variants tuned --cache-phases --cache-dir "$OUT/cache"
 scenarios="empty,warm-eager"
 if [ "${BENCH_SMOKE_COMPILE:-0}" = "1" ]; then
   scenarios="all"

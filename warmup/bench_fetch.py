@@ -165,7 +165,7 @@ def main() -> int:
     path = result_path("fetch", "cpu")
     path.write_text(json.dumps(result, indent=1) + "\n")
     print_table(summary, needed, total)
-    print(f"written: {path.relative_to(ROOT)}")
+    print(f"wrote {path}")
     if not ok:
         print("FAIL: our fetch received more than the needed set", file=sys.stderr)
         return 1
