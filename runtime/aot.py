@@ -147,18 +147,24 @@ class _Graphed:
 
     def __init__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         import torch
-        from torch.utils._pytree import tree_map_only
+        from torch.utils._pytree import tree_leaves, tree_map_only
 
         self.inputs = tree_map_only(torch.Tensor, lambda t: t.clone(), (args, kwargs))
         static_args, static_kwargs = self.inputs
-        side = torch.cuda.Stream()  # a first run off the capture stream, as capture requires
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            model(*static_args, **static_kwargs)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = model(*static_args, **static_kwargs)
+        # Streams and graphs belong to a device: the model's (cuda:N), not the current one.
+        self.device = next((t.device for t in tree_leaves(self.inputs)
+                            if isinstance(t, torch.Tensor) and t.is_cuda), None)
+        if self.device is None:
+            raise ValueError("no CUDA input to record a graph on")
+        with torch.cuda.device(self.device):
+            side = torch.cuda.Stream()  # a first run off the capture stream, as capture requires
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                model(*static_args, **static_kwargs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = model(*static_args, **static_kwargs)
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         import torch
@@ -167,7 +173,8 @@ class _Graphed:
         for static, given in zip(tree_leaves(self.inputs), tree_leaves((args, kwargs))):
             if isinstance(static, torch.Tensor):
                 static.copy_(given)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return tree_map_only(torch.Tensor, lambda t: t.clone(), self.outputs)
 
 
