@@ -71,19 +71,33 @@ class AotStore:
             raise
 
 
+class Unsupported(Exception):
+    """This module (or call) cannot be compiled ahead of time; the reason says why."""
+
+
+# Python values a signature may hold (their repr is their value); torch.dtype and torch.device
+# are added when torch is imported.
+PLAIN_VALUES: tuple[type, ...] = (type(None), bool, int, float, str)
+
+
 def signature(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """What an exported program is specialised on, hashed: two calls with the same signature
     can share a package; anything else needs its own (or runs eagerly once frozen)."""
     import torch
     from torch.utils._pytree import tree_flatten
 
+    global PLAIN_VALUES
+    if torch.dtype not in PLAIN_VALUES:
+        PLAIN_VALUES = (*PLAIN_VALUES, torch.dtype, torch.device)
     leaves, spec = tree_flatten((args, kwargs))
     parts = [str(spec)]
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
             parts.append(f"T{tuple(leaf.shape)}{leaf.stride()}{leaf.dtype}{leaf.device}")
-        else:  # export bakes Python values into the program
+        elif isinstance(leaf, PLAIN_VALUES):  # export bakes Python values into the program
             parts.append(f"{type(leaf).__name__}:{leaf!r}")
+        else:  # its repr may hold an address: a key that would differ in every process
+            raise Unsupported(f"a {type(leaf).__name__} argument cannot be part of a package key")
     # The weights' dtype: an SDXL VAE is upcast to fp32 for decoding, fp16 otherwise.
     first = next(module.parameters(), None)
     parts.append(f"W{first.dtype if first is not None else None}")
@@ -94,12 +108,13 @@ class _Runner:
     """A loaded package bound to the module's current tensors (rebound when they move)."""
 
     def __init__(self, model: Any, module: Any, graphed: bool = False,
-                 entry: dict[str, Any] | None = None) -> None:
+                 entry: dict[str, Any] | None = None, pool: Any = None) -> None:
         self.model = model
         # A CUDA graph per runner (one signature): the denoiser runs 28-50 times per image and
         # is launch-bound at 1024² SDXL (51 ms per step against a 17 ms compute floor).
         self.graphed = graphed
         self.graph: _Graphed | None = None
+        self.pool = pool
         self.entry = {} if entry is None else entry
         # Where each constant lives, looked up once: a module cast to another dtype keeps its
         # Parameter objects but replaces their storage, and replaces its buffers outright, so
@@ -129,7 +144,7 @@ class _Runner:
             return self.model(*args, **kwargs)
         if self.graph is None:
             try:
-                self.graph = _Graphed(self.model, args, kwargs)
+                self.graph = _Graphed(self.model, args, kwargs, pool=self.pool)
                 self.entry["cuda_graph"] = "captured"
             except Exception as exc:  # noqa: BLE001 - serve the package without a graph
                 log.warning("aot: CUDA graph capture failed (%s); running without", brief(exc))
@@ -139,17 +154,27 @@ class _Runner:
         return self.graph(args, kwargs)
 
 
+def _static_copy(tensor: Any) -> Any:
+    """A graph's input tensor, with the strides the package was compiled for: clone() keeps
+    them only for dense tensors, so others are refused (the package then runs ungraphed)."""
+    copy = tensor.clone()
+    if any(a != b for a, b, size in zip(copy.stride(), tensor.stride(), tensor.shape) if size > 1):
+        raise Unsupported("an input that is not dense in memory")
+    return copy
+
+
 class _Graphed:
     """One call of a package recorded as a CUDA graph (what torch.compile's max-autotune does
     for its own graphs, and huggingface/flux-fast for its AOTInductor ones): the inputs are
     copied into the recorded tensors, the graph replays, the outputs are copied out (the next
     replay overwrites them)."""
 
-    def __init__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 pool: Any = None) -> None:
         import torch
         from torch.utils._pytree import tree_leaves, tree_map_only
 
-        self.inputs = tree_map_only(torch.Tensor, lambda t: t.clone(), (args, kwargs))
+        self.inputs = tree_map_only(torch.Tensor, _static_copy, (args, kwargs))
         static_args, static_kwargs = self.inputs
         # Streams and graphs belong to a device: the model's (cuda:N), not the current one.
         self.device = next((t.device for t in tree_leaves(self.inputs)
@@ -163,7 +188,9 @@ class _Graphed:
                 model(*static_args, **static_kwargs)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # One memory pool for all of a module's graphs (one per warmed shape): they replay
+            # one at a time and their outputs are copied out at once, so they may share it.
+            with torch.cuda.graph(self.graph, pool=pool, stream=torch.cuda.Stream()):
                 self.outputs = model(*static_args, **static_kwargs)
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -182,14 +209,18 @@ def _getter(module: Any, fqn: str) -> Callable[[], Any]:
     """How to read the module's tensor that a package constant names."""
     if ".parametrizations." in f".{fqn}":
         # A tensor subclass (torchao's quantized weights): export stores its plain inner tensors
-        # as <owner>.parametrizations.<attr>.original<i>, in __tensor_flatten__ order, depth first.
+        # as <owner>.parametrizations.<attr>.original<i>, in the order torch's own unwrapping
+        # gives. Resolved once: quantized weights are never cast or replaced while serving.
         owner_name, _, rest = f".{fqn}".partition(".parametrizations.")
         attr, _, original = rest.partition(".")
-        index = int(original.removeprefix("original"))
         owner = module.get_submodule(owner_name.lstrip("."))
-        if owner._parameters.get(attr) is None:
+        tensor = owner._parameters.get(attr)
+        if tensor is None:
+            tensor = owner._buffers.get(attr)
+        if tensor is None:
             raise ValueError(f"package constant {fqn} is not a tensor of the module")
-        return lambda: _plain_tensors(owner._parameters[attr])[index]
+        inner = _plain_tensors(tensor)[int(original.removeprefix("original"))]
+        return lambda: inner
     owner_name, _, attr = fqn.rpartition(".")
     owner = module.get_submodule(owner_name) if owner_name else module
     for table in (owner._parameters, owner._buffers):
@@ -199,14 +230,23 @@ def _getter(module: Any, fqn: str) -> Callable[[], Any]:
 
 
 def _plain_tensors(tensor: Any) -> list[Any]:
-    import torch
-    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+    """A subclass tensor's plain parts, as torch.export unwraps them (its own code where this
+    torch has it; else the same depth-first walk of __tensor_flatten__)."""
+    try:
+        from torch._functorch._aot_autograd.subclass_parametrization import UnwrapTensorSubclass
+    except ImportError:
+        return _flattened(tensor)
+    return list(UnwrapTensorSubclass().right_inverse(tensor))
 
-    if not is_traceable_wrapper_subclass(tensor):
+
+def _flattened(tensor: Any) -> list[Any]:
+    import torch
+
+    if type(tensor) is torch.Tensor or isinstance(tensor, torch.nn.Parameter) and \
+            type(tensor.data) is torch.Tensor:
         return [tensor]
     names, _ = tensor.__tensor_flatten__()
-    return [plain for name in names for plain in _plain_tensors(getattr(tensor, name))
-            if isinstance(plain, torch.Tensor)]
+    return [plain for name in names for plain in _flattened(getattr(tensor, name))]
 
 
 class AotModule:
@@ -223,16 +263,25 @@ class AotModule:
         self.eager = module.forward  # the bound method, before the wrapper replaces it
         self.runners: dict[str, _Runner] = {}
         self.frozen = False
+        self.pool: Any = None  # the CUDA graphs' shared memory pool, made with the first graph
         self.eager_calls = 0
         self.unseen: set[str] = set()
         module.forward = self
 
     def uninstall(self) -> None:
+        """Back to the module's own forward, freeing the packages and graphs (their memory is
+        what an eager retry after an out-of-memory warmup needs)."""
         if self.module.__dict__.get("forward") is self:
             del self.module.forward
+        self.runners.clear()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        sig = signature(self.module, args, kwargs)
+        try:
+            sig = signature(self.module, args, kwargs)
+        except Unsupported as exc:
+            if self.frozen:
+                return self.eager(*args, **kwargs)
+            return self._fall_back(exc, args, kwargs)
         runner = self.runners.get(sig)
         if runner is None:
             if self.frozen:
@@ -246,17 +295,21 @@ class AotModule:
                 runner = self._obtain(sig, args, kwargs)
                 out = runner(args, kwargs)  # the first run too: a package that loads may still fail
             except Exception as exc:  # noqa: BLE001 - export limits vary by model: fall back, never fail
-                self._discard(sig)
+                self._discard(sig, exc)
                 return self._fall_back(exc, args, kwargs)
             self.runners[sig] = runner
             return out
         return runner(args, kwargs)
 
-    def _discard(self, sig: str) -> None:
+    def _discard(self, sig: str, exc: BaseException | None = None) -> None:
         """Forget a signature that failed, and its package if there is one (unusable, or loaded
-        but failing to run): the next boot tries afresh instead of failing the same way."""
+        but failing to run): the next boot tries afresh instead of failing the same way. Not
+        after running out of memory: that says nothing about a package other workers share."""
+        import torch
+
         self.store.status.pop(f"{self.name}-{sig}", None)
-        self.store.path(self.name, sig).unlink(missing_ok=True)
+        if not isinstance(exc, torch.OutOfMemoryError):
+            self.store.path(self.name, sig).unlink(missing_ok=True)
 
     def _obtain(self, sig: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Runner:
         path = self.store.path(self.name, sig)
@@ -290,6 +343,9 @@ class AotModule:
                 program = torch.export.export(self.module, args=args, kwargs=kwargs)
         finally:
             self.module.forward = self
+        lifted = list(program.graph_signature.lifted_tensor_constants)
+        if lifted:  # tensors made in forward: not the module's, so nothing to bind them to
+            raise Unsupported(f"tensor constants outside the module's state: {lifted[:3]}")
         with tempfile.TemporaryDirectory(prefix="visgate-aot-") as tmp:
             local = Path(tmp) / "package.pt2"
             torch._inductor.aoti_compile_and_package(program, package_path=str(local),
@@ -307,7 +363,9 @@ class AotModule:
             # (jobs run one at a time here anyway).
             options["run_single_threaded"] = True
         model = torch._inductor.aoti_load_package(str(path), **options)
-        return _Runner(model, self.module, graphed=self.cuda_graphs, entry=entry)
+        if self.cuda_graphs and self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        return _Runner(model, self.module, graphed=self.cuda_graphs, entry=entry, pool=self.pool)
 
     def _fall_back(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         reason = brief(exc, 160)

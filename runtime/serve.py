@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import threading
 from typing import Any, Callable
+
+from runtime.errors import brief
+
+log = logging.getLogger(__name__)
 
 
 class JobSdk:
@@ -14,11 +20,23 @@ class JobSdk:
     disk and the GPU with the GIL released: overlapped, it leaves the cold start.
     """
 
+    # Packages both threads import (measured: the SDK's imports against torch's, diffusers' and
+    # transformers'), imported here first. Two threads importing one package and its submodule
+    # at once can meet in CPython's import locks (_DeadlockError in one of them).
+    SHARED = ("argparse", "asyncio", "contextvars", "ctypes", "difflib", "getpass", "gettext",
+              "glob", "multiprocessing", "numbers", "pickle", "pkgutil", "pprint", "shlex",
+              "signal", "subprocess", "unittest", "tqdm", "typing_extensions", "yaml")
+
     def __init__(self) -> None:
         # The SDK logs every job's input and output at DEBUG (its default level): that would
         # print prompts and megabytes of base64 per job. INFO unless the operator asks otherwise.
         # Set before the import, which reads it.
         os.environ.setdefault("RUNPOD_DEBUG_LEVEL", "INFO")
+        for name in self.SHARED:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # an optional one missing: whoever needs it will say so
+                pass
         self._start: Callable[[dict[str, Any]], None] | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._import, name="job-sdk-import", daemon=True)
@@ -37,7 +55,8 @@ class JobSdk:
 
     def start_function(self) -> Callable[[dict[str, Any]], None]:
         self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._start is not None
+        if self._start is None:  # a failed side import is tried once more, here, alone
+            log.warning("job SDK import on the side thread failed (%s); importing it again",
+                        brief(self._error) if self._error else "no result")
+            self._start = self._load()
         return self._start

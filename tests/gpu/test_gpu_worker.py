@@ -141,3 +141,50 @@ def test_sdxl_fp16_vae_gives_no_nans(tmp_path):
                                                      "height": 512, "width": 512}}))
     # NaNs from an fp16 VAE overflow come out as a black (all-zero) image.
     assert image.std() > 1.0 and image.max() > 0
+
+
+def test_aot_cuda_graph_replays_match_the_package_run_without_one(tmp_path):
+    """The UNet's CUDA graph against its package run directly, for two consecutive steps'
+    different inputs (a graph that kept stale inputs would repeat the first answer), and again
+    after the weights moved to new storage (the graph must be recorded again)."""
+    from runtime.aot import AotStore
+    from runtime.fetch import fetch
+    from runtime.load import load
+    from runtime.optimize import optimize, serve_stance
+    from runtime.settings import Settings
+    from runtime.warmup import warmup, warmup_requests
+
+    settings = Settings.from_env({"HF_MODEL_ID": "visgate/tiny-sdxl", "DEVICE": "cuda",
+                                  "VISGATE_CACHE_DIR": str(tmp_path), "VISGATE_COMPILE": "aot"})
+    loaded = load(settings, fetch(settings).model_dir)
+    report = optimize(loaded, settings, aot_store=AotStore(tmp_path / "compile", "k"))
+    d = loaded.family.defaults
+    warmup(loaded.family, loaded.pipe, [(d.height, d.width)])
+    serve_stance(report)
+    unet = next(w for w in report.aot_modules if w.name == "unet")
+    (runner,) = unet.runners.values()
+    assert runner.graph is not None, runner.entry
+    seen = []
+    hook = loaded.pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)
+    loaded.family.generate(loaded.pipe, warmup_requests(loaded.family, [(d.height, d.width)])[0])
+    hook.remove()
+    assert len(seen) == 2
+
+    def graphed_and_direct(inputs):
+        args, kwargs = inputs
+        with torch.inference_mode():
+            graphed = runner(args, kwargs)[0].clone()
+            direct = runner.model(*args, **kwargs)[0]
+        return graphed, direct
+
+    first, second = graphed_and_direct(seen[0]), graphed_and_direct(seen[1])
+    for graphed, direct in (first, second):
+        torch.testing.assert_close(graphed, direct)
+    assert not torch.equal(first[0], second[0])
+    graph_before = runner.graph
+    dtype = loaded.pipe.unet.dtype
+    loaded.pipe.unet.to(torch.float64).to(dtype)  # the same dtype again, in new storage
+    graphed, direct = graphed_and_direct(seen[1])
+    assert runner.graph is not graph_before
+    torch.testing.assert_close(graphed, direct)
