@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -32,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime.compile_cache import ABANDONED_TEMP_S, STALE_ARCHIVE_S, mark_used, remove_older_than
+from runtime.compile_cache import (ABANDONED_TEMP_S, STALE_ARCHIVE_S, atomic_file, mark_used,
+                                   remove_older_than)
 from runtime.errors import brief
 
 log = logging.getLogger(__name__)
@@ -59,24 +59,15 @@ class AotStore:
         # Packages age out like archives: keyed by versions and options, most outlive their use.
         remove_older_than(final.parent, ".*.tmp", ABANDONED_TEMP_S)
         remove_older_than(final.parent, "*.pt2", STALE_ARCHIVE_S)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp", dir=final.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, open(local, "rb") as src:
-                shutil.copyfileobj(src, out, 16 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp_name, final)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_file(final) as out, open(local, "rb") as src:
+            shutil.copyfileobj(src, out, 16 << 20)
 
 
 class Unsupported(Exception):
     """This module (or call) cannot be compiled ahead of time; the reason says why."""
 
 
-# Python values a signature may hold (their repr is their value); torch.dtype and torch.device
-# are added when torch is imported.
+# Python values a signature may hold (their repr is their value), besides torch's dtype and device.
 PLAIN_VALUES: tuple[type, ...] = (type(None), bool, int, float, str)
 
 
@@ -86,15 +77,12 @@ def signature(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str
     import torch
     from torch.utils._pytree import tree_flatten
 
-    global PLAIN_VALUES
-    if torch.dtype not in PLAIN_VALUES:
-        PLAIN_VALUES = (*PLAIN_VALUES, torch.dtype, torch.device)
     leaves, spec = tree_flatten((args, kwargs))
     parts = [str(spec)]
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
             parts.append(f"T{tuple(leaf.shape)}{leaf.stride()}{leaf.dtype}{leaf.device}")
-        elif isinstance(leaf, PLAIN_VALUES):  # export bakes Python values into the program
+        elif isinstance(leaf, (*PLAIN_VALUES, torch.dtype, torch.device)):  # baked into the program
             parts.append(f"{type(leaf).__name__}:{leaf!r}")
         else:  # its repr may hold an address: a key that would differ in every process
             raise Unsupported(f"a {type(leaf).__name__} argument cannot be part of a package key")
@@ -230,23 +218,10 @@ def _getter(module: Any, fqn: str) -> Callable[[], Any]:
 
 
 def _plain_tensors(tensor: Any) -> list[Any]:
-    """A subclass tensor's plain parts, as torch.export unwraps them (its own code where this
-    torch has it; else the same depth-first walk of __tensor_flatten__)."""
-    try:
-        from torch._functorch._aot_autograd.subclass_parametrization import UnwrapTensorSubclass
-    except ImportError:
-        return _flattened(tensor)
+    """A subclass tensor's plain parts, in the order torch.export unwraps them (its own code)."""
+    from torch._functorch._aot_autograd.subclass_parametrization import UnwrapTensorSubclass
+
     return list(UnwrapTensorSubclass().right_inverse(tensor))
-
-
-def _flattened(tensor: Any) -> list[Any]:
-    import torch
-
-    if type(tensor) is torch.Tensor or isinstance(tensor, torch.nn.Parameter) and \
-            type(tensor.data) is torch.Tensor:
-        return [tensor]
-    names, _ = tensor.__tensor_flatten__()
-    return [plain for name in names for plain in _flattened(getattr(tensor, name))]
 
 
 class AotModule:

@@ -17,6 +17,7 @@ A missing, stale or corrupt archive means "compile again and overwrite", never a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -29,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 from runtime.boot_report import cpu_model, package_version
 
@@ -135,23 +136,15 @@ class CompileCache:
         self.volume_dir.mkdir(parents=True, exist_ok=True)
         remove_older_than(self.volume_dir, ".*.tmp", ABANDONED_TEMP_S)
         remove_older_than(self.volume_dir, "*.tar", STALE_ARCHIVE_S, keep=self.archive)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.key}.", suffix=".tmp", dir=self.volume_dir)
-        try:
-            with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
-                meta = json.dumps({"key": self.key, "parts": self.parts}, default=str).encode()
-                _add_bytes(tar, META_NAME, meta)
-                _add_bytes(tar, MEGA_CACHE_NAME, blob)
-                inductor = self.local_dir / INDUCTOR_DIR_NAME
-                if inductor.is_dir():
-                    builds = _aot_build_dirs(inductor)
-                    tar.add(inductor, arcname=INDUCTOR_DIR_NAME,
-                            filter=lambda m: None if _under(m.name, builds) else m)
-                tar.fileobj.flush()  # type: ignore[union-attr]
-                os.fsync(raw.fileno())
-            os.replace(tmp_name, self.archive)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_file(self.archive) as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+            meta = json.dumps({"key": self.key, "parts": self.parts}, default=str).encode()
+            _add_bytes(tar, META_NAME, meta)
+            _add_bytes(tar, MEGA_CACHE_NAME, blob)
+            inductor = self.local_dir / INDUCTOR_DIR_NAME
+            if inductor.is_dir():
+                builds = _aot_build_dirs(inductor)
+                tar.add(inductor, arcname=INDUCTOR_DIR_NAME,
+                        filter=lambda m: None if _under(m.name, builds) else m)
         size = self.archive.stat().st_size
         log.info("compile cache saved: %s (%.1f MB, mega-cache %.1f MB)", self.archive,
                  size / 1e6, len(blob) / 1e6)
@@ -166,6 +159,23 @@ ABANDONED_TEMP_S = 3600
 # for FLUX). Each boot that restores an archive marks it used (its mtime), and a worker that writes
 # a new archive removes those unused this long: an endpoint idle for two weeks compiles once more.
 STALE_ARCHIVE_S = 14 * 24 * 3600
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[BinaryIO]:
+    """``final`` written whole or not at all: the bytes go to a temporary name beside it, reach
+    the disk (fsync, after the caller's writer is closed), then are renamed over it. Workers
+    sharing the volume see the old file or the new one, never a torn one."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp", dir=final.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_name, final)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def mark_used(archive: Path) -> None:

@@ -219,7 +219,7 @@ def compile_models(ctx: Context) -> str:
 
 
 def _compile_denoiser(target: Any, mode: str) -> str:
-    if mode in ("regional", "aot") and getattr(target, "_repeated_blocks", None):
+    if mode == "regional" and getattr(target, "_repeated_blocks", None):
         target.compile_repeated_blocks(fullgraph=True)
         return f"{type(target).__name__} repeated blocks {list(target._repeated_blocks)}"
     options = {"mode": "max-autotune"} if mode == "max-autotune" else {}
@@ -245,7 +245,7 @@ def _compile_ahead_of_time(ctx: Context) -> str:
         # CUDA graphs for the denoiser only: it runs at every step, while the VAE decoder runs
         # once per image and SDXL's moves to new fp32 storage each time (a capture per job).
         AotModule(denoiser, ctx.loaded.family.denoiser_attr, ctx.aot_store, ctx.loaded.device,
-                  fallback=lambda: _compile_denoiser(denoiser, "aot"), cuda_graphs=ctx.on_cuda),
+                  fallback=lambda: _compile_denoiser(denoiser, "regional"), cuda_graphs=ctx.on_cuda),
         AotModule(decoder, "vae_decoder", ctx.aot_store, ctx.loaded.device,
                   fallback=lambda: _compile_decoder(decoder)),
     ]
