@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from runtime.boot_report import cpu_model, package_version
+from runtime.errors import brief
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,8 @@ class CompileCache:
             self.status["restored"] = "hit"
             mark_used(self.archive)
         except Exception as exc:  # corrupt or foreign archive: compile again, overwrite later
-            log.warning("compile cache %s unusable (%s: %s); compiling from scratch",
-                        self.archive.name, exc.__class__.__name__, str(exc)[:200])
+            log.warning("compile cache %s unusable (%s); compiling from scratch",
+                        self.archive.name, brief(exc))
             shutil.rmtree(self.local_dir / INDUCTOR_DIR_NAME, ignore_errors=True)
             self.status["restored"] = "corrupt"
         return self.status

@@ -37,10 +37,22 @@ class JobInputError(WorkerError):
     """The job's input is invalid; the message names the field and what is allowed."""
 
 
+# The secrets of this process (HF_TOKEN, the webhook's), set once at boot by
+# runtime.logs.setup_logging. brief() removes them *before* it cuts a message: a later redact()
+# cannot recognise a secret that the cut has already split in two.
+_process_secrets: tuple[str, ...] = ()
+
+
+def register_secrets(secrets: tuple[str, ...]) -> None:
+    global _process_secrets
+    _process_secrets = tuple(s for s in secrets if s)
+
+
 def brief(exc: BaseException, limit: int = 200) -> str:
-    """``Class: first line of the message`` (at most ``limit`` characters of it): what a log line
-    or a report says about a foreign exception, without its traceback or later lines."""
-    lines = str(exc).strip().splitlines()
+    """``Class: first line of the message`` (at most ``limit`` characters of it, secrets already
+    removed): what a log line or a report says about a foreign exception, without its traceback
+    or later lines. Every cut of a foreign message goes through here."""
+    lines = redact(str(exc), _process_secrets).strip().splitlines()
     return f"{exc.__class__.__name__}: {lines[0][:limit]}" if lines else exc.__class__.__name__
 
 

@@ -38,6 +38,7 @@ from runtime.hub.progress import Progress, human_bytes
 from runtime.hub.runpod import find_snapshot
 from runtime.hub.transfer import Transfer, TransferOptions
 from runtime.settings import Settings
+from runtime.warmup import serving_shapes
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,14 @@ def _cold(settings: Settings, cache: RepoCache, client: HubClient, options: Fetc
     precision, selection, files = _select(settings, snapshot, listing)
     _check_disk(cache, files, options)
     reused = _cached_bytes(cache, files) - downloaded  # what was there before this boot's own bytes
+    # The configurations first (kilobytes): with them the family knows its size rules, and a
+    # warmup shape it refuses (1000x1000 for FLUX, whose sides are multiples of 16) stops the
+    # boot now, not after gigabytes of weights.
+    configs = [f for f in files if f.path.endswith(".json")]
+    downloaded += _download(cache, client, listing.commit, configs, options)
+    for f in configs:
+        cache.link(listing.commit, f)
+    _check_serving_shapes(settings, snapshot)
     downloaded += _download(cache, client, listing.commit, files, options)
     for f in files:
         cache.link(listing.commit, f)
@@ -228,6 +237,13 @@ def _select(settings: Settings, snapshot: Path, listing: Listing
     files = _checked_files(settings, listing, index, selection)
     _log_plan(settings, listing, files, selection, precision)
     return precision, selection, files
+
+
+def _check_serving_shapes(settings: Settings, snapshot: Path) -> None:
+    """The warmup shapes against the family's own size rules: the settings stage can only check
+    the rules every model shares (a BootError, stage "settings", when one is refused)."""
+    index = read_model_index(snapshot)
+    serving_shapes(family_class_for(index)(snapshot, index), settings.warmup_shapes)
 
 
 def _cached_manifest(settings: Settings, cache: RepoCache) -> Manifest | None:

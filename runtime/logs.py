@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Any
 
-from runtime.errors import redact
+from runtime.errors import redact, register_secrets
 
 
 class RedactSecrets(logging.Filter):
@@ -44,6 +44,7 @@ _BASE_RECORD_FACTORY = logging.getLogRecordFactory()
 
 
 def setup_logging(secrets: tuple[str, ...] = ()) -> None:
+    register_secrets(secrets)
     redactor = RedactSecrets(secrets)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

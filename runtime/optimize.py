@@ -183,12 +183,12 @@ def attention(ctx: Context) -> str:
         try:
             ctx.pipe.enable_xformers_memory_efficient_attention()
         except Exception as exc:  # ImportError or a version mismatch with torch
-            raise Skip(f"xformers unavailable: {exc.__class__.__name__}: {str(exc)[:120]}") from exc
+            raise Skip(f"xformers unavailable: {brief(exc, 120)}") from exc
         return "xformers processors" + ("; they replace the fused-QKV processors" if fused else "")
     try:
         target.set_attention_backend(_BACKENDS[choice])
     except Exception as exc:  # backend library missing or unsupported on this GPU
-        raise Skip(f"{choice} unavailable: {exc.__class__.__name__}: {str(exc)[:120]}; "
+        raise Skip(f"{choice} unavailable: {brief(exc, 120)}; "
                    "using PyTorch SDPA") from exc
     return choice
 

@@ -228,6 +228,27 @@ def test_disk_full_is_reported_before_downloading(hub: HubServer, tmp_path: Path
     assert len(hub.downloads()) == 1  # model_index.json only, read to choose the files
 
 
+def test_a_warmup_shape_the_family_refuses_stops_before_any_weight(hub: HubServer, tmp_path: Path):
+    # 1032 is a multiple of 8 (every model's rule, checked with the settings) but not of 16
+    # (FLUX's own rule, known only from the repository's configs).
+    settings = hub_settings(hub, tmp_path, FLUX, VISGATE_WARMUP_SHAPES="1024x1024,1032x1024")
+    with pytest.raises(BootError) as info:
+        fetch(settings, FAST)
+    assert info.value.stage == "settings"
+    assert str(info.value).startswith("VISGATE_WARMUP_SHAPES 1032x1024 is not valid for this "
+                                      "model: 'height' must be a multiple of 16")
+    fetched = {r.path for r in hub.downloads()}
+    assert "vae/config.json" in fetched and "model_index.json" in fetched
+    assert fetched and all(p.endswith(".json") for p in fetched), fetched
+    # Fixed, the same volume completes the download without fetching the configs again.
+    hub.clear()
+    result = fetch(hub_settings(hub, tmp_path, FLUX, VISGATE_WARMUP_SHAPES="1024x1024,1024x1040"), FAST)
+    again = [r.path for r in hub.downloads()]
+    assert any(p.endswith(".safetensors") for p in again)
+    assert not [p for p in again if p.endswith(".json")], again
+    assert result.report["cache"] == "partial"
+
+
 def test_a_file_that_never_arrives_fails_the_boot_clearly(hub: HubServer, tmp_path: Path):
     hub.inject(Fault(kind="cdn", match="unet/*", status=503, times=None))
     message = fetch_error(hub_settings(hub, tmp_path))

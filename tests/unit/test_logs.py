@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from runtime.errors import brief, register_secrets
 from runtime.logs import setup_logging
 
 SECRET = "hf_TopSecretToken123"
@@ -18,6 +19,7 @@ def restore_logging():
     factory, root = logging.getLogRecordFactory(), logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
+    register_secrets(())
     logging.setLogRecordFactory(factory)
     root.handlers[:] = handlers
     root.setLevel(level)
@@ -47,3 +49,14 @@ def test_a_log_call_that_does_not_fit_its_format_never_raises_in_the_caller(rest
     err = capsys.readouterr().err
     assert "loaded %d shards of %s (unformattable log arguments: str, str)" in err
     assert SECRET not in err
+
+
+def test_a_cut_message_never_keeps_part_of_a_secret(restore_logging):
+    # The cut falls inside the token: redacting after it would no longer recognise the token and
+    # the first half would be logged (and sent in the boot record).
+    exc = OSError("x" * 180 + f" Authorization: Bearer {SECRET} rejected")
+    assert SECRET[:8] in brief(exc, limit=215)  # what the cut alone leaves behind
+    setup_logging((SECRET,))
+    cut = brief(exc, limit=215)
+    assert cut.startswith("OSError: " + "x" * 180) and "Bearer ***" in cut
+    assert SECRET[:4] not in cut
