@@ -116,7 +116,7 @@ def _quantize(ctx: Context) -> str:
         # Row-wise scales: the accuracy/speed point diffusers-torchao and flux-fast use.
         "fp8": lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
         "fp8-weight": lambda: Float8WeightOnlyConfig(),
-        "int8-weight": lambda: Int8WeightOnlyConfig(),
+        "int8-weight": lambda: Int8WeightOnlyConfig(version=2),
     }
     # device=: torchao moves each linear layer to the GPU just before quantizing it.
     quantize_(ctx.denoiser, configs[mode](), device=ctx.loaded.device)
