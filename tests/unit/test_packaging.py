@@ -878,3 +878,45 @@ def test_prefetch_refuses_a_bake_the_worker_could_not_load(
     argv = ["--model", "org/sdxl", "--cache-dir", str(tmp_path / "cache"), "--link", str(link)]
     assert prefetch.main(argv, environ={}) == 1
     assert "cannot be baked" in capsys.readouterr().err
+
+
+# ---- GitHub workflows ------------------------------------------------------------------------------
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+
+
+def run_steps(workflow: Path) -> Iterator[tuple[str, str]]:
+    import yaml  # accelerate's and huggingface_hub's dependency
+
+    document = yaml.safe_load(workflow.read_text())
+    for job_name, job in document["jobs"].items():
+        assert "timeout-minutes" in job, f"{workflow.name}: job {job_name} has no timeout"
+        for index, step in enumerate(job["steps"]):
+            if "run" in step:
+                yield f"{workflow.name}:{job_name}[{index}] {step.get('name', '')}", step["run"]
+
+
+def test_workflows_exist_and_run_the_readme_tests() -> None:
+    names = {w.name for w in WORKFLOWS}
+    assert {"tests.yml", "gpu-benchmarks.yml"} <= names
+    tests = (ROOT / ".github" / "workflows" / "tests.yml").read_text()
+    assert "bash .ci/run" in tests and "bash scripts/test_image_torch.sh" in tests
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda w: w.name)
+def test_workflow_run_steps_pass_shellcheck_and_name_real_files(workflow: Path, tmp_path: Path) -> None:
+    problems = []
+    for where, script in run_steps(workflow):
+        # GitHub substitutes ${{ ... }} before the shell sees the script: stand in a plain word.
+        text = re.sub(r"\$\{\{.*?\}\}", "GITHUB_EXPRESSION", script)
+        for path in re.findall(r"\bbash (\S+\.sh|\.ci/run)\b", text):
+            if not (ROOT / path).is_file():
+                problems.append(f"{where}: runs {path}, which does not exist")
+        file = tmp_path / "step.sh"
+        # GitHub's default shell on Linux runners: bash -e {0}.
+        file.write_text("#!/usr/bin/env bash\nset -e\n" + text)
+        # SC1091: a step may source what an earlier step made (a venv's activate script).
+        result = subprocess.run([tool("shellcheck"), "--exclude=SC1091", str(file)],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT)
+        if result.returncode != 0:
+            problems.append(f"{where}:\n{result.stdout}")
+    assert not problems, "\n".join(problems)
