@@ -44,7 +44,9 @@ def boot(settings: Settings, record: BootRecord) -> Service:
         shapes = serving_shapes(family, settings.warmup_shapes)
         loaded = load(settings, fetched.model_dir, variant=fetched.variant, family=family)
         report.update(loaded.family.describe(), precision=loaded.precision, device=loaded.device,
-                      imports_seconds=loaded.imports_seconds)
+                      imports_seconds=loaded.imports_seconds,
+                      device_init_seconds=loaded.device_init_seconds,
+                      weights_seconds=loaded.weights_seconds)
     cache = compile_cache_for(settings, fetched.model_dir, loaded, shapes)
     with record.stage("optimize") as report:
         if cache:

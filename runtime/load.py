@@ -26,8 +26,11 @@ class Loaded:
     device: str  # where the pipeline serves
     # Where the weights are now: "cpu" while they wait to be quantized on their way to the GPU.
     placed_on: str = ""
-    # Of the load stage, the seconds spent importing torch/diffusers/transformers (not weights).
+    # Of the load stage: importing torch/diffusers/transformers, creating the CUDA context (0 on
+    # a CPU), and reading the weights onto the device. Where a cold start's load time goes.
     imports_seconds: float = 0.0
+    device_init_seconds: float = 0.0
+    weights_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.placed_on = self.placed_on or self.device
@@ -46,6 +49,19 @@ def check_device(device: str) -> None:
     if index >= torch.cuda.device_count():
         raise BootError(f"DEVICE={device} but only {torch.cuda.device_count()} CUDA device(s) exist",
                         stage="load")
+
+
+def init_device(device: str) -> float:
+    """Create the CUDA context now (one tensor), returning its seconds. The first weight would
+    create it anyway; done here, its cost is measured apart from the weights'."""
+    if not device.startswith("cuda"):
+        return 0.0
+    import torch
+
+    t0 = time.perf_counter()
+    torch.empty(1, device=device)
+    torch.cuda.synchronize(device)
+    return round(time.perf_counter() - t0, 3)
 
 
 def choose_precision(setting: str, family: PipelineFamily, device: str) -> str:
@@ -84,16 +100,22 @@ def load(settings: Settings, model_dir: Path, variant: str | None = None,
 
     quiet_libraries()  # the first diffusers and transformers imports
     imports_seconds = round(time.perf_counter() - t0, 3)
+    device_init_seconds = init_device(settings.device)
     dtype = getattr(torch, DTYPE_NAMES[precision])
     # To quantize, weights stay in CPU memory and go to the GPU layer by layer as they are
     # quantized (optimize stage): FLUX.1-dev in bf16 (33 GB) would not fit a 24 GB GPU first.
     placed_on = "cpu" if settings.quantize != "none" and settings.is_cuda else settings.device
     log.info("loading %s (%s/%s) as %s on %s", settings.model_id, family.name, family.variant,
              precision, placed_on)
+    t1 = time.perf_counter()
     try:
         pipe = family.load(dtype, placed_on, variant=variant)
     except torch.cuda.OutOfMemoryError as exc:
         raise BootError(f"the model does not fit in GPU memory as {precision}: use a larger GPU "
                         "or VISGATE_QUANTIZE=int8-weight", stage="load") from exc
+    if placed_on.startswith("cuda"):
+        torch.cuda.synchronize(placed_on)  # copies still queued belong to the weights' time
     return Loaded(family=family, pipe=pipe, precision=precision, device=settings.device,
-                  placed_on=placed_on, imports_seconds=imports_seconds)
+                  placed_on=placed_on, imports_seconds=imports_seconds,
+                  device_init_seconds=device_init_seconds,
+                  weights_seconds=round(time.perf_counter() - t1, 3))

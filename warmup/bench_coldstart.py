@@ -61,6 +61,8 @@ SCENARIOS = {
 STAGES = ("settings", "fetch", "load", "optimize", "warmup", "serve")
 # Column order of a boot, start to ready: they add up to ``ready_s``.
 PARTS = ("import_s", *(f"{s}_s" for s in STAGES), "other_s", "announce_s")
+# The load stage's own split (the boot record's load entry).
+LOAD_PARTS = ("load_imports_s", "load_device_init_s", "load_weights_s")
 # Container start to ready with warm caches (issue 6), on an H100/H200 once weights are on
 # local disk: the warm-cache scenario, by model (synthetic names and hub ids).
 TARGETS = {"flux-dev": 20.0, "black-forest-labs/FLUX.1-dev": 20.0,
@@ -210,8 +212,11 @@ def timings(spawn: float, serving_at: float, received: list[Any]) -> dict[str, A
     if compile_status:
         out["compile_cache"] = {k: compile_status[k] for k in ("restored", "counters", "saved_bytes",
                                                                "compile_seconds", "aot") if k in compile_status}
-    # Of the load stage: library imports, the rest being the weights.
-    out["load_imports_s"] = stages.get("load", {}).get("imports_seconds")
+    # Of the load stage: library imports, the CUDA context, the weights.
+    load = stages.get("load", {})
+    out["load_imports_s"] = load.get("imports_seconds")
+    out["load_device_init_s"] = load.get("device_init_seconds")
+    out["load_weights_s"] = load.get("weights_seconds")
     out["applied"] = sorted(stages.get("optimize", {}).get("applied", {}))
     out["device"] = boot.get("device")
     return out
@@ -290,7 +295,7 @@ def run_all(args: argparse.Namespace, source: Source, work: Path,
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     good = [r for r in runs if "error" not in r and "skipped" not in r]
-    keys = (*PARTS, "ready_s", "serving_s", "first_job_s")
+    keys = (*PARTS, *LOAD_PARTS, "ready_s", "serving_s", "first_job_s")
     out = {}
     for key in keys:
         values = [r[key] for r in good if r.get(key) is not None]
@@ -343,6 +348,11 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| {entry['label']} | {entry['compile']} | " + " | ".join(cells)
                      + f" | **{m.get('ready_s', 'failed')}** | {verdict} | {m.get('serving_s', '-')} "
                      f"| {m.get('first_job_s', '-')} |")
+    splits = [f"{entry['label']}: imports {m.get('load_imports_s', '-')}, CUDA context "
+              f"{m.get('load_device_init_s', '-')}, weights {m.get('load_weights_s', '-')}"
+              for entry in result["scenarios"].values() if (m := entry.get("median"))]
+    if splits:
+        lines += ["", "load split (s), median: " + "; ".join(splits)]
     return "\n".join(lines)
 
 

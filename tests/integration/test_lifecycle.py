@@ -116,7 +116,12 @@ def test_ready_arrives_after_warmup_and_before_the_first_job(cache_dir, tmp_path
     assert list(boot["stages"]) == ["settings", "fetch", "load", "optimize", "warmup", "serve"]
     assert all(stage["seconds"] >= 0 for stage in boot["stages"].values())
     assert boot["stages"]["fetch"]["source"] == "builtin"
-    assert boot["stages"]["load"]["device"] == "cpu"
+    load = boot["stages"]["load"]
+    assert load["device"] == "cpu"
+    # Where the load time went: imports and weights inside the stage, no CUDA context on a CPU.
+    assert load["device_init_seconds"] == 0.0
+    assert load["imports_seconds"] > 0 and load["weights_seconds"] > 0
+    assert load["imports_seconds"] + load["weights_seconds"] <= load["seconds"] + 0.01
     assert "applied" in boot["stages"]["optimize"]
     runs = boot["stages"]["warmup"]["runs"]
     assert [(r["height"], r["width"], r["steps"]) for r in runs] == [(1024, 1024, 2)]
