@@ -10,7 +10,7 @@
 # environment, run on demand: before moving the base image or TORCHAO_VERSION, and after changing
 # code that touches torch internals. Not in CI, which would download those 4 GB on every run.
 #
-#   bash scripts/test_image_torch.sh                          # the whole suite (~11 min here)
+#   bash scripts/test_image_torch.sh                          # the whole suite (~10 min here)
 #   bash scripts/test_image_torch.sh tests/integration/test_aot.py
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
