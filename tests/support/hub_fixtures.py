@@ -24,9 +24,11 @@ GATED = "acme/gated-flux"
 TOKEN = "hf_TESTsecretTOKENvalue0123456789"  # the gated repository's token
 OTHER_TOKEN = "hf_OTHERaccountTOKEN9876543210"  # a valid token of an account without access
 
-# Short waits: a test must not sit through production backoffs and lock timeouts.
+# Short waits: a test must not sit through production backoffs and lock timeouts. The connect
+# timeout is no wait (no test lets one expire: an unreachable hub refuses at once) but a margin:
+# at 2 s a loaded machine once timed out against the local hub and a test read the wrong error.
 FAST = FetchOptions(progress_interval_s=0.05,
-                    hub=HubOptions(connect_timeout=2, read_timeout=10, retries=1, backoff_s=0.05),
+                    hub=HubOptions(connect_timeout=10, read_timeout=10, retries=1, backoff_s=0.05),
                     transfer=TransferOptions(heartbeat_s=0.1, stale_after_s=1.0, backoff_s=0.05))
 
 __all__ = ["hub_repo_dirs", "hub", "SDXL", "FLUX", "GATED", "TOKEN", "OTHER_TOKEN", "FAST",
