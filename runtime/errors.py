@@ -57,8 +57,11 @@ def brief(exc: BaseException, limit: int = 200) -> str:
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """Replace every secret in ``text``; used wherever a foreign message may echo one back."""
-    for secret in secrets:
+    """Replace every secret in ``text``; used wherever a foreign message may echo one back.
+
+    Longest first: a secret that contains another (a hub URL's query holding HF_TOKEN) would
+    no longer match once the shorter one inside it had been replaced."""
+    for secret in sorted(secrets, key=len, reverse=True):
         if secret:
             text = text.replace(secret, "***")
     return text

@@ -207,9 +207,9 @@ def _cold(settings: Settings, cache: RepoCache, client: HubClient, options: Fetc
     precision, selection, files = _select(settings, snapshot, listing)
     _check_disk(cache, files, options)
     reused = _cached_bytes(cache, files) - downloaded  # what was there before this boot's own bytes
-    # The configurations first (kilobytes): with them the family knows its size rules, and a
-    # warmup shape it refuses (1000x1000 for FLUX, whose sides are multiples of 16) stops the
-    # boot now, not after gigabytes of weights.
+    # The configurations first (a few MB at most): with them the family knows its size rules,
+    # and a warmup shape it refuses (1000x1000 for FLUX, whose sides are multiples of 16) stops
+    # the boot now, not after gigabytes of weights.
     configs = [f for f in files if f.path.endswith(".json")]
     downloaded += _download(cache, client, listing.commit, configs, options)
     for f in configs:

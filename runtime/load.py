@@ -27,7 +27,8 @@ class Loaded:
     # Where the weights are now: "cpu" while they wait to be quantized on their way to the GPU.
     placed_on: str = ""
     # Of the load stage: importing torch/diffusers/transformers, creating the CUDA context (0 on
-    # a CPU), and reading the weights onto the device. Where a cold start's load time goes.
+    # a CPU), and building the pipeline from its files onto ``placed_on`` (the CPU when the
+    # weights wait there to be quantized: their move to the GPU is then the optimize stage's).
     imports_seconds: float = 0.0
     device_init_seconds: float = 0.0
     weights_seconds: float = 0.0

@@ -107,25 +107,39 @@ def _quantize(ctx: Context) -> str:
             raise Skip(f"fp8 needs compute capability 8.9 or higher (this GPU: "
                        f"{'.'.join(map(str, _capability(ctx)))})")
     try:
-        from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
-                                          Float8WeightOnlyConfig, Int8WeightOnlyConfig, PerRow,
-                                          quantize_)
+        from torchao.quantization import quantize_
     except ImportError as exc:
         raise Skip(f"torchao is not installed ({exc.__class__.__name__})") from exc
-    configs: dict[str, Callable[[], Any]] = {
-        # Row-wise scales: the accuracy/speed point diffusers-torchao and flux-fast use.
-        "fp8": lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
-        "fp8-weight": lambda: Float8WeightOnlyConfig(),
-        "int8-weight": lambda: Int8WeightOnlyConfig(version=2),
-    }
     # device=: torchao moves each linear layer to the GPU just before quantizing it.
-    quantize_(ctx.denoiser, configs[mode](), device=ctx.loaded.device)
+    quantize_(ctx.denoiser, quantization_config(mode), device=ctx.loaded.device)
     done = [ctx.loaded.family.denoiser_attr]
     if mode != "fp8":  # dynamic-activation fp8 only pays where the compute is: the denoiser
         for name, module in _large_encoders(ctx.pipe):
-            quantize_(module, configs[mode](), device=ctx.loaded.device)
+            quantize_(module, quantization_config(mode), device=ctx.loaded.device)
             done.append(name)
     return f"{mode} (torchao) on linear layers of {'+'.join(done)}; lossy"
+
+
+def quantization_config(mode: str) -> Any:
+    """torchao's config for a VISGATE_QUANTIZE mode (a fresh one per quantize_ call)."""
+    try:
+        from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
+                                          Float8WeightOnlyConfig, Int8WeightOnlyConfig, PerRow)
+    except ImportError as exc:
+        raise Skip(f"torchao is not installed ({exc.__class__.__name__})") from exc
+
+    if mode == "fp8":
+        # Row-wise scales: the accuracy/speed point diffusers-torchao and flux-fast use.
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    if mode == "fp8-weight":
+        return Float8WeightOnlyConfig()
+    if mode == "int8-weight":
+        # Each torchao's own default version, never a pinned one: the image's 0.15 defaults to
+        # version 1 (deprecated there, with a warning), whose bf16 weights keep their precision,
+        # while its version 2 floors the scale at bf16's resolution and loses ~11% of a FLUX-like
+        # layer's output; 0.18 has only version 2, fixed (tests/integration/test_optimize.py).
+        return Int8WeightOnlyConfig()
+    raise ValueError(f"no quantization config for {mode!r}")
 
 
 def _large_encoders(pipe: Any) -> list[tuple[str, Any]]:

@@ -14,6 +14,11 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch is pinned to the CPU build for development and CI: an open range would pull a
   # multi-GB CUDA build. The Docker image keeps its base image's torch instead.
+  # VISGATE_TORCH_INDEX: an index to take torch alone from (GitHub's workflow: torch's CPU builds,
+  # where the default index has only CUDA ones); everything else comes from the default index.
+  if [ -n "${VISGATE_TORCH_INDEX:-}" ]; then
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0" --index-url "$VISGATE_TORCH_INDEX"
+  fi
   "$VENV/bin/python" -m pip install -q "torch==2.13.0" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
   echo "$want" > "$STAMP"
 fi

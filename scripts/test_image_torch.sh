@@ -5,10 +5,11 @@
 # (the `FROM pytorch/pytorch:X.Y.Z-...` line of the Dockerfile) and installs TORCHAO_VERSION.
 # Code that leans on torch internals (torch.export, AOTInductor packages, the compile caches,
 # torchao's tensor subclasses) can work on one and not the other; this runs every test on the
-# image's versions, on the CPU. PyPI holds only CUDA builds of older torch releases for Linux
-# (about 4 GB with their CUDA libraries, which run on a CPU too), so this is a separate virtual
-# environment, run on demand: before moving the base image or TORCHAO_VERSION, and after changing
-# code that touches torch internals. Not in CI, which would download those 4 GB on every run.
+# image's versions, on the CPU, in a virtual environment of its own. The default index holds only
+# CUDA builds of that torch for Linux (about 4 GB with their CUDA libraries, which run on a CPU
+# too), so .ci/run leaves it out; run it before moving the base image or TORCHAO_VERSION and after
+# changing code that touches torch internals. GitHub's tests.yml runs it on every push, taking
+# torch's CPU build from VISGATE_TORCH_INDEX (a few hundred MB).
 #
 #   bash scripts/test_image_torch.sh                          # the whole suite (~10 min here)
 #   bash scripts/test_image_torch.sh tests/integration/test_aot.py
@@ -16,8 +17,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VISGATE_IMAGE_VENV:-$ROOT/.venv-image}"
 PYTHON="${PYTHON:-python3}"
-TORCH="$(sed -n 's|^FROM pytorch/pytorch:\([0-9][0-9.]*\)-.*|\1|p' "$ROOT/Dockerfile")"
-TORCHAO="$(sed -n 's|^ARG TORCHAO_VERSION=||p' "$ROOT/Dockerfile")"
+TORCH="$(sed -n 's|^FROM pytorch/pytorch:\([0-9][0-9.]*\)-.*|\1|p' "$ROOT/Dockerfile" | head -n 1)"
+TORCHAO="$(sed -n 's|^ARG TORCHAO_VERSION=||p' "$ROOT/Dockerfile" | head -n 1)"
 if [ -z "$TORCH" ] || [ -z "$TORCHAO" ]; then
   echo "cannot read the base image's torch or TORCHAO_VERSION from the Dockerfile" >&2
   exit 2
@@ -34,6 +35,10 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   dev="$(mktemp)"
   trap 'rm -f "$dev"' EXIT
   grep -v '^torchao==' "$ROOT/requirements-dev.txt" > "$dev"
+  # VISGATE_TORCH_INDEX: as in scripts/setup.sh, an index to take torch alone from.
+  if [ -n "${VISGATE_TORCH_INDEX:-}" ]; then
+    "$VENV/bin/python" -m pip install -q "torch==$TORCH" --index-url "$VISGATE_TORCH_INDEX"
+  fi
   "$VENV/bin/python" -m pip install -q "torch==$TORCH" "torchao==$TORCHAO" \
     -r "$ROOT/requirements.txt" -r "$dev"
   echo "$want" > "$STAMP"

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from runtime.errors import brief, register_secrets
+from runtime.errors import brief, redact, register_secrets
 from runtime.logs import setup_logging
 
 SECRET = "hf_TopSecretToken123"
@@ -60,3 +60,11 @@ def test_a_cut_message_never_keeps_part_of_a_secret(restore_logging):
     cut = brief(exc, limit=215)
     assert cut.startswith("OSError: " + "x" * 180) and "Bearer ***" in cut
     assert SECRET[:4] not in cut
+
+
+def test_a_secret_holding_another_is_removed_whole():
+    # HF_TOKEN inside a longer secret (a signed hub URL's query): replacing the token first would
+    # leave the rest of the longer one, which then no longer matches.
+    query = f"sig=Zm9vYmFy&token={SECRET}"
+    for order in ((SECRET, query), (query, SECRET)):
+        assert redact(f"GET /resolve?{query} failed", order) == "GET /resolve?*** failed"

@@ -778,10 +778,15 @@ def test_dockerignore_matcher_follows_docker_semantics() -> None:
 # ---- baking a model: the prefetch step -------------------------------------------------------------
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    """prefetch.main() installs the worker's log handler on the root logger: put pytest's back."""
+    """prefetch.main() installs the worker's log handler on the root logger, its redacting record
+    factory and the process's secrets: put pytest's back."""
+    from runtime.errors import register_secrets
+
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    handlers, level, factory = list(root.handlers), root.level, logging.getLogRecordFactory()
     yield
+    register_secrets(())
+    logging.setLogRecordFactory(factory)
     for handler in list(root.handlers):
         if handler not in handlers:
             root.removeHandler(handler)
