@@ -124,6 +124,10 @@ class HubServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._connections: set[socket.socket] = set()
         self._sent = 0
+        # Bumped by clear(): a request that began before it is not logged after it (a download
+        # whose client was killed is logged when the server's next write fails, which can be
+        # after the test has cleared the log for the next boot's requests).
+        self._generation = 0
 
     # ---- set-up --------------------------------------------------------------------------------
     def add_repo(self, repo_id: str, folder: Path, token: str | None = None, gated: bool = False,
@@ -145,6 +149,7 @@ class HubServer:
         with self._lock:
             self.faults.clear()
             self.log.clear()
+            self._generation += 1
 
     # ---- what happened ---------------------------------------------------------------------------
     def requests(self, kind: str | None = None, method: str | None = None) -> list[Logged]:
@@ -213,9 +218,10 @@ class HubServer:
                 return fault
         return None
 
-    def _record(self, entry: Logged, sent: int) -> None:
+    def _record(self, entry: Logged, sent: int, generation: int) -> None:
         with self._lock:
-            self.log.append(entry)
+            if generation == self._generation:
+                self.log.append(entry)
             self._sent += sent
 
 
@@ -249,6 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._sent = 0
         self._status = 0
         self._kind, self._repo_id, self._file, self._blob = "other", "", "", ""
+        with self.hub._lock:
+            generation = self.hub._generation
         try:
             if parts[:2] == ["api", "models"] and len(parts) >= 4:
                 self._api(parts[2] + "/" + parts[3], parts[4:], parse_qs(url.query))
@@ -272,7 +280,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub._record(Logged(self.command, self._kind, self._repo_id, self._file,
                                     self.headers.get("Range"), self._status,
                                     bool(self.headers.get("Authorization")), self._blob,
-                                    self._sent), 0 if self._kind == "stats" else self._sent)
+                                    self._sent), 0 if self._kind == "stats" else self._sent,
+                             generation)
 
     def _repo(self, repo_id: str, revision: str | None) -> Repo | None:
         """The repository if this request may see it; otherwise answer the hub's error."""
