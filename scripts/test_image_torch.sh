@@ -15,35 +15,17 @@
 #   bash scripts/test_image_torch.sh tests/integration/test_aot.py
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${VISGATE_IMAGE_VENV:-$ROOT/.venv-image}"
-PYTHON="${PYTHON:-python3}"
 TORCH="$(sed -n 's|^FROM pytorch/pytorch:\([0-9][0-9.]*\)-.*|\1|p' "$ROOT/Dockerfile" | head -n 1)"
 TORCHAO="$(sed -n 's|^ARG TORCHAO_VERSION=||p' "$ROOT/Dockerfile" | head -n 1)"
 if [ -z "$TORCH" ] || [ -z "$TORCHAO" ]; then
   echo "cannot read the base image's torch or TORCHAO_VERSION from the Dockerfile" >&2
   exit 2
 fi
-STAMP="$VENV/.requirements.sha256"
-want="$(printf '%s %s\n' "$TORCH" "$TORCHAO" | cat - "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" \
-  | sha256sum | cut -d' ' -f1)"
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
-fi
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  # requirements-dev.txt pins development's torchao; the image's release replaces it.
-  dev="$(mktemp)"
-  trap 'rm -f "$dev"' EXIT
-  grep -v '^torchao==' "$ROOT/requirements-dev.txt" > "$dev"
-  # VISGATE_TORCH_INDEX: as in scripts/setup.sh, an index to take torch alone from.
-  if [ -n "${VISGATE_TORCH_INDEX:-}" ]; then
-    "$VENV/bin/python" -m pip install -q "torch==$TORCH" --index-url "$VISGATE_TORCH_INDEX"
-  fi
-  "$VENV/bin/python" -m pip install -q "torch==$TORCH" "torchao==$TORCHAO" \
-    -r "$ROOT/requirements.txt" -r "$dev"
-  echo "$want" > "$STAMP"
-fi
-export PATH="$VENV/bin:$PATH"
-cd "$ROOT"
+# The README's test command, in an environment of its own with the image's versions (exported:
+# a test that runs a project script gets the same environment).
+export VISGATE_VENV="${VISGATE_IMAGE_VENV:-$ROOT/.venv-image}" VISGATE_TORCH_VERSION="$TORCH" \
+  VISGATE_TORCHAO_VERSION="$TORCHAO"
+# shellcheck source=scripts/setup.sh
+source "$ROOT/scripts/setup.sh"
 python -c "import torch, torchao; print('torch', torch.__version__, 'torchao', torchao.__version__)"
-python -m pytest -p no:cacheprovider "$@"
+exec bash "$ROOT/scripts/test.sh" -p no:cacheprovider "$@"
