@@ -106,10 +106,7 @@ def _quantize(ctx: Context) -> str:
         if _capability(ctx) < (8, 9):
             raise Skip(f"fp8 needs compute capability 8.9 or higher (this GPU: "
                        f"{'.'.join(map(str, _capability(ctx)))})")
-    try:
-        from torchao.quantization import quantize_
-    except ImportError as exc:
-        raise Skip(f"torchao is not installed ({exc.__class__.__name__})") from exc
+    quantize_ = _torchao().quantize_
     # device=: torchao moves each linear layer to the GPU just before quantizing it.
     quantize_(ctx.denoiser, quantization_config(mode), device=ctx.loaded.device)
     done = [ctx.loaded.family.denoiser_attr]
@@ -122,24 +119,28 @@ def _quantize(ctx: Context) -> str:
 
 def quantization_config(mode: str) -> Any:
     """torchao's config for a VISGATE_QUANTIZE mode (a fresh one per quantize_ call)."""
-    try:
-        from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
-                                          Float8WeightOnlyConfig, Int8WeightOnlyConfig, PerRow)
-    except ImportError as exc:
-        raise Skip(f"torchao is not installed ({exc.__class__.__name__})") from exc
-
+    ao = _torchao()
     if mode == "fp8":
         # Row-wise scales: the accuracy/speed point diffusers-torchao and flux-fast use.
-        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+        return ao.Float8DynamicActivationFloat8WeightConfig(granularity=ao.PerRow())
     if mode == "fp8-weight":
-        return Float8WeightOnlyConfig()
+        return ao.Float8WeightOnlyConfig()
     if mode == "int8-weight":
         # Each torchao's own default version, never a pinned one: the image's 0.15 defaults to
         # version 1 (deprecated there, with a warning), whose bf16 weights keep their precision,
         # while its version 2 floors the scale at bf16's resolution and loses ~11% of a FLUX-like
         # layer's output; 0.18 has only version 2, fixed (tests/integration/test_optimize.py).
-        return Int8WeightOnlyConfig()
+        return ao.Int8WeightOnlyConfig()
     raise ValueError(f"no quantization config for {mode!r}")
+
+
+def _torchao() -> Any:
+    """``torchao.quantization``, or a Skip: torchao is optional (the image installs it)."""
+    try:
+        import torchao.quantization
+    except ImportError as exc:
+        raise Skip(f"torchao is not installed ({exc.__class__.__name__})") from exc
+    return torchao.quantization
 
 
 def _large_encoders(pipe: Any) -> list[tuple[str, Any]]:
