@@ -4,7 +4,8 @@
 #      compile cold vs cache hit in a fresh process, PSNR tuned vs eager;
 #   2. optionally (COLDSTART_SPECS) the cold start to ready by stage, and (SHAPES_SPECS) the
 #      strategies for a shape warmup did not compile;
-#   3. the GPU test tier (tests/gpu) through the real boot path (GPU_TESTS=0 skips it).
+#   3. the GPU test tier (tests/gpu) through the real boot path (GPU_TESTS=0 skips it;
+#      GPU_TESTS_K, a pytest -k expression, runs part of it, to split it across calls).
 # Expects wheels missing on that machine (diffusers, torchao, fpng) in .whl/ and writes to $OUT.
 set -uo pipefail
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
@@ -79,5 +80,5 @@ while read -r model size new steps limit; do
 done <<< "${SHAPES_SPECS:-}"
 if [ "${GPU_TESTS:-1}" = "1" ]; then
   timeout "${GPU_TESTS_TIMEOUT:-140}" python3 -m pytest tests/gpu -q -p no:cacheprovider --noconftest \
-    -o addopts="" --disable-warnings --tb=short -rfE 2>&1 | tee "$OUT/gpu-tests.txt" | tail -40
+    -o addopts="" --disable-warnings --tb=short -rfE ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} 2>&1 | tee "$OUT/gpu-tests.txt" | tail -40
 fi
