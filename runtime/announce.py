@@ -17,7 +17,6 @@ body), so the orchestrator can drop duplicates when a response was lost and the 
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import hmac
 import json
@@ -32,6 +31,7 @@ import requests
 
 from runtime.boot_report import BootRecord
 from runtime.errors import redact, safe_target
+from runtime.retry_after import parse_retry_after
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -187,26 +187,6 @@ def _attempt(session: requests.Session, url: str, body: bytes, event: str, deliv
     if status == 429 or status >= 500:  # busy or broken now: may work later
         return status, retry_after, f"HTTP {status}", False
     return status, None, f"HTTP {status}, not retried", True
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when is None or when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # nan
-        return None
-    return max(0.0, seconds)
 
 
 # ---- the one transition -------------------------------------------------------------------------

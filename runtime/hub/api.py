@@ -24,6 +24,7 @@ import requests
 
 from runtime.errors import BootError, safe_target
 from runtime.hub.layout import RemoteFile
+from runtime.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,21 @@ TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 
 
 class TransientHubError(Exception):
-    """The hub could not be reached or answered 5xx/429: worth retrying, or using the cache."""
+    """The hub could not be reached or answered 5xx/429: worth retrying, or using the cache.
+    ``retry_after``: the seconds the hub itself asked for (a rate limit's reset), when it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def wait_before_retry(exc: TransientHubError, backoff: float, cap: float) -> float:
+    """Our backoff, or longer when the hub named its reset: retrying sooner only spends another
+    request of a window that is already used up (and a boot that gives up restarts and asks
+    again). Capped, so that a bad header cannot stall a boot for an hour."""
+    if exc.retry_after is None:
+        return backoff
+    return min(cap, max(backoff, exc.retry_after))
 
 
 class HubUnreachable(TransientHubError):
@@ -50,6 +65,8 @@ class HubOptions:
     read_timeout: float = 60.0
     retries: int = 4  # extra tries for the listing after a transient failure
     backoff_s: float = 1.0  # doubled after each try
+    # The longest wait a rate limit's reset may ask for: the hub's windows are 5 minutes long.
+    max_wait_s: float = 300.0
 
 
 class HubClient:
@@ -103,8 +120,9 @@ class HubClient:
             except TransientHubError as exc:
                 if attempt == self.options.retries:
                     raise
-                log.warning("hub listing failed (%s); retrying in %.1fs", exc, wait)
-                time.sleep(wait)
+                pause = wait_before_retry(exc, wait, self.options.max_wait_s)
+                log.warning("hub listing failed (%s); retrying in %.1fs", exc, pause)
+                time.sleep(pause)
                 wait *= 2
         raise AssertionError("unreachable")
 
@@ -130,7 +148,13 @@ class HubClient:
         code = response.headers.get("X-Error-Code", "")
         message = response.headers.get("X-Error-Message", "")
         if status in TRANSIENT_STATUS:
-            raise TransientHubError(f"{self.host} answered {status}")
+            wait = reset_seconds(status, response.headers)
+            text = f"{self.host} answered {status}"
+            if status == 429:
+                text += f" (rate limited{f', resets in {wait:.0f}s' if wait is not None else ''})"
+                if not self._token:
+                    text += "; anonymous downloads get the hub's lowest rate limits: set HF_TOKEN"
+            raise TransientHubError(text, retry_after=wait)
         raise BootError(self.describe(status, code, message, revision, path), stage="fetch")
 
     def describe(self, status: int, code: str, message: str, revision: str,
@@ -156,6 +180,19 @@ class HubClient:
         if status == 403:
             return f"the hub refused access to {repo} (403): set HF_TOKEN to a token with access"
         return f"the hub answered {status} for {repo}{f' ({path})' if path else ''}"
+
+
+def reset_seconds(status: int, headers: Any) -> float | None:
+    """Seconds until the hub answers again, when it said so: an exhausted rate limit's reset
+    (the IETF draft's ``RateLimit`` header, read by huggingface_hub's own parser; whole
+    seconds, so one more), else ``Retry-After``."""
+    if status == 429:
+        from huggingface_hub.utils import parse_ratelimit_headers  # only on this rare path
+
+        info = parse_ratelimit_headers(headers)
+        if info is not None and info.remaining == 0:
+            return float(info.reset_in_seconds) + 1.0
+    return parse_retry_after(headers.get("Retry-After"))
 
 
 def _parse_listing(data: Any) -> Listing:

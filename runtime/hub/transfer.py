@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import BootError
-from runtime.hub.api import HubClient, TransientHubError, iter_body
+from runtime.hub.api import HubClient, TransientHubError, iter_body, wait_before_retry
 from runtime.hub.integrity import Hasher, stamp_valid, trusted, write_stamp
 from runtime.hub.layout import RemoteFile, RepoCache
 from runtime.hub.lock import BlobLock
@@ -137,13 +137,14 @@ class Transfer:
         """Append the rest of ``f`` to ``part`` (hashing it); resume cuts with Range. Bytes received."""
         received, failures, wait = 0, 0, self.options.backoff_s
         while (have := _part_size(part, lock)) < f.size:
-            reason = "the connection ended early"
+            reason, pause = "the connection ended early", wait
             try:
                 received += self._stream(f, part, have, hasher, lock)
             except LockLost:
                 raise
             except TransientHubError as exc:
                 reason = str(exc)
+                pause = wait_before_retry(exc, wait, self.client.options.max_wait_s)
             now = _part_size(part, lock)
             if now >= f.size:
                 break
@@ -157,8 +158,8 @@ class Transfer:
                 raise BootError(f"downloading {f.path} of {self.cache.repo_id} failed "
                                 f"{failures} times in a row ({reason})", stage="fetch")
             log.warning("download of %s failed (%s): try %d of %d in %.1fs", f.path, reason,
-                        failures + 1, self.options.retries + 1, wait)
-            time.sleep(wait)
+                        failures + 1, self.options.retries + 1, pause)
+            time.sleep(pause)
             wait *= 2
         return received
 

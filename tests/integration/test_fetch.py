@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -253,6 +254,53 @@ def test_a_file_that_never_arrives_fails_the_boot_clearly(hub: HubServer, tmp_pa
     hub.inject(Fault(kind="cdn", match="unet/*", status=503, times=None))
     message = fetch_error(hub_settings(hub, tmp_path))
     assert "unet/diffusion_pytorch_model.safetensors" in message and "503" in message
+
+
+# ---- rate limits ------------------------------------------------------------------------------------
+# What the hub sends with a 429 (its IETF-draft headers): no request left, the window resets in 1 s.
+EXHAUSTED = {"RateLimit": '"api";r=0;t=1', "RateLimit-Policy": '"fixed window";"api";q=500;w=300'}
+
+
+def _gap(requests: list) -> float:
+    return requests[1].at - requests[0].at
+
+
+def test_a_rate_limited_listing_waits_for_the_reset_the_hub_names(hub: HubServer, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture):
+    hub.inject(Fault(kind="api", status=429, headers=EXHAUSTED))
+    caplog.set_level(logging.WARNING)
+    assert fetch(hub_settings(hub, tmp_path), FAST).report["cache"] == "miss"
+    listings = hub.requests(kind="api")
+    # 1 s and one more (the header counts whole seconds), where FAST's own backoff is 0.05 s
+    assert [r.status for r in listings] == [429, 200] and _gap(listings) >= 1.9
+    (warning,) = [r.getMessage() for r in caplog.records if "hub listing failed" in r.getMessage()]
+    assert "answered 429 (rate limited, resets in 2s)" in warning and "retrying in 2.0s" in warning
+    assert "set HF_TOKEN" in warning  # anonymous: the lowest limits
+
+
+def test_a_download_waits_as_long_as_retry_after_asks(hub: HubServer, tmp_path: Path):
+    hub.inject(Fault(kind="cdn", match="unet/*", status=503, headers={"Retry-After": "1"}))
+    fetch(hub_settings(hub, tmp_path), FAST)
+    unet = [r for r in hub.requests(kind="cdn") if r.path.startswith("unet/")]
+    assert [r.status for r in unet] == [503, 200] and _gap(unet) >= 0.95
+
+
+def test_a_reset_beyond_the_cap_waits_only_the_cap(hub: HubServer, tmp_path: Path):
+    hub.inject(Fault(kind="api", status=429, headers={"RateLimit": '"api";r=0;t=3600'}))
+    options = replace(FAST, hub=replace(FAST.hub, max_wait_s=0.5))
+    fetch(hub_settings(hub, tmp_path), options)
+    listings = hub.requests(kind="api")
+    assert [r.status for r in listings] == [429, 200] and 0.45 <= _gap(listings) < 30
+
+
+def test_a_rate_limit_that_outlasts_the_retries_fails_clearly(hub: HubServer, tmp_path: Path):
+    hub.inject(Fault(kind="api", status=429, headers={"RateLimit": '"api";r=0;t=0'}, times=None))
+    anonymous = fetch_error(hub_settings(hub, tmp_path))
+    assert "answered 429 (rate limited, resets in 1s)" in anonymous and "no complete copy" in anonymous
+    assert "set HF_TOKEN" in anonymous
+    with_token = fetch_error(hub_settings(hub, tmp_path / "token", GATED, HF_TOKEN=TOKEN))
+    assert "rate limited" in with_token and "set HF_TOKEN" not in with_token
+    assert TOKEN not in with_token
 
 
 # ---- logs -------------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ and our fetch stage use:
     HEAD|GET /cdn/{repo}/{sha256}                   the LFS bytes, with Range
 
 and logs every request (``server.log``) without the token. Faults are scripted with
-``server.inject(Fault(...))``: an HTTP status with the hub's ``X-Error-Code``, a connection cut
-after N body bytes, a delay; ``server.rate`` throttles every body (bytes per second).
+``server.inject(Fault(...))``: an HTTP status with the hub's ``X-Error-Code`` (and headers, such
+as a rate limit's ``RateLimit`` or ``Retry-After``), a connection cut after N body bytes, a delay;
+``server.rate`` throttles every body (bytes per second).
 Access: ``add_repo(..., token=..., gated=True)`` answers 401/403 like the hub does for gated and
 private repositories; an unknown repository or revision gets 404 with the hub's error code.
 
@@ -94,6 +95,7 @@ class Fault:
     cut_after: int | None = None  # send headers and this many body bytes, then drop the connection
     delay_s: float = 0.0
     times: int | None = 1
+    headers: dict[str, str] = field(default_factory=dict)  # with an error status: e.g. RateLimit
 
 
 @dataclass(frozen=True)
@@ -317,7 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.delay_s:
             time.sleep(fault.delay_s)
         if fault.status:
-            self._error(fault.status, fault.error_code, "injected fault")
+            self._error(fault.status, fault.error_code, "injected fault", fault.headers)
             return None
         return fault
 
@@ -329,7 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.delay_s)
         if fault and fault.status:
             self._repo_id = repo_id
-            self._error(fault.status, fault.error_code, "injected fault")
+            self._error(fault.status, fault.error_code, "injected fault", fault.headers)
             return
         revision = rest[1] if len(rest) >= 2 else "main"
         repo = self._repo(repo_id, revision)
@@ -413,8 +415,9 @@ class _Handler(BaseHTTPRequestHandler):
                    cut_after=fault.cut_after if fault else None)
 
     # ---- answering ---------------------------------------------------------------------------------
-    def _error(self, status: int, code: str | None, message: str) -> None:
-        headers = {"Content-Type": "application/json", "X-Error-Message": message}
+    def _error(self, status: int, code: str | None, message: str,
+               extra: dict[str, str] | None = None) -> None:
+        headers = {"Content-Type": "application/json", "X-Error-Message": message, **(extra or {})}
         if code:
             headers["X-Error-Code"] = code
         self._send(status, json.dumps({"error": message}).encode(), headers, head=self.command == "HEAD")

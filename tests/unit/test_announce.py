@@ -11,7 +11,8 @@ import time
 import pytest
 
 from runtime import announce
-from runtime.announce import Announcer, RetryPolicy, deliver, parse_retry_after, sign, verify_signature
+from runtime.announce import Announcer, RetryPolicy, deliver, sign, verify_signature
+from runtime.retry_after import parse_retry_after
 from runtime.boot import failure_message
 from runtime.boot_report import BootRecord
 from runtime.errors import BootError, SettingsError
