@@ -14,10 +14,11 @@ The token goes only into the Authorization header; no message here ever contains
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 from urllib.parse import quote
 
 import requests
@@ -40,15 +41,6 @@ class TransientHubError(Exception):
         self.retry_after = retry_after
 
 
-def wait_before_retry(exc: TransientHubError, backoff: float, cap: float) -> float:
-    """Our backoff, or longer when the hub named its reset: retrying sooner only spends another
-    request of a window that is already used up (and a boot that gives up restarts and asks
-    again). Capped, so that a bad header cannot stall a boot for an hour."""
-    if exc.retry_after is None:
-        return backoff
-    return min(cap, max(backoff, exc.retry_after))
-
-
 class HubUnreachable(TransientHubError):
     """No connection to the hub at all."""
 
@@ -65,8 +57,11 @@ class HubOptions:
     read_timeout: float = 60.0
     retries: int = 4  # extra tries for the listing after a transient failure
     backoff_s: float = 1.0  # doubled after each try
-    # The longest wait a rate limit's reset may ask for: the hub's windows are 5 minutes long.
+    # Waiting out a rate limit, when the hub names its reset: at most this long per wait (the
+    # hub's windows are 5 minutes long), and no more waits once this long has passed since the
+    # first (two windows: a limit that outlasts them is someone else's traffic, not a blip).
     max_wait_s: float = 300.0
+    wait_budget_s: float = 600.0
 
 
 class HubClient:
@@ -79,6 +74,7 @@ class HubClient:
         self._local = threading.local()
         self._count_lock = threading.Lock()
         self.requests = 0
+        self._rate_limited_since: float | None = None
 
     @property
     def host(self) -> str:
@@ -108,6 +104,23 @@ class HubClient:
         except requests.RequestException as exc:  # their messages quote the whole URL: name the class
             raise TransientHubError(f"request to {self.host} failed ({exc.__class__.__name__})") from None
 
+    def retry_pause(self, exc: TransientHubError, backoff: float) -> float | None:
+        """How long to wait before trying again: our backoff, or the reset the hub named, since
+        retrying sooner only spends requests of a window that is used up (and a boot that gives
+        up restarts and asks again). Plus up to a second of jitter, so that download threads and
+        workers do not all return at the same instant; capped per wait. None once the wait would
+        end past this fetch's budget for rate limits: then the caller gives up."""
+        if exc.retry_after is None:
+            return backoff
+        pause = min(self.options.max_wait_s, max(backoff, exc.retry_after + random.uniform(0, 1)))
+        now = time.monotonic()
+        with self._count_lock:
+            if self._rate_limited_since is None:
+                self._rate_limited_since = now
+            if now + pause - self._rate_limited_since > self.options.wait_budget_s:
+                return None
+        return pause
+
     # ---- listing -------------------------------------------------------------------------------
     def listing(self, revision: str) -> Listing:
         url = (f"{self.endpoint}/api/models/{self.repo_id}/revision/{quote(revision, safe='')}")
@@ -118,9 +131,9 @@ class HubClient:
                 self.raise_for(response, revision)
                 return _parse_listing(response.json())
             except TransientHubError as exc:
-                if attempt == self.options.retries:
+                pause = None if attempt == self.options.retries else self.retry_pause(exc, wait)
+                if pause is None:
                     raise
-                pause = wait_before_retry(exc, wait, self.options.max_wait_s)
                 log.warning("hub listing failed (%s); retrying in %.1fs", exc, pause)
                 time.sleep(pause)
                 wait *= 2
@@ -149,11 +162,14 @@ class HubClient:
         message = response.headers.get("X-Error-Message", "")
         if status in TRANSIENT_STATUS:
             wait = reset_seconds(status, response.headers)
-            text = f"{self.host} answered {status}"
+            # The CDN a download was redirected to may be the one answering (without our token).
+            host = safe_target(response.url) if response.url else self.host
+            text = f"{host} answered {status}"
             if status == 429:
-                text += f" (rate limited{f', resets in {wait:.0f}s' if wait is not None else ''})"
-                if not self._token:
-                    text += "; anonymous downloads get the hub's lowest rate limits: set HF_TOKEN"
+                shown = f", resets in {min(wait, self.options.max_wait_s):.0f}s" if wait is not None else ""
+                text += f" (rate limited{shown})"
+                if not self._token and host == self.host:
+                    text += "; anonymous requests get the hub's lowest rate limits: set HF_TOKEN"
             raise TransientHubError(text, retry_after=wait)
         raise BootError(self.describe(status, code, message, revision, path), stage="fetch")
 
@@ -182,17 +198,23 @@ class HubClient:
         return f"the hub answered {status} for {repo}{f' ({path})' if path else ''}"
 
 
-def reset_seconds(status: int, headers: Any) -> float | None:
+def reset_seconds(status: int, headers: Mapping[str, str]) -> float | None:
     """Seconds until the hub answers again, when it said so: an exhausted rate limit's reset
     (the IETF draft's ``RateLimit`` header, read by huggingface_hub's own parser; whole
-    seconds, so one more), else ``Retry-After``."""
-    if status == 429:
-        from huggingface_hub.utils import parse_ratelimit_headers  # only on this rare path
+    seconds, so one more), else ``Retry-After``. A header that makes no sense is ignored."""
+    from requests.structures import CaseInsensitiveDict
 
-        info = parse_ratelimit_headers(headers)
-        if info is not None and info.remaining == 0:
-            return float(info.reset_in_seconds) + 1.0
-    return parse_retry_after(headers.get("Retry-After"))
+    headers = CaseInsensitiveDict(headers)
+    try:
+        if status == 429:
+            from huggingface_hub.utils import parse_ratelimit_headers  # only on this rare path
+
+            info = parse_ratelimit_headers(headers)
+            if info is not None and info.remaining == 0:
+                return float(info.reset_in_seconds) + 1.0
+        return parse_retry_after(headers.get("Retry-After"))
+    except (ValueError, OverflowError):  # digits beyond int() or float(): not a real reset
+        return None
 
 
 def _parse_listing(data: Any) -> Listing:

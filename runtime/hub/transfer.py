@@ -19,12 +19,11 @@ import errno
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import BootError
-from runtime.hub.api import HubClient, TransientHubError, iter_body, wait_before_retry
+from runtime.hub.api import HubClient, TransientHubError, iter_body
 from runtime.hub.integrity import Hasher, stamp_valid, trusted, write_stamp
 from runtime.hub.layout import RemoteFile, RepoCache
 from runtime.hub.lock import BlobLock
@@ -137,14 +136,19 @@ class Transfer:
         """Append the rest of ``f`` to ``part`` (hashing it); resume cuts with Range. Bytes received."""
         received, failures, wait = 0, 0, self.options.backoff_s
         while (have := _part_size(part, lock)) < f.size:
+            if self.abort.is_set():
+                raise InterruptedError("fetch aborted")
             reason, pause = "the connection ended early", wait
             try:
                 received += self._stream(f, part, have, hasher, lock)
             except LockLost:
                 raise
             except TransientHubError as exc:
-                reason = str(exc)
-                pause = wait_before_retry(exc, wait, self.client.options.max_wait_s)
+                reason, pause = str(exc), self.client.retry_pause(exc, wait)
+                if pause is None:
+                    raise BootError(f"downloading {f.path} of {self.cache.repo_id}: the hub kept "
+                                    f"rate limiting it past the {self.client.options.wait_budget_s:.0f}s "
+                                    f"the worker waits ({reason})", stage="fetch") from None
             now = _part_size(part, lock)
             if now >= f.size:
                 break
@@ -159,7 +163,8 @@ class Transfer:
                                 f"{failures} times in a row ({reason})", stage="fetch")
             log.warning("download of %s failed (%s): try %d of %d in %.1fs", f.path, reason,
                         failures + 1, self.options.retries + 1, pause)
-            time.sleep(pause)
+            if self.abort.wait(pause):  # another file failed the fetch: stop waiting at once
+                raise InterruptedError("fetch aborted")
             wait *= 2
         return received
 

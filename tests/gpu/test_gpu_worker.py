@@ -147,11 +147,16 @@ def test_fp8_weights_compile_ahead_of_time(tmp_path):
     job = {"input": {"prompt": "a red fox", "seed": 3}}  # the default size: the warmed shape
     service, record = _boot(tmp_path / "volume", "visgate/tiny-flux", VISGATE_COMPILE="aot",
                             VISGATE_QUANTIZE="fp8")
-    assert "fp8" in record.stages["optimize"]["applied"]["quantize"]
+    optimize = record.stages["optimize"]
+    assert "fp8" in optimize["applied"].get("quantize", ""), optimize["skipped"]
     status = record.stages["warmup"]["compile_cache"]["aot"]
-    assert {name.split("-")[0]: (entry.get("result"), entry.get("cuda_graph"))
-            for name, entry in status.items()} == \
-        {"transformer": ("compiled", "captured"), "vae_decoder": ("compiled", None)}, status
+    assert sorted((name.split("-")[0], entry.get("result"), entry.get("cuda_graph"))
+                  for name, entry in status.items()) == \
+        [("transformer", "compiled", "captured"), ("vae_decoder", "compiled", None)], status
+    # bound to torchao's fp8 parts (tests/integration/test_aot.py checks the same for int8)
+    wrapper = service.pipe.transformer.forward  # the installed AotModule
+    names = [name for runner in wrapper.runners.values() for name in runner.names]
+    assert any(".parametrizations." in name for name in names), names[:5]
     tuned = _pixels(make_handler(service)(job))
     eager_service, _ = _boot(tmp_path / "volume-eager", "visgate/tiny-flux", VISGATE_COMPILE="off",
                              VISGATE_QUANTIZE="fp8")

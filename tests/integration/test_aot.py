@@ -250,6 +250,9 @@ def test_quantized_weights_are_bound_to_the_package(built_tiny_repo, tmp_path):
     assert "int8-weight" in report.applied["quantize"]
     try:
         assert {entry.get("result") for entry in store.status.values()} == {"compiled"}, store.status
+        # the package reads the quantized parts, not a dequantized copy of the weights
+        assert any(".parametrizations." in name for name in quantized_constants(report)), \
+            quantized_constants(report)[:5]
         served = loaded.family.generate(loaded.pipe, _request())
     finally:
         for wrapper in report.aot_modules:
@@ -257,6 +260,12 @@ def test_quantized_weights_are_bound_to_the_package(built_tiny_repo, tmp_path):
     eager = loaded.family.generate(loaded.pipe, _request())  # the same int8 weights, eagerly
     assert np.abs(served.astype(int) - eager.astype(int)).max() <= MAX_PIXEL_DIFF
     assert psnr(served, eager) >= MIN_PSNR_DB
+
+
+def quantized_constants(report) -> list[str]:
+    """The constants the denoiser's packages were bound to."""
+    return [name for wrapper in report.aot_modules if wrapper.name in ("transformer", "unet")
+            for runner in wrapper.runners.values() for name in runner.names]
 
 
 def test_a_package_that_failed_is_removed_so_the_next_boot_compiles_it(tmp_path):

@@ -1,35 +1,63 @@
 """How long the hub client waits before trying again: the hub's own reset time where it gave
-one (an exhausted rate limit, Retry-After), its backoff otherwise, never past the cap."""
+one (an exhausted rate limit, Retry-After), its backoff otherwise, never past the cap, and no
+more waiting once the fetch's budget for rate limits is spent."""
 
 from __future__ import annotations
 
-from requests.structures import CaseInsensitiveDict
+import pytest
 
-from runtime.hub.api import TransientHubError, reset_seconds, wait_before_retry
-
-
-def headers(**values: str) -> CaseInsensitiveDict:
-    return CaseInsensitiveDict({name.replace("_", "-"): value for name, value in values.items()})
+from runtime.hub import api
+from runtime.hub.api import HubClient, HubOptions, TransientHubError, reset_seconds
 
 
 def test_an_exhausted_rate_limit_names_its_reset():
     # whole seconds on the wire: one more, so the retry does not land just before the reset
-    assert reset_seconds(429, headers(ratelimit='"resolvers";r=0;t=55')) == 56.0
-    assert reset_seconds(429, headers(RateLimit='"api";r=0;t=0',
-                                      RateLimit_Policy='"fixed window";"api";q=500;w=300')) == 1.0
+    assert reset_seconds(429, {"ratelimit": '"resolvers";r=0;t=55'}) == 56.0
+    assert reset_seconds(429, {"RateLimit": '"api";r=0;t=0',
+                               "RateLimit-Policy": '"fixed window";"api";q=500;w=300'}) == 1.0
 
 
 def test_retry_after_where_no_exhausted_rate_limit_says_more():
     # requests are left in the window: this 429 is not the window's, so Retry-After decides
-    assert reset_seconds(429, headers(RateLimit='"api";r=3;t=55', Retry_After="7")) == 7.0
-    assert reset_seconds(503, headers(Retry_After="2")) == 2.0
-    assert reset_seconds(503, headers(RateLimit='"api";r=0;t=9')) is None  # a 503 is no rate limit
-    assert reset_seconds(429, headers()) is None
-    assert reset_seconds(429, headers(RateLimit="garbage", Retry_After="soon")) is None
+    assert reset_seconds(429, {"RateLimit": '"api";r=3;t=55', "retry-after": "7"}) == 7.0
+    assert reset_seconds(503, {"Retry-After": "2"}) == 2.0
+    assert reset_seconds(503, {"RateLimit": '"api";r=0;t=9'}) is None  # a 503 is no rate limit
+    assert reset_seconds(429, {}) is None
+    assert reset_seconds(429, {"RateLimit": "garbage", "Retry-After": "soon"}) is None
 
 
-def test_the_wait_is_the_backoff_the_reset_or_the_cap():
-    assert wait_before_retry(TransientHubError("cut"), 2.0, 300.0) == 2.0
-    assert wait_before_retry(TransientHubError("429", retry_after=56.0), 2.0, 300.0) == 56.0
-    assert wait_before_retry(TransientHubError("429", retry_after=0.5), 2.0, 300.0) == 2.0
-    assert wait_before_retry(TransientHubError("429", retry_after=3601.0), 2.0, 300.0) == 300.0
+@pytest.mark.parametrize("headers", [
+    {"RateLimit": '"api";r=0;t=' + "9" * 400},  # beyond float()
+    {"RateLimit": '"api";r=0;t=' + "9" * 5000},  # beyond int() of a string
+    {"RateLimit": '"api";r=0;t=-5'},
+])
+def test_a_reset_that_makes_no_sense_is_ignored_not_a_crash(headers):
+    assert reset_seconds(429, headers) is None
+
+
+def client(**options: float) -> HubClient:
+    return HubClient("http://hub.invalid", "org/model", None, HubOptions(**options))
+
+
+def test_the_pause_is_the_backoff_or_the_reset_with_jitter_within_the_cap(monkeypatch):
+    monkeypatch.setattr(api.random, "uniform", lambda a, b: b)  # the most jitter: one second
+    hub = client(max_wait_s=300.0)
+    assert hub.retry_pause(TransientHubError("cut"), 2.0) == 2.0
+    assert hub.retry_pause(TransientHubError("429", retry_after=56.0), 2.0) == 57.0
+    assert hub.retry_pause(TransientHubError("429", retry_after=0.5), 2.0) == 2.0
+    assert hub.retry_pause(TransientHubError("429", retry_after=3601.0), 2.0) == 300.0
+    assert hub.retry_pause(TransientHubError("429", retry_after=float("inf")), 2.0) == 300.0
+
+
+def test_no_more_waiting_once_the_budget_since_the_first_wait_is_spent(monkeypatch):
+    monkeypatch.setattr(api.random, "uniform", lambda a, b: a)
+    now = [1000.0]
+    monkeypatch.setattr(api.time, "monotonic", lambda: now[0])
+    hub = client(max_wait_s=300.0, wait_budget_s=600.0)
+    limited = TransientHubError("429", retry_after=300.0)
+    assert hub.retry_pause(limited, 1.0) == 300.0
+    now[0] += 300.0
+    assert hub.retry_pause(limited, 1.0) == 300.0  # ends 600 s after the first: still within
+    now[0] += 300.0
+    assert hub.retry_pause(limited, 1.0) is None
+    assert hub.retry_pause(TransientHubError("cut"), 1.0) == 1.0  # plain backoff is not budgeted
