@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from runtime.settings import COMPILE_MODES  # noqa: E402
 from warmup.local_worker import LocalWorker, worker_env  # noqa: E402
 from warmup.machine import machine_info, result_path  # noqa: E402
+from warmup.synthetic import record_mode  # noqa: E402
 
 log = logging.getLogger("bench_coldstart")
 
@@ -321,7 +322,8 @@ def summarize(args: argparse.Namespace, source: Source,
                 entry["target_ready_s"] = target
         entry["runs"] = [r for r in items if "skipped" not in r]
         scenarios[name] = entry
-    return {"what": "coldstart", "mode": args.mode, "model": args.model, "model_id": source.model_id,
+    return {"what": "coldstart", "mode": record_mode(args.mode), "model": args.model,
+            "model_id": source.model_id,
             "device": args.device, "repeat": args.repeat, "first_job": args.first_job,
             "command": " ".join(["python", "-m", "warmup.bench_coldstart", *args.argv]),
             "parts": list(PARTS), "machine": machine_info(args.device), "scenarios": scenarios}
@@ -421,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         source = make_source(args, work)
         slug = args.model.replace("/", "_") + (f"-{args.compile}" if args.compile else "")
-        out = args.out or result_path(f"coldstart-{args.mode}-{slug}", args.device)
+        out = args.out or result_path(f"coldstart-{record_mode(args.mode)}-{slug}", args.device)
         out.parent.mkdir(parents=True, exist_ok=True)
 
         def write(runs: dict[str, list[dict[str, Any]]], partial: bool) -> dict[str, Any]:

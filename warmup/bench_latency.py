@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from warmup.machine import machine_info, result_path  # noqa: E402
+from warmup.synthetic import record_mode  # noqa: E402
 
 TARGETS = {  # (model, size, steps) -> seconds per image on an H100/H200, from the issues
     ("flux-dev", 1024, 28): 2.4,
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants.split(",")
     compile_tag = "" if args.compile == "regional" else f"-{args.compile}"
     out_path = args.out or result_path(
-        f"latency-{args.mode}-{args.model.replace('/', '_')}{compile_tag}-{args.size}", args.device)
+        f"latency-{record_mode(args.mode)}-{args.model.replace('/', '_')}{compile_tag}-{args.size}", args.device)
 
     def checkpoint(record: dict[str, Any]) -> None:
         # After each phase too: a run killed at its time limit keeps what it measured.
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                                     height=args.size, width=args.size, seed=0)
         encoder = PngEncoder()
         record: dict[str, Any] = {
-            "what": "latency", "mode": args.mode, "model": args.model, "family": loaded.family.name,
+            "what": "latency", "mode": record_mode(args.mode), "model": args.model,
+            "family": loaded.family.name,
             "variant": loaded.family.variant, "precision": loaded.precision, "size": args.size,
             "steps": request.steps, "guidance": request.guidance, "build_s": round(build_s, 2),
             "options": {"compile": args.compile, "quantize": args.quantize, "attention": args.attention},

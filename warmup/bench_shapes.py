@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from warmup.bench_latency import build, summary, timed  # noqa: E402
 from warmup.machine import machine_info, result_path  # noqa: E402
 from warmup.report import shapes_tables  # noqa: E402
+from warmup.synthetic import record_mode  # noqa: E402
 
 STRATEGIES = ("eager-fallback", "recompile", "dynamic")
 
@@ -136,10 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     own = list(argv if argv is not None else sys.argv[1:])
     results = [run_strategy(s, own) for s in args.strategies.split(",")]
-    record = {"what": "unwarmed_shapes", "mode": args.mode, "model": args.model, "size": args.size,
+    record = {"what": "unwarmed_shapes", "mode": record_mode(args.mode), "model": args.model,
+              "size": args.size,
               "new": args.new, "steps": args.steps, "runs": args.runs,
               "machine": machine_info(args.device), "results": results}
-    out = args.out or result_path(f"shapes-{args.mode}-{args.model.replace('/', '_')}-{args.size}", args.device)
+    out = args.out or result_path(
+        f"shapes-{record_mode(args.mode)}-{args.model.replace('/', '_')}-{args.size}", args.device)
     out.write_text(json.dumps(record, indent=1))
     print("\n".join(shapes_tables([(out.name, record)])))
     print(f"wrote {out}")

@@ -14,6 +14,7 @@ padded to the real lengths (77, 256/512), so the compute is the real one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +22,29 @@ from typing import Any
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 SYNTHETIC = ("flux-dev", "flux-schnell", "sdxl")
+
+# VISGATE_SYNTHETIC_SCALE=small: the same classes, layout and code paths with every architecture
+# shrunk to a few MB, so that a GPU command can be rehearsed end to end on a CPU in minutes before
+# it spends scarce device time. Never for figures: results say "synthetic-small".
+SCALE_ENV = "VISGATE_SYNTHETIC_SCALE"
+SCALES = ("full", "small")
+_SMALL_CLIP = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=1,
+                   projection_dim=32)
+_SMALL_VAE = dict(block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=8)
+_SMALL: dict[str, dict[str, Any]] = {
+    "flux-dev-transformer.json": dict(attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                      num_layers=1, num_single_layers=1, pooled_projection_dim=32,
+                                      axes_dims_rope=[4, 6, 6]),
+    # pipelines/tiny.py's SDXL UNet: attention only at the lowest resolution, keeping 1024² cheap
+    "sdxl-unet.json": dict(block_out_channels=[16, 32, 32], layers_per_block=1, norm_num_groups=8,
+                           down_block_types=["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+                           up_block_types=["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+                           attention_head_dim=[2, 2, 4], transformer_layers_per_block=[1, 1, 1],
+                           cross_attention_dim=64, addition_time_embed_dim=8,
+                           projection_class_embeddings_input_dim=6 * 8 + 32),
+    "CLIP_L": _SMALL_CLIP, "CLIP_BIGG": _SMALL_CLIP,
+    "T5_XXL": dict(d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=1),
+}
 
 CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
               vocab_size=49408, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
@@ -31,8 +55,33 @@ T5_XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vo
               feed_forward_proj="gated-gelu", is_encoder_decoder=False, decoder_start_token_id=0)
 
 
+def scale() -> str:
+    value = os.environ.get(SCALE_ENV, "full").strip().lower() or "full"
+    if value not in SCALES:
+        raise ValueError(f"{SCALE_ENV}={value!r}: valid values are {', '.join(SCALES)}")
+    return value
+
+
+def record_mode(mode: str) -> str:
+    """The mode a benchmark records: a rehearsal at small scale never passes for the real one."""
+    return "synthetic-small" if mode == "synthetic" and scale() == "small" else mode
+
+
+def _sized(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    if scale() == "full":
+        return config
+    if name == "vae.json":
+        return {kind: {**vae, **_SMALL_VAE} for kind, vae in config.items()}
+    return {**config, **_SMALL.get(name, {})}
+
+
 def _load(name: str) -> dict[str, Any]:
-    return {k: v for k, v in json.loads((CONFIGS / name).read_text()).items() if not k.startswith("_")}
+    config = {k: v for k, v in json.loads((CONFIGS / name).read_text()).items() if not k.startswith("_")}
+    return _sized(name, config)
+
+
+def _encoder(name: str) -> dict[str, Any]:
+    return _sized(name, {"CLIP_L": CLIP_L, "CLIP_BIGG": CLIP_BIGG, "T5_XXL": T5_XXL}[name])
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
@@ -99,8 +148,8 @@ def build_pipeline(repo: Path, dtype: Any, device: str) -> Any:
                 transformer = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(repo / "transformer"))
                 pipe = FluxPipeline(
                     transformer=transformer, vae=vae,
-                    text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
-                    text_encoder_2=T5EncoderModel(T5Config(**T5_XXL)),
+                    text_encoder=CLIPTextModel(CLIPTextConfig(**_encoder("CLIP_L"))),
+                    text_encoder_2=T5EncoderModel(T5Config(**_encoder("T5_XXL"))),
                     tokenizer=CLIPTokenizer.from_pretrained(repo / "tokenizer"),
                     tokenizer_2=T5TokenizerFast.from_pretrained(repo / "tokenizer_2"),
                     scheduler=scheduler)
@@ -108,8 +157,8 @@ def build_pipeline(repo: Path, dtype: Any, device: str) -> Any:
                 unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(repo / "unet"))
                 pipe = StableDiffusionXLPipeline(
                     unet=unet, vae=vae,
-                    text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
-                    text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG)),
+                    text_encoder=CLIPTextModel(CLIPTextConfig(**_encoder("CLIP_L"))),
+                    text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_encoder("CLIP_BIGG"))),
                     tokenizer=CLIPTokenizer.from_pretrained(repo / "tokenizer"),
                     tokenizer_2=CLIPTokenizer.from_pretrained(repo / "tokenizer_2"),
                     scheduler=scheduler)

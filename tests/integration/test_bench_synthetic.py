@@ -1,7 +1,7 @@
 """Synthetic weights on disk (warmup/synthetic.saved_repo), as the GPU cold-start benchmark boots them.
 
-On a GPU the architectures are full size (34 GB for FLUX.1-dev); here the same code runs with the
-transformer and text encoders shrunk, so that what is checked is the path: the real pipeline
+On a GPU the architectures are full size (34 GB for FLUX.1-dev); here the same code runs with every
+architecture shrunk (VISGATE_SYNTHETIC_SCALE=small), so that what is checked is the path: the real pipeline
 classes saved in the diffusers layout, detected by the real registry, loaded by the family, and
 generating an image.
 """
@@ -18,28 +18,11 @@ from warmup import synthetic
 
 
 @pytest.fixture
-def small_flux(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_load = synthetic._load
-
-    def small(name: str) -> dict[str, Any]:
-        config = real_load(name)
-        if name == "flux-dev-transformer.json":
-            config.update(attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                          num_layers=1, num_single_layers=1, pooled_projection_dim=32,
-                          axes_dims_rope=[4, 6, 6])
-        if name == "vae.json":
-            config["flux"].update(block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=8)
-        return config
-
-    monkeypatch.setattr(synthetic, "_load", small)
-    monkeypatch.setattr(synthetic, "CLIP_L", {**synthetic.CLIP_L, "hidden_size": 32, "intermediate_size": 37,
-                                              "num_attention_heads": 4, "num_hidden_layers": 1,
-                                              "projection_dim": 32})
-    monkeypatch.setattr(synthetic, "T5_XXL", {**synthetic.T5_XXL, "d_model": 32, "d_ff": 37, "d_kv": 8,
-                                              "num_heads": 4, "num_layers": 1})
+def small_scale(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(synthetic.SCALE_ENV, "small")
 
 
-def test_saved_repo_loads_as_its_family_and_generates(small_flux: None, tmp_path: Path) -> None:
+def test_saved_repo_loads_as_its_family_and_generates(small_scale: None, tmp_path: Path) -> None:
     import torch
 
     from pipelines.base import GenerationRequest
@@ -56,7 +39,7 @@ def test_saved_repo_loads_as_its_family_and_generates(small_flux: None, tmp_path
     assert image.shape == (256, 256, 3)
 
 
-def test_a_complete_repo_is_not_written_again_and_a_partial_one_is(small_flux: None, tmp_path: Path,
+def test_a_complete_repo_is_not_written_again_and_a_partial_one_is(small_scale: None, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     dest = tmp_path / "flux-dev"
     dest.mkdir()
@@ -69,3 +52,29 @@ def test_a_complete_repo_is_not_written_again_and_a_partial_one_is(small_flux: N
 
     monkeypatch.setattr(synthetic, "build_pipeline", fail)
     assert synthetic.saved_repo("flux-dev", dest, device="cpu") == dest
+
+
+def test_small_sdxl_loads_as_its_family_and_generates(small_scale: None, tmp_path: Path) -> None:
+    import torch
+
+    from pipelines.base import GenerationRequest
+
+    dest = synthetic.saved_repo("sdxl", tmp_path / "sdxl", device="cpu")
+    family = detect_family(dest)
+    assert family.name == "sdxl"
+    pipe = family.load(torch.float32, "cpu")
+    assert sum(p.numel() for p in pipe.unet.parameters()) < 5_000_000  # not the 2.6 B original
+    image = family.generate(pipe, GenerationRequest(prompt="a red fox", steps=1, guidance=5.0,
+                                                    height=256, width=256, seed=0))
+    assert image.shape == (256, 256, 3)
+
+
+def test_a_rehearsal_never_passes_for_real_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(synthetic.SCALE_ENV, raising=False)
+    assert synthetic.record_mode("synthetic") == "synthetic"
+    monkeypatch.setenv(synthetic.SCALE_ENV, "small")
+    assert synthetic.record_mode("synthetic") == "synthetic-small"
+    assert synthetic.record_mode("tiny") == "tiny"
+    monkeypatch.setenv(synthetic.SCALE_ENV, "huge")
+    with pytest.raises(ValueError, match="full, small"):
+        synthetic.record_mode("synthetic")
