@@ -19,7 +19,8 @@ Per boot, from the ready payload's boot record: every stage's seconds; plus, fro
 clock: process start -> ``main()`` entered (interpreter start and imports), time inside the
 record but in no stage ("other"), record -> POST received ("announce"), process start -> POST
 ("ready"), -> the serving port accepting connections ("serving") and one job after that ("first
-job"). Medians over ``--repeat``. Results: ``warmup/results/coldstart-<mode>-<model>-<machine>.json``
+job"); with ``--jobs N``, N more jobs give the served worker's seconds per image in the same run
+(on a GPU, beside the latency target). Medians over ``--repeat``. Results: ``warmup/results/coldstart-<mode>-<model>-<machine>.json``
 and a Markdown table. Timings never fail the run; a boot that crashes does (exit 1).
 
 Synthetic mode (GPU, no hub) writes the full-size random-weight pipeline once under ``--volume``
@@ -50,6 +51,7 @@ from runtime.settings import COMPILE_MODES  # noqa: E402
 from warmup.local_worker import LocalWorker, worker_env  # noqa: E402
 from warmup.machine import machine_info, result_path  # noqa: E402
 from warmup.synthetic import record_mode  # noqa: E402
+from warmup.targets import coldstart_target, job_target  # noqa: E402
 
 log = logging.getLogger("bench_coldstart")
 
@@ -64,10 +66,7 @@ STAGES = ("settings", "fetch", "load", "optimize", "warmup", "serve")
 PARTS = ("import_s", *(f"{s}_s" for s in STAGES), "other_s", "announce_s")
 # The load stage's own split (the boot record's load entry).
 LOAD_PARTS = ("load_imports_s", "load_device_init_s", "load_weights_s")
-# Container start to ready with warm caches (issue 6), on an H100/H200 once weights are on
-# local disk: the warm-cache scenario, by model (synthetic names and hub ids).
-TARGETS = {"flux-dev": 20.0, "black-forest-labs/FLUX.1-dev": 20.0,
-           "sdxl": 8.0, "stabilityai/stable-diffusion-xl-base-1.0": 8.0}
+# The scenario the cold-start target (warmup/targets.py) is for: warm caches.
 TARGET_SCENARIO = "warm-cache"
 JOB = {"prompt": "a lighthouse on a cliff at dusk", "seed": 1}
 
@@ -145,7 +144,7 @@ class SyntheticDir(Source):
 
 # ---- one boot ---------------------------------------------------------------------------------------
 def boot_once(env: dict[str, str], work: Path, name: str, timeout: float,
-              first_job: bool) -> dict[str, Any]:
+              first_job: bool, jobs: int = 0) -> dict[str, Any]:
     """Boot the worker once; return its timings (or ``error`` and the log's tail)."""
     from tests.support.receiver import WebhookReceiver
 
@@ -172,6 +171,8 @@ def boot_once(env: dict[str, str], work: Path, name: str, timeout: float,
                 result["first_job_s"] = round(time.perf_counter() - t0, 3)
                 if answer.get("status") != "COMPLETED" or "error" in (answer.get("output") or {}):
                     result["error"] = f"first job failed: {str(answer)[:300]}"
+                elif jobs:
+                    result.update(steady_jobs(worker, jobs, timeout))
         except (RuntimeError, TimeoutError, OSError) as exc:
             result = {"error": f"{exc.__class__.__name__}: {exc}"}
             # The worker may have booted and announced ready, then failed to serve: keep the
@@ -184,6 +185,23 @@ def boot_once(env: dict[str, str], work: Path, name: str, timeout: float,
     if "error" in result:
         result["log_tail"] = log_path.read_text(errors="replace")[-3000:]
     return result
+
+
+def steady_jobs(worker: LocalWorker, jobs: int, timeout: float) -> dict[str, Any]:
+    """Seconds per image once the worker is warm: ``jobs`` jobs after the first, each a /runsync
+    round trip at the model's defaults (so PNG encoding, base64 and the local HTTP hop count
+    too: a little more than bench_latency's median, which stops at the image)."""
+    seconds = []
+    for seed in range(2, 2 + jobs):
+        t0 = time.perf_counter()
+        answer = worker.runsync({**JOB, "seed": seed}, timeout=timeout)
+        seconds.append(time.perf_counter() - t0)
+        if answer.get("status") != "COMPLETED" or "error" in (answer.get("output") or {}):
+            return {"error": f"job {seed - 1} after the first failed: {str(answer)[:300]}"}
+    ordered = sorted(seconds)
+    return {"job_s": round(statistics.median(seconds), 3),
+            "job_p95_s": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))], 3),
+            "jobs": len(seconds)}
 
 
 def timings(spawn: float, serving_at: float, received: list[Any]) -> dict[str, Any]:
@@ -273,18 +291,22 @@ def run_all(args: argparse.Namespace, source: Source, work: Path,
                 continue
             if scenario == "warm-weights":
                 shutil.rmtree(cache / "compile", ignore_errors=True)
+            priming = None
             if scenario == "warm-cache" and not any((cache / "compile").glob("*.tar")):
-                log.info("priming the compile cache (one unmeasured boot)")
-                boot_once(scenario_env(scenario, source, cache, args), work, f"prime-{i}",
-                          args.boot_timeout, first_job=False)
+                log.info("priming the compile cache (one boot, kept beside the scenario: its cold compile)")
+                priming = boot_once(scenario_env(scenario, source, cache, args), work, f"prime-{i}",
+                                    args.boot_timeout, first_job=False)
             before = source.hub_requests()
             log.info("boot %d/%d: %s", i + 1, args.repeat, scenario)
             result = boot_once(scenario_env(scenario, source, cache, args), work,
-                               f"{scenario}-{i}", args.boot_timeout, args.first_job)
+                               f"{scenario}-{i}", args.boot_timeout, args.first_job, args.jobs)
             after = source.hub_requests()
             if before is not None and after is not None:
                 result["hub_requests_seen"] = after - before
             result.update(scenario=scenario, repeat=i, compile=scenario_compile(scenario, args))
+            if priming is not None:  # what the same boot cost with nothing compiled yet
+                result["priming_boot"] = {k: priming[k] for k in ("ready_s", "warmup_s", "compile_cache",
+                                                                  "error") if k in priming}
             runs[scenario].append(result)
             checkpoint(runs)
             if "error" in result:
@@ -296,7 +318,7 @@ def run_all(args: argparse.Namespace, source: Source, work: Path,
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     good = [r for r in runs if "error" not in r and "skipped" not in r]
-    keys = (*PARTS, *LOAD_PARTS, "ready_s", "serving_s", "first_job_s")
+    keys = (*PARTS, *LOAD_PARTS, "ready_s", "serving_s", "first_job_s", "job_s", "job_p95_s")
     out = {}
     for key in keys:
         values = [r[key] for r in good if r.get(key) is not None]
@@ -307,7 +329,9 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 def summarize(args: argparse.Namespace, source: Source,
               runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    target = TARGETS.get(args.model) if args.device.startswith("cuda") else None
+    on_gpu = args.device.startswith("cuda")
+    target = coldstart_target(args.model) if on_gpu else None
+    per_image = job_target(args.model) if on_gpu and args.jobs else None
     scenarios = {}
     for name, items in runs.items():
         entry: dict[str, Any] = {"label": SCENARIOS[name], "compile": scenario_compile(name, args)}
@@ -320,11 +344,13 @@ def summarize(args: argparse.Namespace, source: Source,
             entry["errors"] = sum(1 for r in items if "error" in r)
             if target and name == TARGET_SCENARIO:
                 entry["target_ready_s"] = target
+            if per_image and entry["compile"] != "off":
+                entry["target_job_s"] = per_image
         entry["runs"] = [r for r in items if "skipped" not in r]
         scenarios[name] = entry
     return {"what": "coldstart", "mode": record_mode(args.mode), "model": args.model,
             "model_id": source.model_id,
-            "device": args.device, "repeat": args.repeat, "first_job": args.first_job,
+            "device": args.device, "repeat": args.repeat, "first_job": args.first_job, "jobs": args.jobs,
             "command": " ".join(["python", "-m", "warmup.bench_coldstart", *args.argv]),
             "parts": list(PARTS), "machine": machine_info(args.device), "scenarios": scenarios}
 
@@ -355,6 +381,22 @@ def render(result: dict[str, Any]) -> str:
               for entry in result["scenarios"].values() if (m := entry.get("median"))]
     if splits:
         lines += ["", "load split (s), median: " + "; ".join(splits)]
+    for entry in result["scenarios"].values():
+        for run in entry.get("runs", []):
+            if "priming_boot" in run:
+                prime = run["priming_boot"]
+                lines += ["", f"priming boot (the same settings, nothing compiled yet): ready "
+                          f"{prime.get('ready_s', 'failed')} s, warmup {prime.get('warmup_s', '-')} s"]
+    steady = []
+    for entry in result["scenarios"].values():
+        m = entry.get("median") or {}
+        if "job_s" in m:
+            target = entry.get("target_job_s")
+            verdict = f" (target <= {target}: {'met' if m['job_s'] <= target else 'missed'})" if target else ""
+            steady.append(f"{entry['label']}: {m['job_s']} (p95 {m.get('job_p95_s')}){verdict}")
+    if steady:
+        lines += ["", f"seconds per image after the first job ({result.get('jobs')} /runsync round trips "
+                  "at the model's defaults, PNG included), median: " + "; ".join(steady)]
     return "\n".join(lines)
 
 
@@ -374,6 +416,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--first-job", action=argparse.BooleanOptionalAction, default=True,
                         help="time one job after the worker serves")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="after the first job, time this many more: seconds per image from "
+                             "the served worker, in the same run as its cold start")
     parser.add_argument("--endpoint", default=None, help="real mode: HF_ENDPOINT (default: the hub)")
     parser.add_argument("--volume", type=Path, default=None,
                         help="synthetic mode: persistent folder for the written weights "
@@ -403,6 +448,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.extra_env = dict(item.split("=", 1) for item in args.env)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.jobs < 0 or (args.jobs and not args.first_job):
+        parser.error("--jobs needs a non-negative count and --first-job")
     return args
 
 

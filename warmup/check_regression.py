@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from warmup.targets import CACHE_HIT_RATIO
+
 BASELINE = Path(__file__).resolve().parent / "baseline.json"
-THRESHOLDS = {"latency_ratio": 1.15, "coldstart_ratio": 1.25, "cache_hit_ratio_max": 0.25,
+THRESHOLDS = {"latency_ratio": 1.15, "coldstart_ratio": 1.25, "cache_hit_ratio_max": CACHE_HIT_RATIO,
               "psnr_min_db": 30.0}
 _DEFAULT_OPTIONS = {"compile": "regional", "quantize": "none", "attention": "auto"}
 
