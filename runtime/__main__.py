@@ -11,7 +11,6 @@ import sys
 from runtime.announce import Announcer
 from runtime.boot import announce_ready, boot, read_settings, read_webhook_settings, report_failure
 from runtime.boot_report import BootRecord
-from runtime.errors import SettingsError
 from runtime.handler import make_handler
 from runtime.logs import setup_logging
 from runtime.serve import JobSdk
@@ -25,7 +24,7 @@ def main() -> int:
     try:
         with record.stage("settings"):
             settings = read_settings()
-    except SettingsError as exc:
+    except Exception as exc:  # noqa: BLE001 - SettingsError, or a fault reading the environment
         partial = read_webhook_settings()  # the webhook may still be usable: say why we stop
         setup_logging(partial.secrets if partial else ())
         report_failure(Announcer(partial), exc, record)

@@ -119,7 +119,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         return False
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
+    # The allocator's own error, or CUDA's from a library call or a launch (cuBLAS, cuDNN).
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("cuda out of memory" in text
+                                              or "cuda error: out of memory" in text)
 
 
 def _is_fatal_device_error(exc: BaseException) -> bool:

@@ -218,11 +218,21 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 
 
 def _cache_dir(value: str | None, volume_root: Path) -> Path:
+    # expanduser() and home() raise RuntimeError for an unknown user or a process without a home
+    # (a container run as a UID with no passwd entry): a settings error naming the fix.
     if value:
-        return Path(value).expanduser()
+        try:
+            return Path(value).expanduser()
+        except RuntimeError:
+            raise SettingsError(f"VISGATE_CACHE_DIR={value!r}: its '~' names no known home "
+                                "directory; give an absolute path") from None
     if volume_root.is_dir() and os.access(volume_root, os.W_OK):
         return volume_root / "visgate"
-    return Path.home() / ".cache" / "visgate"
+    try:
+        return Path.home() / ".cache" / "visgate"
+    except RuntimeError:
+        raise SettingsError(f"{volume_root} is not mounted and this process has no home directory "
+                            "for a local cache: set VISGATE_CACHE_DIR") from None
 
 
 def _shapes(value: str | None) -> tuple[tuple[int, int], ...]:

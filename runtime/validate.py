@@ -16,6 +16,8 @@ from runtime.errors import JobInputError
 ALLOWED_FIELDS = ("prompt", "num_inference_steps", "guidance_scale", "height", "width", "seed")
 SEED_MAX = 2**32 - 1
 PROMPT_MAX_CHARS = 10_000
+SHOWN_UNKNOWN = 5  # unknown field names echoed in an error, at most
+SHOWN_NAME_CHARS = 40
 
 
 def validate(job_input: Any, defaults: Defaults, rules: SizeRules,
@@ -25,7 +27,10 @@ def validate(job_input: Any, defaults: Defaults, rules: SizeRules,
         raise JobInputError(f"input must be a JSON object, got {_json_type(job_input)}")
     unknown = sorted(set(job_input) - set(ALLOWED_FIELDS))
     if unknown:
-        raise JobInputError(f"unknown field(s) in input: {', '.join(unknown)}; "
+        # Echoed back, so bounded: a few names, each short and on one line.
+        shown = [_short(name) for name in unknown[:SHOWN_UNKNOWN]]
+        more = f" and {len(unknown) - SHOWN_UNKNOWN} more" if len(unknown) > SHOWN_UNKNOWN else ""
+        raise JobInputError(f"unknown field(s) in input: {', '.join(shown)}{more}; "
                             f"allowed: {', '.join(ALLOWED_FIELDS)}")
 
     prompt = job_input.get("prompt")
@@ -37,6 +42,10 @@ def validate(job_input: Any, defaults: Defaults, rules: SizeRules,
         raise JobInputError("Missing or empty 'prompt' in input")
     if len(prompt) > PROMPT_MAX_CHARS:
         raise JobInputError(f"'prompt' is too long: {len(prompt)} characters, at most {PROMPT_MAX_CHARS}")
+    try:
+        prompt.encode("utf-8")  # JSON allows a lone surrogate ("\ud800"); tokenizers do not
+    except UnicodeEncodeError:
+        raise JobInputError("'prompt' must be valid Unicode text (it holds an unpaired surrogate)") from None
 
     lo, hi = limits["num_inference_steps"]
     steps = _integer(job_input, "num_inference_steps", defaults.steps, int(lo), int(hi))
@@ -53,6 +62,11 @@ def validate(job_input: Any, defaults: Defaults, rules: SizeRules,
         seed = random.SystemRandom().randint(0, SEED_MAX)
     return GenerationRequest(prompt=prompt, steps=steps, guidance=guidance, height=height,
                              width=width, seed=seed)
+
+
+def _short(name: Any) -> str:
+    text = " ".join(str(name).split())  # one line
+    return text if len(text) <= SHOWN_NAME_CHARS else text[:SHOWN_NAME_CHARS] + "..."
 
 
 def _json_type(value: Any) -> str:

@@ -93,7 +93,8 @@ def test_input_error_is_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.10 GiB "
                                 "total capacity; 70.02 GiB already allocated)"),
     RuntimeError("CUDA out of memory. Tried to allocate 512.00 MiB"),
-], ids=["OutOfMemoryError", "RuntimeError-text"])
+    RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+], ids=["OutOfMemoryError", "RuntimeError-text", "cuda-error-from-a-library-call"])
 def test_out_of_memory_frees_the_cache_and_says_what_to_reduce(
         exc: BaseException, monkeypatch: pytest.MonkeyPatch) -> None:
     freed: list[bool] = []

@@ -183,6 +183,20 @@ def test_cache_dir_explicit_wins_over_the_volume(mounted_volume: Path, tmp_path:
         Path.home() / "vg"
 
 
+def test_a_cache_dir_no_home_can_resolve_is_a_settings_error(no_volume: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match="VISGATE_CACHE_DIR='~nosuchuser-visgate/c'.*absolute path"):
+        settings({**MODEL, "VISGATE_CACHE_DIR": "~nosuchuser-visgate/c"}, no_volume)
+
+    def homeless() -> Path:  # a container run as a UID with no passwd entry and no $HOME
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(homeless))
+    with pytest.raises(SettingsError, match="no home directory.*set VISGATE_CACHE_DIR"):
+        settings(MODEL, no_volume)
+    assert settings({**MODEL, "VISGATE_CACHE_DIR": "/data/vg"}, no_volume).cache_dir == Path("/data/vg")
+
+
 # ---- secrets and purity -----------------------------------------------------------------------------
 def test_secrets_are_not_in_repr(no_volume: Path) -> None:
     s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ",

@@ -124,6 +124,13 @@ BAD = [
                  f"unknown field(s) in input: num_images, steps; {ALLOWED}", id="unknown-two"),
     pytest.param({"text": "a cat"}, f"unknown field(s) in input: text; {ALLOWED}",
                  id="unknown-without-prompt"),
+    # echoed back bounded: five names, each cut to one short line
+    pytest.param(job(**{f"x{i}": 1 for i in range(50_000)}, **{"a\nb" + "c" * 10**6: 1}),
+                 f"unknown field(s) in input: a b{'c' * 37}..., x0, x1, x10, x100 and 49996 more; "
+                 f"{ALLOWED}", id="unknown-many-and-long"),
+    # JSON can carry a lone surrogate; tokenizers cannot take it
+    pytest.param(job(prompt="a cat \ud800"), "'prompt' must be valid Unicode text",
+                 id="prompt-unpaired-surrogate"),
 ]
 
 
