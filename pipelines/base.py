@@ -105,9 +105,16 @@ class PipelineFamily(ABC):
     # ---- the family's facts ------------------------------------------------------------------
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent: 2 per VAE level after the first (8 for the usual 4-level VAE)."""
-        blocks = self.component_config("vae").get("block_out_channels")
-        return 2 ** (len(blocks) - 1) if blocks else 8
+        """Pixels per latent, as the pipelines compute it: 2 per VAE level after the first (8 for
+        the usual 4-level VAE; 32 for Sana's deep-compression AutoencoderDC), or 2 per temporal
+        downsampling flag (the Qwen-Image/Wan VAE)."""
+        vae = self.component_config("vae")
+        blocks = vae.get("block_out_channels") or vae.get("encoder_block_out_channels")
+        if blocks:
+            return 2 ** (len(blocks) - 1)
+        if vae.get("temperal_downsample"):  # sic: diffusers' spelling
+            return 2 ** len(vae["temperal_downsample"])
+        return 8
 
     @property
     @abstractmethod
@@ -191,6 +198,11 @@ class PipelineFamily(ABC):
             if vae is not None and vae.dtype != vae_dtype:
                 vae.to(dtype=vae_dtype)
 
+    # "pt": tensors stay on the device until the last moment (the uint8 conversion there moves
+    # a quarter of the bytes a float image would). Only for pipelines whose "pt" output is in
+    # [0, 1]: Kandinsky and DeepFloyd IF return [-1, 1] there (the generic family uses "pil").
+    output_type: ClassVar[str] = "pt"
+
     def _run(self, pipe: Any, request: GenerationRequest, generator: Any) -> Any:
         import torch
 
@@ -202,13 +214,16 @@ class PipelineFamily(ABC):
                 height=request.height,
                 width=request.width,
                 generator=generator,
-                # Tensors stay on the device until the last moment: the uint8 conversion
-                # there moves a quarter of the bytes that a float image would.
-                output_type="pt",
+                output_type=self.output_type,
                 **self.call_kwargs(request),
             ).images
-            image = (out[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
-            return image.cpu().numpy()
+            return self.to_uint8(out[0])
+
+    def to_uint8(self, image: Any) -> Any:
+        """One image of the pipeline's ``output_type`` as a HxWx3 uint8 numpy array."""
+        import torch
+
+        return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         d = self.defaults

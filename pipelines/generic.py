@@ -16,18 +16,34 @@ from pipelines.base import Defaults, PipelineFamily, SizeRules
 # diffusers' text-to-image mapping also lists pipelines that need an input image on every call
 # (ControlNet, Control, Kontext): our job contract has no image, so every job would fail.
 _NEEDS_AN_IMAGE = ("ControlNet", "Control", "Kontext")
+# What every job passes (pipelines/base.py): a pipeline whose call takes less (no guidance_scale
+# in Stable Cascade's combined pipeline, no num_inference_steps in Helios' pyramid one) would
+# fail at its first call, so it is not offered.
+_CALL_ARGUMENTS = ("prompt", "num_inference_steps", "guidance_scale", "height", "width", "generator",
+                   "output_type")
+
+
+def _takes_the_job(cls: type) -> bool:
+    params = inspect.signature(cls.__call__).parameters
+    return (any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            or all(name in params for name in _CALL_ARGUMENTS))
 
 
 def text2image_class_names() -> tuple[str, ...]:
-    """Prompt-only pipeline classes AutoPipelineForText2Image can build (diffusers' own mapping)."""
+    """Prompt-only pipeline classes AutoPipelineForText2Image can build (diffusers' own mapping)
+    that take every argument of a job."""
     from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING
 
     return tuple(sorted(cls.__name__ for cls in AUTO_TEXT2IMAGE_PIPELINES_MAPPING.values()
-                        if not any(marker in cls.__name__ for marker in _NEEDS_AN_IMAGE)))
+                        if not any(marker in cls.__name__ for marker in _NEEDS_AN_IMAGE)
+                        and _takes_the_job(cls)))
 
 
 class GenericFamily(PipelineFamily):
     name = "generic"
+    # The pipeline's own post-processing: Kandinsky's and DeepFloyd IF's "pt" images are in
+    # [-1, 1], where a [0, 1] conversion would turn every negative value black.
+    output_type = "pil"
 
     @classmethod
     def matches(cls, model_index: dict[str, Any]) -> bool:
@@ -45,35 +61,47 @@ class GenericFamily(PipelineFamily):
         return {}
 
     @cached_property
-    def _call_defaults(self) -> dict[str, Any]:
+    def _class(self) -> type | None:
         import diffusers
 
-        cls = getattr(diffusers, str(self.model_index.get("_class_name")), None)
-        if cls is None:
+        return getattr(diffusers, str(self.model_index.get("_class_name")), None)
+
+    @cached_property
+    def _call_defaults(self) -> dict[str, Any]:
+        if self._class is None:
             return {}
-        params = inspect.signature(cls.__call__).parameters
+        params = inspect.signature(self._class.__call__).parameters
         return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
 
     @property
     def defaults(self) -> Defaults:
         rules = self.size_rules
-        side = int(self._denoiser_config.get("sample_size", 128)) * self.vae_scale_factor
-        side = max(rules.min_side, min(side, rules.max_side))
-        # A 2K-native model (sample_size 256) would default beyond the pixel limit: every job
-        # without a size would be refused. Serve the largest square the rules allow instead.
-        while side * side > rules.max_pixels and side - rules.factor >= rules.min_side:
-            side -= rules.factor
-        side -= side % rules.factor
+        # The pipeline's own default size where its signature has one (Sana, AuraFlow, Kandinsky
+        # 3: 1024), else what it computes: the denoiser's sample size in latents.
+        fallback = int(self._denoiser_config.get("sample_size", 128)) * self.vae_scale_factor
+        height, width = (value if isinstance(value, int) and not isinstance(value, bool) else fallback
+                         for value in (self._call_defaults.get("height"), self._call_defaults.get("width")))
+        height, width = _fit(height, width, rules)
         steps = self._call_defaults.get("num_inference_steps")
         guidance = self._call_defaults.get("guidance_scale")
         return Defaults(steps=steps if isinstance(steps, int) else 30,
                         guidance=float(guidance) if isinstance(guidance, (int, float)) else 5.0,
-                        height=side, width=side)
+                        height=height, width=width)
 
     @property
     def size_rules(self) -> SizeRules:
+        if self._class is not None and hasattr(self._class, "_pack_latents"):
+            # Latents packed in 2x2 patches (Chroma, Flux 2, Qwen-Image): a side that is not a
+            # multiple of twice the VAE's factor is silently rounded down by the pipeline, and the
+            # image would not have the size the response states.
+            return SizeRules.with_factor(2 * self.vae_scale_factor)
         patch = int(self._denoiser_config.get("patch_size", 1) or 1)
         return SizeRules.with_factor(self.vae_scale_factor * patch)
+
+    def to_uint8(self, image: Any) -> Any:
+        import numpy as np
+
+        return np.asarray(image.convert("RGB"))
 
     @property
     def denoiser_attr(self) -> str:  # type: ignore[override]
@@ -83,3 +111,18 @@ class GenericFamily(PipelineFamily):
         from diffusers import AutoPipelineForText2Image
 
         return AutoPipelineForText2Image
+
+
+def _fit(height: int, width: int, rules: SizeRules) -> tuple[int, int]:
+    """A default size the rules accept: each side within range and on the factor, and scaled
+    down to the pixel limit keeping its aspect (a 2K-native model's own default would be
+    refused on every job that gives no size)."""
+    def side(value: float) -> int:
+        value = max(rules.min_side, min(int(value), rules.max_side))
+        return max(rules.min_side, value - value % rules.factor)
+
+    height, width = side(height), side(width)
+    if height * width > rules.max_pixels:
+        scale = (rules.max_pixels / (height * width)) ** 0.5
+        height, width = side(height * scale), side(width * scale)  # floored: within the limit
+    return height, width

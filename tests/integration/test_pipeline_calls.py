@@ -108,3 +108,35 @@ def test_the_generic_family_serves_a_pipeline_without_a_family_of_its_own(generi
     assert seen == [torch.Size([2, 4, 32, 40])] * 3
     image = family.generate(pipe, _request(steps=2, guidance=7.5, height=256, width=320))
     assert image.shape == (256, 320, 3) and image.std() > 1.0
+
+
+def test_a_generic_image_is_the_pipelines_own(built_tiny_repo, tmp_path):
+    """Kandinsky 3's (and DeepFloyd IF's) "pt" images are in [-1, 1]: a [0, 1] conversion there
+    turned every negative value black. The generic family takes the pipeline's own output."""
+    from diffusers import DDPMScheduler, Kandinsky3Pipeline, Kandinsky3UNet, VQModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    flux = built_tiny_repo("visgate/tiny-flux")  # its tiny T5 serves as Kandinsky 3's encoder
+    torch.manual_seed(0)
+    unet = Kandinsky3UNet(in_channels=4, time_embedding_dim=4, groups=2, attention_head_dim=4,
+                          layers_per_block=3, block_out_channels=(32, 64), cross_attention_dim=4,
+                          encoder_hid_dim=32)
+    # four levels: the pipeline assumes the real MoVQ's 8x (a 2-level one gives 64 px images)
+    movq = VQModel(block_out_channels=[32, 32, 32, 32], in_channels=3, out_channels=3, latent_channels=4,
+                   down_block_types=["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"],
+                   up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3, layers_per_block=1,
+                   norm_num_groups=8, norm_type="spatial", num_vq_embeddings=12, vq_embed_dim=4)
+    Kandinsky3Pipeline(tokenizer=AutoTokenizer.from_pretrained(flux / "tokenizer_2"),
+                       text_encoder=T5EncoderModel.from_pretrained(flux / "text_encoder_2"),
+                       unet=unet, movq=movq, scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+                       ).save_pretrained(tmp_path / "k3", safe_serialization=True)
+    family = detect_family(tmp_path / "k3")
+    assert (family.name, family.variant) == ("generic", "Kandinsky3Pipeline")
+    pipe = family.load(torch.float32, "cpu")
+    request = _request(guidance=3.0)
+    image = family.generate(pipe, request)
+    own = pipe(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=request.guidance,
+               height=request.height, width=request.width, output_type="np",
+               generator=torch.Generator().manual_seed(request.seed)).images[0]
+    assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+    assert np.abs(image.astype(int) - (own * 255).round().astype(int)).max() <= 1

@@ -256,3 +256,36 @@ def test_sdxl_guidance_on_or_off_is_another_compiled_shape(built_tiny_repo: Call
     flux = detect_family(built_tiny_repo("visgate/tiny-flux-dev"))  # guidance is an input there
     assert flux.warm_key(GenerationRequest(prompt="x", steps=1, guidance=3.5, height=1024, width=1024,
                                            seed=0)) == (1024, 1024)
+
+
+# ---- the generic family reads what each pipeline computes ------------------------------------------
+def test_generic_sizes_follow_the_pipelines_own_rules(tmp_path: Path) -> None:
+    # Sana: AutoencoderDC compresses 32x (encoder_block_out_channels), and its call defaults to 1024.
+    sana = detect_family(write_repo(tmp_path / "sana", {"_class_name": "SanaPipeline"}, {
+        "vae/config.json": {"encoder_block_out_channels": [128, 256, 512, 512, 1024, 1024]},
+        "transformer/config.json": {"sample_size": 32, "patch_size": 1}}))
+    assert sana.size_rules.factor == 32
+    assert (sana.defaults.height, sana.defaults.width) == (1024, 1024)
+    # Chroma packs 2x2 latents like FLUX: a side that is not a multiple of 16 would be rounded
+    # down by the pipeline, and the image would not have the size the response states.
+    chroma = detect_family(write_repo(tmp_path / "chroma", {"_class_name": "ChromaPipeline"}, {
+        **VAE8, "transformer/config.json": {"patch_size": 1}}))
+    assert chroma.size_rules.factor == 16
+    # Qwen-Image's VAE states its depth as temporal downsampling flags: 8x, then packed: 16.
+    qwen = detect_family(write_repo(tmp_path / "qwen", {"_class_name": "QwenImagePipeline"}, {
+        "vae/config.json": {"temperal_downsample": [False, True, True]},
+        "transformer/config.json": {"patch_size": 2}}))
+    assert (qwen.vae_scale_factor, qwen.size_rules.factor) == (8, 16)
+
+
+@pytest.mark.parametrize("class_name", ["StableCascadeCombinedPipeline", "QwenImage21Pipeline",
+                                        "HeliosPyramidPipeline"])
+def test_a_pipeline_whose_call_cannot_take_a_job_is_refused_at_boot(tmp_path: Path, class_name: str) -> None:
+    # No guidance_scale (Stable Cascade's combined pipeline, Qwen-Image 2.1) or no
+    # num_inference_steps (Helios' pyramid): every call with the job's arguments would fail.
+    from pipelines.generic import text2image_class_names
+
+    assert class_name not in text2image_class_names()
+    with pytest.raises(BootError) as info:
+        detect_family(write_repo(tmp_path, {"_class_name": class_name}, VAE8))
+    assert_lists_supported(str(info.value))
