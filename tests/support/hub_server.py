@@ -130,6 +130,10 @@ class HubServer:
         # whose client was killed is logged when the server's next write fails, which can be
         # after the test has cleared the log for the next boot's requests).
         self._generation = 0
+        # Requests begun and not yet logged: a client can act on an answer (and a test read the
+        # log) before the server's thread has logged it, under load. requests() waits for them.
+        self._in_flight = 0
+        self._settled = threading.Condition(self._lock)
 
     # ---- set-up --------------------------------------------------------------------------------
     def add_repo(self, repo_id: str, folder: Path, token: str | None = None, gated: bool = False,
@@ -154,14 +158,22 @@ class HubServer:
             self._generation += 1
 
     # ---- what happened ---------------------------------------------------------------------------
-    def requests(self, kind: str | None = None, method: str | None = None) -> list[Logged]:
-        with self._lock:
+    # The longest requests() waits for requests in flight to be logged: a killed client's
+    # download stays in flight until the server's next write fails, and must not stall a test.
+    SETTLE_S = 0.5
+
+    def requests(self, kind: str | None = None, method: str | None = None,
+                 settle: bool = True) -> list[Logged]:
+        deadline = time.monotonic() + (self.SETTLE_S if settle else 0.0)
+        with self._settled:
+            while self._in_flight and (left := deadline - time.monotonic()) > 0:
+                self._settled.wait(left)
             return [r for r in self.log if (kind is None or r.kind == kind)
                     and (method is None or r.method == method)]
 
-    def downloads(self) -> list[Logged]:
+    def downloads(self, settle: bool = True) -> list[Logged]:
         """Requests that sent a file's bytes (GET on resolve for regular files, on cdn for LFS)."""
-        return [r for r in self.requests(method="GET") if r.kind in ("resolve", "cdn")
+        return [r for r in self.requests(method="GET", settle=settle) if r.kind in ("resolve", "cdn")
                 and r.status in (200, 206)]
 
     def blob_of(self, repo_id: str, path: str) -> str:
@@ -221,10 +233,12 @@ class HubServer:
         return None
 
     def _record(self, entry: Logged, sent: int, generation: int) -> None:
-        with self._lock:
+        with self._settled:
             if generation == self._generation:
                 self.log.append(entry)
             self._sent += sent
+            self._in_flight -= 1
+            self._settled.notify_all()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -259,6 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._kind, self._repo_id, self._file, self._blob = "other", "", "", ""
         with self.hub._lock:
             generation = self.hub._generation
+            self.hub._in_flight += 1  # until _record, below, whatever happens
         try:
             if parts[:2] == ["api", "models"] and len(parts) >= 4:
                 self._api(parts[2] + "/" + parts[3], parts[4:], parse_qs(url.query))
@@ -268,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._resolve(parts[0] + "/" + parts[1], parts[3], "/".join(parts[4:]), head)
             elif parts == ["_stats"]:  # for a client in another process (the benchmark)
                 self._kind = "stats"
-                files = self.hub.downloads()
+                files = self.hub.downloads(settle=False)  # this request is in flight itself
                 with self.hub._lock:
                     stats = {"bytes_sent": self.hub._sent, "file_bytes": sum(r.sent for r in files),
                              "requests": sum(1 for r in self.hub.log if r.kind != "stats"),
