@@ -22,9 +22,11 @@ import hmac
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import requests
@@ -138,9 +140,10 @@ def deliver(url: str, body: bytes, event: str, delivery_id: str, policy: RetryPo
             reason += "; budget spent"
             break
         attempt += 1
-        status, retry_after, reason, final = _attempt(session, url, body, event, delivery_id,
-                                                      attempt, min(policy.attempt_timeout, remaining),
-                                                      secret)
+        timeout = min(policy.attempt_timeout, remaining)
+        status, retry_after, reason, final = _within(
+            min(2 * timeout, remaining),
+            partial(_attempt, session, url, body, event, delivery_id, attempt, timeout, secret))
         if status is not None and 200 <= status < 300:
             return Delivery(True, attempt, status, round(time.monotonic() - t0, 3), reason)
         if final:
@@ -158,17 +161,34 @@ def deliver(url: str, body: bytes, event: str, delivery_id: str, policy: RetryPo
     return Delivery(False, attempt, status, round(time.monotonic() - t0, 3), reason)
 
 
+def _within(limit: float, attempt: Callable[[], tuple[int | None, float | None, str, bool]]
+            ) -> tuple[int | None, float | None, str, bool]:
+    """One attempt, given up after ``limit`` seconds of wall clock (the connect and the read
+    timeouts added, within the budget). requests' timeouts bound each connect and each read,
+    not their sum: a receiver or proxy trickling its answer a byte at a time would otherwise
+    hold the worker's readiness for as long as it likes. An abandoned attempt ends on its own
+    read timeout, in a daemon thread; a late delivery carries the same delivery id."""
+    outcome: list[tuple[int | None, float | None, str, bool]] = []
+    thread = threading.Thread(target=lambda: outcome.append(attempt()), name="webhook-attempt",
+                              daemon=True)
+    thread.start()
+    thread.join(limit)
+    if not outcome:
+        return None, None, f"no answer: Timeout, the answer was not complete after {limit:.1f}s", False
+    return outcome[0]
+
+
 def _attempt(session: requests.Session, url: str, body: bytes, event: str, delivery_id: str,
              attempt: int, timeout: float, secret: str | None
              ) -> tuple[int | None, float | None, str, bool]:
     """One POST: (status, retry_after, reason, final). ``final`` means retrying cannot help."""
     headers = {"Content-Type": "application/json", "User-Agent": "visgate-worker",
                EVENT_HEADER: event, DELIVERY_HEADER: delivery_id, ATTEMPT_HEADER: str(attempt)}
-    if secret:
-        timestamp = str(int(time.time()))
-        headers[TIMESTAMP_HEADER] = timestamp
-        headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
     try:
+        if secret:  # inside: announcing never raises (settings refuse a secret that cannot sign)
+            timestamp = str(int(time.time()))
+            headers[TIMESTAMP_HEADER] = timestamp
+            headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
         # stream=True: only the status and headers are needed, so a receiver that sends them and
         # then stalls its body cannot hold the attempt open.
         with session.post(url, data=body, headers=headers, timeout=(timeout, timeout),

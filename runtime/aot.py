@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from runtime.compile_cache import (ABANDONED_TEMP_S, STALE_ARCHIVE_S, atomic_file, mark_used,
                                    remove_older_than)
-from runtime.errors import brief
+from runtime.errors import brief, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +279,10 @@ class AotModule:
     def _discard(self, sig: str, exc: BaseException | None = None) -> None:
         """Forget a signature that failed, and its package if there is one (unusable, or loaded
         but failing to run): the next boot tries afresh instead of failing the same way. Not
-        after running out of memory: that says nothing about a package other workers share."""
-        import torch
-
+        after running out of memory (as a package reports it too: a RuntimeError), which says
+        nothing about a package other workers share."""
         self.store.status.pop(f"{self.name}-{sig}", None)
-        if not isinstance(exc, torch.OutOfMemoryError):
+        if not is_out_of_memory(exc):
             self.store.path(self.name, sig).unlink(missing_ok=True)
 
     def _obtain(self, sig: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Runner:

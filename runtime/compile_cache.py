@@ -250,6 +250,11 @@ def for_boot(cache_dir: Path, model_id: str, model_dir: Path, revision: str, fam
         "options": options, "shapes": [list(s) for s in shapes],
         **environment_key_parts(device),
     }
+    if options.get("compile") == "aot":
+        # An AOTInductor package holds host code compiled for this CPU (-march=native): on a host
+        # whose CPU lacks an instruction it uses, loading it dies of SIGILL, which no fallback
+        # can catch, at every boot. Workers on other CPUs get packages of their own.
+        parts.setdefault("cpu", cpu_model())
     return CompileCache(volume_dir=Path(cache_dir) / "compile", parts=parts)
 
 

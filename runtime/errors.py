@@ -75,3 +75,19 @@ def safe_target(url: str) -> str:
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def is_out_of_memory(exc: BaseException | None) -> bool:
+    """The GPU ran out of memory: the allocator's error, CUDA's own from a library call or a
+    launch (cuBLAS, cuDNN), or either as an AOTInductor package reports it (a RuntimeError)."""
+    if exc is None:
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("cuda out of memory" in text
+                                              or "cuda error: out of memory" in text)

@@ -36,7 +36,7 @@ from runtime.hub.layout import RemoteFile, RepoCache
 from runtime.hub.manifest import Manifest
 from runtime.hub.progress import Progress, human_bytes
 from runtime.hub.runpod import find_snapshot
-from runtime.hub.transfer import Transfer, TransferOptions
+from runtime.hub.transfer import Transfer, TransferOptions, part_size
 from runtime.settings import Settings
 from runtime.warmup import serving_shapes
 
@@ -292,7 +292,8 @@ def _check_disk(cache: RepoCache, files: list[RemoteFile], options: FetchOptions
     cache.blobs.mkdir(parents=True, exist_ok=True)
     missing = {f.blob_name: f for f in _unique(files)
                if not stamp_valid(cache.stamp_path(f), cache.blob(f), f)}
-    partial = sum(p.stat().st_size for name in missing for p in cache.blobs.glob(f"{name}.*.part"))
+    # Other workers rename and remove partial files at any moment: one gone counts for nothing.
+    partial = sum(max(0, part_size(p)) for name in missing for p in cache.blobs.glob(f"{name}.*.part"))
     need = max(0, sum(f.size for f in missing.values()) - partial)
     free = options.disk_free(cache.blobs)
     if need and need + options.disk_reserve_bytes > free:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from pipelines.base import PipelineFamily
 from runtime.encode import PngEncoder
-from runtime.errors import JobInputError, WorkerError, redact
+from runtime.errors import JobInputError, WorkerError, is_out_of_memory, redact
 from runtime.validate import validate
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) 
     if isinstance(exc, JobInputError):
         return {"error": redact(str(exc), secrets), "model_id": model_id}
     response: dict[str, Any] = {"model_id": model_id}
-    if _is_out_of_memory(exc):
+    if is_out_of_memory(exc):
         # The traceback's frames still hold the job's latents and activations: drop them first,
         # or empty_cache() has little to give back.
         traceback.clear_frames(exc.__traceback__)
@@ -116,19 +116,6 @@ def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) 
 def _one_line(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else "no details"
     return line[:MAX_ERROR_CHARS]
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    # The allocator's own error, or CUDA's from a library call or a launch (cuBLAS, cuDNN).
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("cuda out of memory" in text
-                                              or "cuda error: out of memory" in text)
 
 
 def _is_fatal_device_error(exc: BaseException) -> bool:

@@ -119,9 +119,9 @@ def _identity_and_webhook(env: Mapping[str, str]) -> dict[str, Any]:
     """The fields the webhook needs: read by from_env, and alone after a failed from_env."""
     return dict(
         revision=_text(env, "HF_MODEL_REVISION") or "main",
-        hf_token=_text(env, "HF_TOKEN"),
+        hf_token=_secret(env, "HF_TOKEN", "ascii"),  # an HTTP header: a Hugging Face token is ASCII
         webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
-        webhook_secret=_text(env, "VISGATE_WEBHOOK_SECRET"),
+        webhook_secret=_secret(env, "VISGATE_WEBHOOK_SECRET", "utf-8"),
         webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
         webhook_budget=_seconds(env, "VISGATE_WEBHOOK_BUDGET", WEBHOOK_BUDGET_S),
         worker_id=_text(env, "RUNPOD_POD_ID"),
@@ -135,6 +135,20 @@ def _text(env: Mapping[str, str], name: str) -> str | None:
         return None
     value = value.strip()
     return value or None
+
+
+def _secret(env: Mapping[str, str], name: str, encoding: str) -> str | None:
+    """A secret that can be sent: environment bytes that are not text come through as lone
+    surrogates, which would fail only later (signing the ready webhook, after the whole warmup).
+    The message never quotes the value."""
+    value = _text(env, name)
+    if value is not None:
+        try:
+            value.encode(encoding)
+        except UnicodeEncodeError:
+            raise SettingsError(f"{name} holds characters that are not {encoding.upper()} text: "
+                                "set it again") from None
+    return value
 
 
 def _choice(env: Mapping[str, str], name: str, valid: tuple[str, ...], default: str) -> str:

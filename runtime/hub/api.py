@@ -129,7 +129,12 @@ class HubClient:
             try:
                 response = self._get(url, params={"blobs": "true"})
                 self.raise_for(response, revision)
-                return _parse_listing(response.json())
+                try:
+                    data = response.json()
+                except ValueError:  # a proxy's or a captive portal's HTML page: try again
+                    raise TransientHubError(f"{self.host} answered with something that is not "
+                                            "the hub's JSON") from None
+                return _parse_listing(data)
             except TransientHubError as exc:
                 pause = None if attempt == self.options.retries else self.retry_pause(exc, wait)
                 if pause is None:

@@ -86,7 +86,7 @@ class Transfer:
         return 0
 
     def _waiting(self, f: RemoteFile, owner: dict) -> None:
-        have = max((_size(p) for p in self.cache.blobs.glob(f"{f.blob_name}.*.part")), default=0)
+        have = max((part_size(p) for p in self.cache.blobs.glob(f"{f.blob_name}.*.part")), default=0)
         log.info("waiting for %s (pid %s) to download %s: %s of %s so far", owner.get("host", "?"),
                  owner.get("pid", "?"), f.path, human_bytes(have), human_bytes(f.size))
 
@@ -119,10 +119,10 @@ class Transfer:
     def _adopt_partial(self, f: RemoteFile, token: str) -> Path:
         """Take over the longest partial download left by a dead worker; drop the others."""
         mine = self.cache.blobs / f"{f.blob_name}.{token}.part"
-        leftovers = sorted(self.cache.blobs.glob(f"{f.blob_name}.*.part"), key=_size, reverse=True)
+        leftovers = sorted(self.cache.blobs.glob(f"{f.blob_name}.*.part"), key=part_size, reverse=True)
         for candidate in leftovers:
             try:
-                if not mine.exists() and 0 < _size(candidate) <= f.size:
+                if not mine.exists() and 0 < part_size(candidate) <= f.size:
                     os.rename(candidate, mine)
                     log.info("resuming %s from %s", f.path, human_bytes(mine.stat().st_size))
                 else:
@@ -196,7 +196,7 @@ class Transfer:
         return received
 
 
-def _size(path: Path) -> int:
+def part_size(path: Path) -> int:
     """Size of a file another worker may rename or remove at any moment (-1: gone)."""
     try:
         return path.stat().st_size

@@ -210,6 +210,16 @@ def test_hub_errors_without_a_cache(hub: HubServer, tmp_path: Path):
     assert len(hub.requests(kind="api")) == 2  # one retry (FAST), then the clear error
 
 
+def test_a_listing_that_is_not_the_hubs_json_is_retried_then_clear(hub: HubServer, tmp_path: Path):
+    # A proxy's or captive portal's page, answered 200: retried like a 5xx, not a crash.
+    page = b"<html><body>Please log in to the network</body></html>"
+    hub.inject(Fault(kind="api", status=200, body=page))
+    assert fetch(hub_settings(hub, tmp_path), FAST).report["cache"] == "miss"
+    hub.inject(Fault(kind="api", status=200, body=page, times=None))
+    message = fetch_error(hub_settings(hub, tmp_path / "again"))
+    assert "not the hub's JSON" in message and "no complete copy" in message
+
+
 def test_hub_unreachable_without_a_cache(hub: HubServer, tmp_path: Path):
     settings = hub_settings(hub, tmp_path)
     hub.stop()

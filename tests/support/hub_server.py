@@ -96,6 +96,7 @@ class Fault:
     delay_s: float = 0.0
     times: int | None = 1
     headers: dict[str, str] = field(default_factory=dict)  # with an error status: e.g. RateLimit
+    body: bytes | None = None  # with a status: this body instead of the hub's JSON error (HTML)
 
 
 @dataclass(frozen=True)
@@ -334,7 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.delay_s:
             time.sleep(fault.delay_s)
         if fault.status:
-            self._error(fault.status, fault.error_code, "injected fault", fault.headers)
+            self._error(fault.status, fault.error_code, "injected fault", fault.headers, fault.body)
             return None
         return fault
 
@@ -346,7 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.delay_s)
         if fault and fault.status:
             self._repo_id = repo_id
-            self._error(fault.status, fault.error_code, "injected fault", fault.headers)
+            self._error(fault.status, fault.error_code, "injected fault", fault.headers, fault.body)
             return
         revision = rest[1] if len(rest) >= 2 else "main"
         repo = self._repo(repo_id, revision)
@@ -431,11 +432,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- answering ---------------------------------------------------------------------------------
     def _error(self, status: int, code: str | None, message: str,
-               extra: dict[str, str] | None = None) -> None:
-        headers = {"Content-Type": "application/json", "X-Error-Message": message, **(extra or {})}
+               extra: dict[str, str] | None = None, body: bytes | None = None) -> None:
+        headers = {"Content-Type": "application/json" if body is None else "text/html",
+                   "X-Error-Message": message, **(extra or {})}
         if code:
             headers["X-Error-Code"] = code
-        self._send(status, json.dumps({"error": message}).encode(), headers, head=self.command == "HEAD")
+        payload = json.dumps({"error": message}).encode() if body is None else body
+        self._send(status, payload, headers, head=self.command == "HEAD")
 
     def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool,
               cut_after: int | None = None) -> None:

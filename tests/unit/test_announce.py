@@ -12,11 +12,11 @@ import pytest
 
 from runtime import announce
 from runtime.announce import Announcer, RetryPolicy, deliver, sign, verify_signature
-from runtime.retry_after import parse_retry_after
 from runtime.boot import failure_message
 from runtime.boot_report import BootRecord
 from runtime.errors import BootError, SettingsError
 from runtime.logs import RedactSecrets
+from runtime.retry_after import parse_retry_after
 from runtime.settings import Settings, webhook_settings
 from tests.support.receiver import Reply, WebhookReceiver
 
@@ -197,6 +197,43 @@ def test_receiver_that_never_answers_is_bounded_by_the_budget():
         assert len(hook.received) >= 2  # timed out, then retried
     assert not result.delivered and result.status is None and "Timeout" in result.reason
     assert elapsed < policy.budget + 0.5
+
+
+def test_a_receiver_trickling_its_answer_is_bounded_by_the_budget():
+    """requests' timeouts bound each read, not their sum: a receiver (or a proxy) sending its
+    answer a byte every 0.2 s never trips them, and would hold the worker's readiness."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 200:
+                    if stop.wait(0.2):
+                        return
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break
+
+    threading.Thread(target=trickle, daemon=True).start()
+    policy = RetryPolicy(attempt_timeout=0.5, budget=1.5, backoff_base=0.05, backoff_cap=0.1)
+    try:
+        t0 = time.monotonic()
+        result = post(f"http://127.0.0.1:{server.getsockname()[1]}/hook", policy=policy)
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        server.close()
+    assert not result.delivered and "Timeout" in result.reason
+    assert elapsed < policy.budget + 0.5, elapsed
 
 
 def test_connection_refused_is_retried_within_the_budget():

@@ -216,3 +216,22 @@ def test_every_boot_option_that_changes_compiled_code_changes_the_key(tmp_path: 
     assert len({base, *changed}) == len(changed) + 1
     settings = Settings.from_env({"HF_MODEL_ID": "m", "DEVICE": "cpu", "VISGATE_COMPILE": "off"})
     assert compile_cache_for(settings, Path("/x"), None, []) is None  # type: ignore[arg-type]
+
+
+def test_aot_packages_are_keyed_by_the_cpu_on_a_gpu_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Their host code is compiled for the CPU it was built on (-march=native): a package from an
+    # AVX-512 host would kill a worker on a host without it (SIGILL), at every boot.
+    from runtime import compile_cache as cc
+
+    def gpu_parts(device: str) -> dict:  # what a CUDA machine's facts hold: no CPU
+        return {"torch": "2.x", "gpu": "NVIDIA H100 80GB HBM3", "capability": [9, 0]}
+
+    def parts(compile_mode: str, cpu: str) -> dict:
+        monkeypatch.setattr(cc, "cpu_model", lambda: cpu)
+        return cc.for_boot(Path("/c"), "m", Path("/x/abc"), "main", "sdxl", "base", "cuda",
+                           {"compile": compile_mode}, [(1024, 1024)]).parts
+
+    monkeypatch.setattr(cc, "environment_key_parts", gpu_parts)
+    assert parts("aot", "AMD EPYC 9654") != parts("aot", "Intel Xeon Platinum 8480+")
+    # torch.compile's kernels on a GPU are Triton code for the GPU: shared across host CPUs
+    assert parts("regional", "AMD EPYC 9654") == parts("regional", "Intel Xeon Platinum 8480+")

@@ -48,3 +48,19 @@ def test_an_adopted_partial_means_lock_lost_not_a_failed_boot(tmp_path: Path) ->
     part.write_bytes(b"")
     with pytest.raises(LockLost):
         _part_size(part, SimpleNamespace(lost=True))  # type: ignore[arg-type]
+
+
+def test_the_disk_check_ignores_a_partial_file_another_worker_just_moved(tmp_path: Path) -> None:
+    """Between listing the partial files and reading their sizes, another worker may publish or
+    adopt one (a rename): a dangling link stands for it here. The boot must not fail on it."""
+    from runtime.fetch import FetchOptions, _check_disk
+    from runtime.hub.layout import RemoteFile, RepoCache
+
+    cache = RepoCache(tmp_path / "hub", tmp_path / "state", "org/model")
+    weights = RemoteFile(path="unet/w.safetensors", size=1000, sha256="ab" * 32)
+    cache.blobs.mkdir(parents=True)
+    (cache.blobs / f"{weights.blob_name}.live.part").write_bytes(b"x" * 400)
+    (cache.blobs / f"{weights.blob_name}.gone.part").symlink_to(tmp_path / "renamed-away")
+    _check_disk(cache, [weights], FetchOptions(disk_reserve_bytes=0, disk_free=lambda path: 10**9))
+    with pytest.raises(Exception, match="not enough disk space.*600 B more"):
+        _check_disk(cache, [weights], FetchOptions(disk_reserve_bytes=0, disk_free=lambda path: 599))

@@ -198,6 +198,20 @@ def test_a_cache_dir_no_home_can_resolve_is_a_settings_error(no_volume: Path,
 
 
 # ---- secrets and purity -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["VISGATE_WEBHOOK_SECRET", "HF_TOKEN"])
+def test_a_secret_that_is_not_text_is_refused_without_quoting_it(name: str, no_volume: Path) -> None:
+    # Environment bytes that are not UTF-8 reach Python as lone surrogates ("geheim\xe9"): the
+    # signature (or the Authorization header) would fail only after the whole warmup.
+    value = b"geheim\xe9".decode("utf-8", "surrogateescape")
+    with pytest.raises(SettingsError) as info:
+        settings({**MODEL, name: value}, no_volume)
+    assert name in str(info.value) and "geheim" not in str(info.value)
+    if name == "HF_TOKEN":  # an HTTP header: ASCII only
+        with pytest.raises(SettingsError, match="HF_TOKEN holds characters that are not ASCII"):
+            settings({**MODEL, name: "hf_caf\u00e9"}, no_volume)
+
+
+
 def test_secrets_are_not_in_repr(no_volume: Path) -> None:
     s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ",
                   "VISGATE_WEBHOOK": "https://hooks.example/ready?token=tok_QueryToken"}, no_volume)
