@@ -25,6 +25,8 @@ _CALL_ARGUMENTS = ("prompt", "num_inference_steps", "guidance_scale", "height", 
 
 def _takes_the_job(cls: type) -> bool:
     params = inspect.signature(cls.__call__).parameters
+    if "num_frames" in params:  # a video pipeline (Helios): its output has frames, not images
+        return False
     return (any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
             or all(name in params for name in _CALL_ARGUMENTS))
 
@@ -95,8 +97,18 @@ class GenericFamily(PipelineFamily):
             # multiple of twice the VAE's factor is silently rounded down by the pipeline, and the
             # image would not have the size the response states.
             return SizeRules.with_factor(2 * self.vae_scale_factor)
-        patch = int(self._denoiser_config.get("patch_size", 1) or 1)
-        return SizeRules.with_factor(self.vae_scale_factor * patch)
+        if self.component_config("movq"):
+            # Kandinsky 2.2/3 round each side up to a multiple of 64 (8 latent pixels of 8x).
+            return SizeRules.with_factor(64)
+        return SizeRules.with_factor(self.vae_scale_factor * self._patch())
+
+    def _patch(self) -> int:
+        """The transformer's patch side: ``patch_size`` (a list for video models), or Z-Image's
+        ``all_patch_size``; the largest, which every other divides."""
+        config = self._denoiser_config
+        value = config.get("patch_size") or config.get("all_patch_size") or 1
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return max((int(v) for v in values if isinstance(v, (int, float))), default=1)
 
     def to_uint8(self, image: Any) -> Any:
         import numpy as np

@@ -90,7 +90,7 @@ def make_handler(service: Service) -> Callable[[dict[str, Any]], dict[str, Any]]
 def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
     """The one mapping from an exception to the contract's error shape."""
     if isinstance(exc, JobInputError):
-        return {"error": redact(str(exc), secrets), "model_id": model_id}
+        return {"error": _sendable(redact(str(exc), secrets)), "model_id": model_id}
     response: dict[str, Any] = {"model_id": model_id}
     if is_out_of_memory(exc):
         # The traceback's frames still hold the job's latents and activations: drop them first,
@@ -101,7 +101,7 @@ def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) 
         response["error"] = ("CUDA out of memory: reduce height/width (pixels) or "
                              "num_inference_steps and retry; the worker freed its cache")
         return response
-    detail = _one_line(redact(str(exc), secrets))
+    detail = _sendable(_one_line(redact(str(exc), secrets)))
     log.error("job failed: %s: %s", exc.__class__.__name__, detail)
     if _is_fatal_device_error(exc):
         # The CUDA context is poisoned: every later job would fail too. Runpod replaces us.
@@ -111,6 +111,13 @@ def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) 
     kind = "" if isinstance(exc, WorkerError) else f"{exc.__class__.__name__}: "
     response["error"] = f"generation failed: {kind}{detail}"
     return response
+
+
+def _sendable(text: str) -> str:
+    """Text the SDK can send: it encodes replies as UTF-8 (json.dumps(ensure_ascii=False)), and
+    a lone surrogate echoed from the input fails that encoding, which leaves the job unanswered
+    until Runpod's timeout."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _one_line(text: str) -> str:

@@ -104,8 +104,11 @@ def webhook_settings(env: Mapping[str, str]) -> Settings | None:
     None when the webhook is not set or its URL is invalid too; a bad timeout or budget falls back
     to the defaults, since reporting the failure matters more than honouring them.
     """
-    for candidate in (env, {k: v for k, v in env.items()
-                            if k not in ("VISGATE_WEBHOOK_TIMEOUT", "VISGATE_WEBHOOK_BUDGET")}):
+    # Then without what the webhook can do without: bad timings fall back to the defaults, and a
+    # bad HF_TOKEN (its only use here is redaction, and it is not text) is left out.
+    lenient = {k: v for k, v in env.items()
+               if k not in ("VISGATE_WEBHOOK_TIMEOUT", "VISGATE_WEBHOOK_BUDGET")}
+    for candidate in (env, lenient, {k: v for k, v in lenient.items() if k != "HF_TOKEN"}):
         try:
             settings = Settings(model_id=_text(candidate, "HF_MODEL_ID") or "",
                                 **_identity_and_webhook(candidate))

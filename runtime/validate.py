@@ -65,7 +65,8 @@ def validate(job_input: Any, defaults: Defaults, rules: SizeRules,
 
 
 def _short(name: Any) -> str:
-    text = " ".join(str(name).split())  # one line
+    # one line, and text a JSON encoder can send (a lone surrogate would fail the SDK's reply)
+    text = " ".join(str(name).split()).encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= SHOWN_NAME_CHARS else text[:SHOWN_NAME_CHARS] + "..."
 
 

@@ -320,6 +320,7 @@ def test_no_webhook_configured_posts_nothing():
 
 def test_secrets_appear_in_no_log_line_or_body(caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="urllib3")  # whatever an earlier test set it to
     record = BootRecord()
     with record.stage("fetch") as report:
         report["note"] = f"echoed {HF_TOKEN} and {SECRET}"  # a careless stage report
@@ -378,6 +379,12 @@ def test_webhook_settings_survive_another_bad_setting():
     # A bad timeout or budget must not silence the failure report: the defaults stand in.
     partial = webhook_settings({**env, "VISGATE_WEBHOOK_BUDGET": "abc"})
     assert partial is not None and partial.webhook_budget == 30.0
+    # Nor a token that is not text (refused by from_env): the webhook does without it.
+    bad_token = {**env, "HF_TOKEN": "hf_abc" + b"\xff".decode("utf-8", "surrogateescape")}
+    with pytest.raises(SettingsError):
+        Settings.from_env(bad_token)
+    partial = webhook_settings(bad_token)
+    assert partial is not None and partial.hf_token is None and SECRET in partial.secrets
 
 
 @pytest.mark.parametrize("secret", ["true", 'se"cret\\x', "clé-secrète"])

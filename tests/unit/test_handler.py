@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -219,6 +220,16 @@ def test_an_image_of_another_size_than_requested_is_an_error(tiny_flux_service: 
     assert make_handler(tiny_flux_service)(GOOD_JOB) == {
         "error": "generation failed: the pipeline made a 304x256 image for a 320x256 request; this "
                  "size is not supported by this model", "model_id": MODEL_ID}
+
+
+def test_an_error_echoing_a_lone_surrogate_can_still_be_sent(handle: Callable) -> None:
+    # The SDK replies with json.dumps(ensure_ascii=False) encoded as UTF-8: a lone surrogate
+    # echoed from the input (an unknown field's name) would fail there, and the job would hang.
+    response = handle({"input": {"prompt": "x", "\ud800bad": 1}})
+    assert response["error"].startswith("unknown field(s) in input: \\ud800bad;")
+    json.dumps(response, ensure_ascii=False).encode("utf-8")
+    assert job_error(RuntimeError("broken \udcff byte"), MODEL_ID)["error"] == \
+        "generation failed: RuntimeError: broken \\udcff byte"
 
 
 def test_interrupt_is_not_swallowed(handle: Callable, component_that_raises: Callable) -> None:

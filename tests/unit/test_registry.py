@@ -276,13 +276,22 @@ def test_generic_sizes_follow_the_pipelines_own_rules(tmp_path: Path) -> None:
         "vae/config.json": {"temperal_downsample": [False, True, True]},
         "transformer/config.json": {"patch_size": 2}}))
     assert (qwen.vae_scale_factor, qwen.size_rules.factor) == (8, 16)
+    # Kandinsky 3 rounds each side up to a multiple of 64 (its MoVQ, 8x, on 8-latent cells).
+    kandinsky = detect_family(write_repo(tmp_path / "k3", {"_class_name": "Kandinsky3Pipeline"}, {
+        "movq/config.json": {"block_out_channels": [128, 256, 256, 512]}}))
+    assert kandinsky.size_rules.factor == 64 and kandinsky.defaults.height == 1024
+    # Z-Image states its patch as all_patch_size, a list.
+    z_image = detect_family(write_repo(tmp_path / "z", {"_class_name": "ZImagePipeline"}, {
+        **VAE8, "transformer/config.json": {"all_patch_size": [2]}}))
+    assert z_image.size_rules.factor == 16
 
 
 @pytest.mark.parametrize("class_name", ["StableCascadeCombinedPipeline", "QwenImage21Pipeline",
-                                        "HeliosPyramidPipeline"])
+                                        "HeliosPyramidPipeline", "HeliosPipeline"])
 def test_a_pipeline_whose_call_cannot_take_a_job_is_refused_at_boot(tmp_path: Path, class_name: str) -> None:
-    # No guidance_scale (Stable Cascade's combined pipeline, Qwen-Image 2.1) or no
-    # num_inference_steps (Helios' pyramid): every call with the job's arguments would fail.
+    # No guidance_scale (Stable Cascade's combined pipeline, Qwen-Image 2.1), no
+    # num_inference_steps (Helios' pyramid), or video frames instead of images (Helios): every
+    # call with the job's arguments would fail.
     from pipelines.generic import text2image_class_names
 
     assert class_name not in text2image_class_names()
