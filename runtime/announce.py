@@ -134,7 +134,10 @@ def deliver(url: str, body: bytes, event: str, delivery_id: str, policy: RetryPo
     t0 = time.monotonic()
     deadline = t0 + policy.budget
     attempt, status, reason = 0, None, "no attempt made"
+    abandoned: list[list[tuple[int | None, float | None, str, bool]]] = []  # see _within
     while attempt < policy.max_attempts:
+        if (late := _late_success(abandoned)) is not None:
+            return Delivery(True, attempt, late[0], round(time.monotonic() - t0, 3), late[2])
         remaining = deadline - time.monotonic()
         if remaining <= 0.01:
             reason += "; budget spent"
@@ -143,7 +146,8 @@ def deliver(url: str, body: bytes, event: str, delivery_id: str, policy: RetryPo
         timeout = min(policy.attempt_timeout, remaining)
         status, retry_after, reason, final = _within(
             min(2 * timeout, remaining),
-            partial(_attempt, session, url, body, event, delivery_id, attempt, timeout, secret))
+            partial(_attempt, session, url, body, event, delivery_id, attempt, timeout, secret),
+            abandoned)
         if status is not None and 200 <= status < 300:
             return Delivery(True, attempt, status, round(time.monotonic() - t0, 3), reason)
         if final:
@@ -158,22 +162,40 @@ def deliver(url: str, body: bytes, event: str, delivery_id: str, policy: RetryPo
         log.warning("%s webhook to %s: attempt %d failed (%s); retrying in %.1fs", event, target,
                     attempt, reason, wait)
         sleep(wait)
+    if (late := _late_success(abandoned)) is not None:
+        return Delivery(True, attempt, late[0], round(time.monotonic() - t0, 3), late[2])
     return Delivery(False, attempt, status, round(time.monotonic() - t0, 3), reason)
 
 
-def _within(limit: float, attempt: Callable[[], tuple[int | None, float | None, str, bool]]
+def _late_success(abandoned: list[list[tuple[int | None, float | None, str, bool]]]
+                  ) -> tuple[int, float | None, str, bool] | None:
+    """An abandoned attempt that was answered 2xx after all: the receiver has the event."""
+    for outcome in abandoned:
+        if outcome and outcome[0][0] is not None and 200 <= outcome[0][0] < 300:
+            status, retry_after, reason, final = outcome[0]
+            return status, retry_after, f"{reason} (answered late, to an attempt given up on)", final
+    return None
+
+
+def _within(limit: float, attempt: Callable[[], tuple[int | None, float | None, str, bool]],
+            abandoned: list[list[tuple[int | None, float | None, str, bool]]]
             ) -> tuple[int | None, float | None, str, bool]:
     """One attempt, given up after ``limit`` seconds of wall clock (the connect and the read
     timeouts added, within the budget). requests' timeouts bound each connect and each read,
     not their sum: a receiver or proxy trickling its answer a byte at a time would otherwise
     hold the worker's readiness for as long as it likes. An abandoned attempt ends on its own
-    read timeout, in a daemon thread; a late delivery carries the same delivery id."""
+    read timeout, in a daemon thread; its outcome list goes to ``abandoned``, where a late 2xx
+    still counts as delivered (every attempt carries the same delivery id)."""
     outcome: list[tuple[int | None, float | None, str, bool]] = []
     thread = threading.Thread(target=lambda: outcome.append(attempt()), name="webhook-attempt",
                               daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:  # no thread to spare: the attempt runs here, bounded by its timeouts
+        return attempt()
     thread.join(limit)
     if not outcome:
+        abandoned.append(outcome)
         return None, None, f"no answer: Timeout, the answer was not complete after {limit:.1f}s", False
     return outcome[0]
 

@@ -5,6 +5,7 @@ It is logged as one structured JSON line when boot ends and travels in the readi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -77,6 +78,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """The CPU's model and a digest of its instruction-set flags, for keys of compiled host code
+    (-march=native): a hypervisor can hide AVX-512 from one VM of a CPU model and not another."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):  # x86, ARM
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                break
+    except OSError:
+        pass
+    return f"{cpu_model()} [{hashlib.sha256(flags.encode()).hexdigest()[:12]}]"
 
 
 def versions() -> dict[str, str]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from runtime.boot_report import cpu_model, package_version
+from runtime.boot_report import cpu_isa, package_version
 from runtime.errors import brief
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def environment_key_parts(device: str) -> dict[str, Any]:
         parts["capability"] = list(torch.cuda.get_device_capability(device))
     else:
         # CPU code is compiled for this CPU's instruction set.
-        parts["cpu"] = cpu_model()
+        parts["cpu"] = cpu_isa()
     return parts
 
 
@@ -254,7 +254,7 @@ def for_boot(cache_dir: Path, model_id: str, model_dir: Path, revision: str, fam
         # An AOTInductor package holds host code compiled for this CPU (-march=native): on a host
         # whose CPU lacks an instruction it uses, loading it dies of SIGILL, which no fallback
         # can catch, at every boot. Workers on other CPUs get packages of their own.
-        parts.setdefault("cpu", cpu_model())
+        parts.setdefault("cpu", cpu_isa())
     return CompileCache(volume_dir=Path(cache_dir) / "compile", parts=parts)
 
 

@@ -236,6 +236,41 @@ def test_a_receiver_trickling_its_answer_is_bounded_by_the_budget():
     assert elapsed < policy.budget + 0.5, elapsed
 
 
+def test_an_attempt_given_up_on_that_is_answered_2xx_late_counts_as_delivered():
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        connections = 0
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            connections += 1
+            with conn:
+                conn.recv(65536)
+                if connections == 1:  # 200, a byte every 25 ms: past the attempt's 0.6 s limit
+                    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                        if stop.wait(0.025):
+                            return
+                        conn.sendall(bytes([byte]))
+                else:
+                    conn.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    policy = RetryPolicy(attempt_timeout=0.3, budget=4.0, backoff_base=0.2, backoff_cap=0.4)
+    try:
+        result = post(f"http://127.0.0.1:{server.getsockname()[1]}/hook", policy=policy)
+    finally:
+        stop.set()
+        server.close()
+    assert result.delivered and result.status == 200 and "answered late" in result.reason, result
+
+
 def test_connection_refused_is_retried_within_the_budget():
     with WebhookReceiver() as hook:
         url = hook.url

@@ -227,7 +227,7 @@ def test_aot_packages_are_keyed_by_the_cpu_on_a_gpu_too(monkeypatch: pytest.Monk
         return {"torch": "2.x", "gpu": "NVIDIA H100 80GB HBM3", "capability": [9, 0]}
 
     def parts(compile_mode: str, cpu: str) -> dict:
-        monkeypatch.setattr(cc, "cpu_model", lambda: cpu)
+        monkeypatch.setattr(cc, "cpu_isa", lambda: cpu)
         return cc.for_boot(Path("/c"), "m", Path("/x/abc"), "main", "sdxl", "base", "cuda",
                            {"compile": compile_mode}, [(1024, 1024)]).parts
 
