@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime.settings import COMPILE_MODES  # noqa: E402
+from warmup.bench_latency import p95  # noqa: E402
 from warmup.local_worker import LocalWorker, worker_env  # noqa: E402
 from warmup.machine import machine_info, result_path  # noqa: E402
 from warmup.synthetic import record_mode  # noqa: E402
@@ -198,9 +199,7 @@ def steady_jobs(worker: LocalWorker, jobs: int, timeout: float) -> dict[str, Any
         seconds.append(time.perf_counter() - t0)
         if answer.get("status") != "COMPLETED" or "error" in (answer.get("output") or {}):
             return {"error": f"job {seed - 1} after the first failed: {str(answer)[:300]}"}
-    ordered = sorted(seconds)
-    return {"job_s": round(statistics.median(seconds), 3),
-            "job_p95_s": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))], 3),
+    return {"job_s": round(statistics.median(seconds), 3), "job_p95_s": round(p95(seconds), 3),
             "jobs": len(seconds)}
 
 
