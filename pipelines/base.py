@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
+from runtime.errors import WorkerError
+
 if TYPE_CHECKING:
     from pipelines.files import FileSelection, RepoFile
 
@@ -193,10 +195,18 @@ class PipelineFamily(ABC):
         vae = getattr(pipe, "vae", None)
         vae_dtype = getattr(vae, "dtype", None)
         try:
-            return self._run(pipe, request, generator)
+            image = self._run(pipe, request, generator)
         finally:
             if vae is not None and vae.dtype != vae_dtype:
                 vae.to(dtype=vae_dtype)
+        if tuple(image.shape[:2]) != (request.height, request.width):
+            # A pipeline that rounds a size its family's rules let through: an error (in a job, or
+            # at warmup, where it fails the boot), never an image whose size is not the one the
+            # response states.
+            raise WorkerError(f"the pipeline made a {image.shape[1]}x{image.shape[0]} image for a "
+                              f"{request.width}x{request.height} request; this size is not supported "
+                              "by this model")
+        return image
 
     # "pt": tensors stay on the device until the last moment (the uint8 conversion there moves
     # a quarter of the bytes a float image would). Only for pipelines whose "pt" output is in

@@ -140,3 +140,22 @@ def test_a_generic_image_is_the_pipelines_own(built_tiny_repo, tmp_path):
                generator=torch.Generator().manual_seed(request.seed)).images[0]
     assert image.shape == (256, 256, 3) and image.dtype == np.uint8
     assert np.abs(image.astype(int) - (own * 255).round().astype(int)).max() <= 1
+
+
+def test_a_size_the_pipeline_does_not_make_fails_the_warmup(flux_schnell, monkeypatch):
+    """A warmup shape the pipeline rounds: the boot fails at warmup (every job at that size
+    would fail too), with the same message a job would get."""
+    from runtime.boot import failure_message
+    from runtime.boot_report import BootRecord
+    from runtime.errors import WorkerError
+    from runtime.warmup import warmup
+
+    family, pipe = flux_schnell
+    run = family._run
+    monkeypatch.setattr(family, "_run", lambda *args: run(*args)[:-16])
+    record = BootRecord()
+    with pytest.raises(WorkerError) as info, record.stage("warmup"):
+        warmup(family, pipe, [(256, 320)], steps=1)
+    assert failure_message(info.value, (), record.failed_stage) == (
+        "warmup", "the pipeline made a 320x240 image for a 320x256 request; this size is not "
+                  "supported by this model")

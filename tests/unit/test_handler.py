@@ -214,9 +214,9 @@ def test_failure_inside_the_pipeline_then_the_next_job_works(
 def test_an_image_of_another_size_than_requested_is_an_error(tiny_flux_service: Service,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # As a pipeline that rounds the size down does (one its family's size rules missed).
-    generate = tiny_flux_service.family.generate
-    monkeypatch.setattr(tiny_flux_service.family, "generate",
-                        lambda pipe, request: generate(pipe, request)[:, :-16])
+    run = tiny_flux_service.family._run
+    monkeypatch.setattr(tiny_flux_service.family, "_run",
+                        lambda pipe, request, generator: run(pipe, request, generator)[:, :-16])
     assert make_handler(tiny_flux_service)(GOOD_JOB) == {
         "error": "generation failed: the pipeline made a 304x256 image for a 320x256 request; this "
                  "size is not supported by this model", "model_id": MODEL_ID}
