@@ -67,6 +67,13 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+def sendable(text: str) -> str:
+    """Text the SDK can send: it encodes replies as UTF-8 (json.dumps(ensure_ascii=False)), and
+    a lone surrogate echoed from the input fails that encoding, which leaves the job unanswered
+    until Runpod's timeout."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def safe_target(url: str) -> str:
     """A URL as it may be logged: scheme, host and port only (its user-info, path or query may
     hold a token). Shared by the webhook and the hub client."""

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from pipelines.base import PipelineFamily
 from runtime.encode import PngEncoder
-from runtime.errors import JobInputError, WorkerError, is_out_of_memory, redact
+from runtime.errors import JobInputError, WorkerError, is_out_of_memory, redact, sendable
 from runtime.validate import validate
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def make_handler(service: Service) -> Callable[[dict[str, Any]], dict[str, Any]]
 def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
     """The one mapping from an exception to the contract's error shape."""
     if isinstance(exc, JobInputError):
-        return {"error": _sendable(redact(str(exc), secrets)), "model_id": model_id}
+        return {"error": sendable(redact(str(exc), secrets)), "model_id": model_id}
     response: dict[str, Any] = {"model_id": model_id}
     if is_out_of_memory(exc):
         # The traceback's frames still hold the job's latents and activations: drop them first,
@@ -95,7 +95,7 @@ def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) 
         response["error"] = ("CUDA out of memory: reduce height/width (pixels) or "
                              "num_inference_steps and retry; the worker freed its cache")
         return response
-    detail = _sendable(_one_line(redact(str(exc), secrets)))
+    detail = sendable(_one_line(redact(str(exc), secrets)))
     log.error("job failed: %s: %s", exc.__class__.__name__, detail)
     if _is_fatal_device_error(exc):
         # The CUDA context is poisoned: every later job would fail too. Runpod replaces us.
@@ -105,13 +105,6 @@ def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) 
     kind = "" if isinstance(exc, WorkerError) else f"{exc.__class__.__name__}: "
     response["error"] = f"generation failed: {kind}{detail}"
     return response
-
-
-def _sendable(text: str) -> str:
-    """Text the SDK can send: it encodes replies as UTF-8 (json.dumps(ensure_ascii=False)), and
-    a lone surrogate echoed from the input fails that encoding, which leaves the job unanswered
-    until Runpod's timeout."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _one_line(text: str) -> str:

@@ -11,7 +11,7 @@ import random
 from typing import Any, Mapping
 
 from pipelines.base import Defaults, GenerationRequest, SizeRules
-from runtime.errors import JobInputError
+from runtime.errors import JobInputError, sendable
 
 ALLOWED_FIELDS = ("prompt", "num_inference_steps", "guidance_scale", "height", "width", "seed")
 SEED_MAX = 2**32 - 1
@@ -65,8 +65,8 @@ def validate(job_input: Any, defaults: Defaults, rules: SizeRules,
 
 
 def _short(name: Any) -> str:
-    # one line, and text a JSON encoder can send (a lone surrogate would fail the SDK's reply)
-    text = " ".join(str(name).split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    # one line, escaped before it is cut, so the bound holds for what is shown
+    text = sendable(" ".join(str(name).split()))
     return text if len(text) <= SHOWN_NAME_CHARS else text[:SHOWN_NAME_CHARS] + "..."
 
 
