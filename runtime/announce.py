@@ -38,6 +38,9 @@ from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# One attempt's (status, retry_after, reason, final); ``final``: retrying cannot help.
+Outcome = tuple[int | None, float | None, str, bool]
+
 TIMESTAMP_HEADER = "X-Visgate-Timestamp"
 SIGNATURE_HEADER = "X-Visgate-Signature"
 DELIVERY_HEADER = "X-Visgate-Delivery"
@@ -134,7 +137,7 @@ def deliver(url: str, body: bytes, event: str, delivery_id: str, policy: RetryPo
     t0 = time.monotonic()
     deadline = t0 + policy.budget
     attempt, status, reason = 0, None, "no attempt made"
-    abandoned: list[list[tuple[int | None, float | None, str, bool]]] = []  # see _within
+    abandoned: list[list[Outcome]] = []  # see _within
     while attempt < policy.max_attempts:
         if (late := _late_success(abandoned)) is not None:
             return Delivery(True, attempt, late[0], round(time.monotonic() - t0, 3), late[2])
@@ -167,8 +170,7 @@ def deliver(url: str, body: bytes, event: str, delivery_id: str, policy: RetryPo
     return Delivery(False, attempt, status, round(time.monotonic() - t0, 3), reason)
 
 
-def _late_success(abandoned: list[list[tuple[int | None, float | None, str, bool]]]
-                  ) -> tuple[int, float | None, str, bool] | None:
+def _late_success(abandoned: list[list[Outcome]]) -> Outcome | None:
     """An abandoned attempt that was answered 2xx after all: the receiver has the event."""
     for outcome in abandoned:
         if outcome and outcome[0][0] is not None and 200 <= outcome[0][0] < 300:
@@ -177,16 +179,14 @@ def _late_success(abandoned: list[list[tuple[int | None, float | None, str, bool
     return None
 
 
-def _within(limit: float, attempt: Callable[[], tuple[int | None, float | None, str, bool]],
-            abandoned: list[list[tuple[int | None, float | None, str, bool]]]
-            ) -> tuple[int | None, float | None, str, bool]:
+def _within(limit: float, attempt: Callable[[], Outcome], abandoned: list[list[Outcome]]) -> Outcome:
     """One attempt, given up after ``limit`` seconds of wall clock (the connect and the read
     timeouts added, within the budget). requests' timeouts bound each connect and each read,
     not their sum: a receiver or proxy trickling its answer a byte at a time would otherwise
     hold the worker's readiness for as long as it likes. An abandoned attempt ends on its own
     read timeout, in a daemon thread; its outcome list goes to ``abandoned``, where a late 2xx
     still counts as delivered (every attempt carries the same delivery id)."""
-    outcome: list[tuple[int | None, float | None, str, bool]] = []
+    outcome: list[Outcome] = []
     thread = threading.Thread(target=lambda: outcome.append(attempt()), name="webhook-attempt",
                               daemon=True)
     try:
@@ -202,7 +202,7 @@ def _within(limit: float, attempt: Callable[[], tuple[int | None, float | None, 
 
 def _attempt(session: requests.Session, url: str, body: bytes, event: str, delivery_id: str,
              attempt: int, timeout: float, secret: str | None
-             ) -> tuple[int | None, float | None, str, bool]:
+             ) -> Outcome:
     """One POST: (status, retry_after, reason, final). ``final`` means retrying cannot help."""
     headers = {"Content-Type": "application/json", "User-Agent": "visgate-worker",
                EVENT_HEADER: event, DELIVERY_HEADER: delivery_id, ATTEMPT_HEADER: str(attempt)}
