@@ -51,6 +51,7 @@ from runtime.settings import COMPILE_MODES  # noqa: E402
 from warmup.bench_latency import p95  # noqa: E402
 from warmup.local_worker import LocalWorker, worker_env  # noqa: E402
 from warmup.machine import machine_info, result_path  # noqa: E402
+from warmup.report import coldstart_section, machine_label  # noqa: E402
 from warmup.synthetic import record_mode  # noqa: E402
 from warmup.targets import coldstart_target, job_target  # noqa: E402
 
@@ -355,48 +356,9 @@ def summarize(args: argparse.Namespace, source: Source,
 
 
 def render(result: dict[str, Any]) -> str:
-    where = result["machine"].get("gpu") or result["machine"].get("cpu")
-    heads = ["import", *STAGES, "other", "announce"]
-    lines = [f"## cold start: {result['mode']} {result['model']} on {where} "
-             f"(median of {result['repeat']})", "",
-             "| scenario | compile | " + " | ".join(f"{h} s" for h in heads)
-             + " | **ready s** | target | serving s | first job s |",
-             "|---|---|" + "---|" * len(heads) + "---|---|---|---|"]
-    for entry in result["scenarios"].values():
-        if "skipped" in entry:
-            lines.append(f"| {entry['label']} | {entry['compile']} | skipped: {entry['skipped']} |")
-            continue
-        m = entry["median"]
-        cells = [str(m.get(p, "-")) for p in PARTS]
-        target = entry.get("target_ready_s")
-        verdict = "-"
-        if target and "ready_s" in m:
-            verdict = f"<= {target} ({'met' if m['ready_s'] <= target else 'missed'})"
-        lines.append(f"| {entry['label']} | {entry['compile']} | " + " | ".join(cells)
-                     + f" | **{m.get('ready_s', 'failed')}** | {verdict} | {m.get('serving_s', '-')} "
-                     f"| {m.get('first_job_s', '-')} |")
-    splits = [f"{entry['label']}: imports {m.get('load_imports_s', '-')}, CUDA context "
-              f"{m.get('load_device_init_s', '-')}, weights {m.get('load_weights_s', '-')}"
-              for entry in result["scenarios"].values() if (m := entry.get("median"))]
-    if splits:
-        lines += ["", "load split (s), median: " + "; ".join(splits)]
-    for entry in result["scenarios"].values():
-        for run in entry.get("runs", []):
-            if "priming_boot" in run:
-                prime = run["priming_boot"]
-                lines += ["", f"priming boot (the same settings, nothing compiled yet): ready "
-                          f"{prime.get('ready_s', 'failed')} s, warmup {prime.get('warmup_s', '-')} s"]
-    steady = []
-    for entry in result["scenarios"].values():
-        m = entry.get("median") or {}
-        if "job_s" in m:
-            target = entry.get("target_job_s")
-            verdict = f" (target <= {target}: {'met' if m['job_s'] <= target else 'missed'})" if target else ""
-            steady.append(f"{entry['label']}: {m['job_s']} (p95 {m.get('job_p95_s')}){verdict}")
-    if steady:
-        lines += ["", f"seconds per image after the first job ({result.get('jobs')} /runsync round trips "
-                  "at the model's defaults, PNG included), median: " + "; ".join(steady)]
-    return "\n".join(lines)
+    return "\n".join([f"## cold start: {result['mode']} {result['model']} on "
+                      f"{machine_label(result['machine'])} (median of {result['repeat']})", "",
+                      *coldstart_section(result)])
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -174,33 +174,51 @@ def compile_table(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def coldstart_section(r: dict[str, Any]) -> list[str]:
+    """One cold-start result as Markdown: the stage table, each figure beside its target, then
+    the load split, the priming boot and the seconds per image. ``bench_coldstart`` prints it
+    after a run and ``summary.md`` holds it for every result file, so the two cannot drift."""
+    heads = [label for _, label, _ in COLDSTART_PARTS]
+    lines = ["| scenario | compile | " + " | ".join(heads) + " | **ready** | target | serving | first job |",
+             "|---|---|" + "---|" * len(heads) + "---|---|---|---|"]
+    medians = [(s["label"], s["median"]) for s in r["scenarios"].values() if s.get("median")]
+    for scenario in r["scenarios"].values():
+        if "skipped" in scenario:
+            lines.append(f"| {scenario['label']} | {scenario['compile']} | skipped: {scenario['skipped']} |")
+            continue
+        m = scenario.get("median", {})
+        target = scenario.get("target_ready_s")
+        lines.append(f"| {scenario['label']} | {scenario['compile']} | "
+                     + " | ".join(fmt(m.get(key)) for key, _, _ in COLDSTART_PARTS)
+                     + f" | **{fmt(m.get('ready_s'))}** | {verdict(m.get('ready_s'), target) if target else '-'} "
+                     f"| {fmt(m.get('serving_s'))} | {fmt(m.get('first_job_s'))} |")
+    splits = [f"{label}: imports {fmt(m.get('load_imports_s'))}, CUDA context "
+              f"{fmt(m.get('load_device_init_s'))}, weights {fmt(m.get('load_weights_s'))}"
+              for label, m in medians if "load_imports_s" in m]
+    if splits:
+        lines += ["", "Load split (s), median: " + "; ".join(splits) + "."]
+    primes = [run["priming_boot"] for s in r["scenarios"].values() for run in s.get("runs", [])
+              if "priming_boot" in run]
+    for prime in primes:
+        lines += ["", f"Priming boot (the same settings, nothing compiled yet): ready "
+                  f"{fmt(prime.get('ready_s'))} s, warmup {fmt(prime.get('warmup_s'))} s."]
+    steady = [f"{s['label']}: {fmt(s['median']['job_s'])} (p95 {fmt(s['median'].get('job_p95_s'))}"
+              + (f", {verdict(s['median']['job_s'], s['target_job_s'])}" if s.get("target_job_s") else "")
+              + ")" for s in r["scenarios"].values() if "job_s" in s.get("median", {})]
+    if steady:
+        lines += ["", f"Seconds per image after the first job ({r.get('jobs')} `/runsync` round trips "
+                  "at the model's defaults, PNG included), median: " + "; ".join(steady) + "."]
+    return lines
+
+
 def coldstart_tables(items: list[tuple[str, dict[str, Any]]], charts: dict[str, str]) -> list[str]:
     if not items:
         return []
     lines = ["## Cold start: process start to ready webhook (seconds, medians)", ""]
-    heads = [label for _, label, _ in COLDSTART_PARTS]
     for name, r in items:
         lines += [f"### {r['mode']} {r['model']} on {machine_label(r['machine'])}, "
                   f"device {r['device']} ({r['repeat']} boot(s) per scenario)", "",
-                  f"`{r.get('command', '')}`", "",
-                  "| scenario | compile | " + " | ".join(heads) + " | **ready** | target | serving | first job |",
-                  "|---|---|" + "---|" * len(heads) + "---|---|---|---|"]
-        for scenario in r["scenarios"].values():
-            if "skipped" in scenario:
-                lines.append(f"| {scenario['label']} | {scenario['compile']} | skipped: {scenario['skipped']} |")
-                continue
-            m = scenario.get("median", {})
-            target = scenario.get("target_ready_s")
-            lines.append(f"| {scenario['label']} | {scenario['compile']} | "
-                         + " | ".join(fmt(m.get(key)) for key, _, _ in COLDSTART_PARTS)
-                         + f" | **{fmt(m.get('ready_s'))}** | {verdict(m.get('ready_s'), target) if target else '-'} "
-                         f"| {fmt(m.get('serving_s'))} | {fmt(m.get('first_job_s'))} |")
-        steady = [f"{scenario['label']}: {fmt(m['job_s'])} (p95 {fmt(m.get('job_p95_s'))}"
-                  + (f", {verdict(m['job_s'], scenario['target_job_s'])}" if scenario.get("target_job_s") else "")
-                  + ")" for scenario in r["scenarios"].values() if "job_s" in (m := scenario.get("median", {}))]
-        if steady:
-            lines += ["", f"Seconds per image after the first job ({r.get('jobs')} `/runsync` round trips "
-                      "at the model's defaults, PNG included), median: " + "; ".join(steady) + "."]
+                  f"`{r.get('command', '')}`", "", *coldstart_section(r)]
         if name in charts:
             lines += ["", f"![cold start {r['model']}]({charts[name]})"]
         lines.append("")

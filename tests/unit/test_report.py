@@ -79,6 +79,24 @@ def test_figures_stand_beside_their_targets_and_charts_are_pngs(tmp_path: Path) 
         assert f"]({name})" in summary  # embedded
 
 
+def test_the_benchmark_prints_what_the_summary_holds(tmp_path: Path) -> None:
+    from warmup.bench_coldstart import render
+
+    result = coldstart(H100, ready=7.5, target=8.0, job=1.2)
+    scenario = result["scenarios"]["warm-cache"]
+    scenario["median"].update(load_imports_s=2.1, load_device_init_s=0.4, load_weights_s=1.5)
+    scenario["runs"] = [{"ready_s": 7.5, "priming_boot": {"ready_s": 140.0, "warmup_s": 131.0}}]
+    write(tmp_path, "coldstart-gpu.json", result)
+    report.build(tmp_path, tmp_path / "out")
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    printed = render(result)
+    for line in ("imports 2.10, CUDA context 0.40, weights 1.50", "ready 140.00 s, warmup 131.00 s",
+                 "≤ 8: **met**", "1.20 (p95 1.30, ≤ 1.1: **missed**)"):
+        assert line in printed and line in summary
+    table = [line for line in printed.splitlines() if line.startswith("| (c)")]
+    assert table and table[0] in summary
+
+
 def test_no_results_still_writes_a_summary(tmp_path: Path) -> None:
     written = report.build(tmp_path, tmp_path)
     assert [p.name for p in written] == ["summary.md"]
