@@ -8,12 +8,14 @@ never at import time, so settings and validation stay importable without them.
 from __future__ import annotations
 
 import json
+import warnings
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
-from runtime.errors import WorkerError
+from runtime.errors import ImageRejected, WorkerError
 
 if TYPE_CHECKING:
     from pipelines.files import FileSelection, RepoFile
@@ -33,6 +35,9 @@ class Defaults:
 # Beyond it these models leave their training range, a job's time and memory grow past what one
 # request should hold, and a base64 PNG nears Runpod's 10 MB /run limit.
 MAX_PIXELS = 1536 * 1536
+
+NON_FINITE = ("the model produced NaN/inf pixels (a numerical overflow, most often of fp16), so no "
+              "image is returned; try another seed, or VISGATE_PRECISION=bf16 or fp32")
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,7 @@ class PipelineFamily(ABC):
     def _run(self, pipe: Any, request: GenerationRequest, generator: Any) -> Any:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), _invalid_casts() as cast_nan:
             out = pipe(
                 prompt=request.prompt,
                 num_inference_steps=request.steps,
@@ -226,13 +231,24 @@ class PipelineFamily(ABC):
                 generator=generator,
                 output_type=self.output_type,
                 **self.call_kwargs(request),
-            ).images
-            return self.to_uint8(out[0])
+            )
+        if cast_nan:  # a "pil"/"np" pipeline already turned NaN/inf pixels into 0 on the way
+            raise ImageRejected(NON_FINITE)
+        # SD 1.x-style repositories ship a safety checker; diffusers replaces a flagged image
+        # with zeros and says so only in this flag (DeepFloyd IF: nsfw_detected).
+        flags = getattr(out, "nsfw_content_detected", None) or getattr(out, "nsfw_detected", None)
+        if flags and flags[0]:
+            raise ImageRejected("the model's safety checker flagged this image (it was blacked "
+                                "out, so none is returned); try another prompt or seed")
+        with torch.inference_mode():
+            return self.to_uint8(out.images[0])
 
     def to_uint8(self, image: Any) -> Any:
         """One image of the pipeline's ``output_type`` as a HxWx3 uint8 numpy array."""
         import torch
 
+        if not bool(torch.isfinite(image).all()):  # NaN would cast to 0: a black "success"
+            raise ImageRejected(NON_FINITE)
         return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
@@ -240,3 +256,36 @@ class PipelineFamily(ABC):
         return {"family": self.name, "variant": self.variant,
                 "defaults": {"num_inference_steps": d.steps, "guidance_scale": d.guidance,
                              "height": d.height, "width": d.width}}
+
+
+@contextmanager
+def _invalid_casts() -> Iterator[list[str]]:
+    """Yields a list that is non-empty after the block if numpy cast NaN/inf to an integer in it:
+    how diffusers' "pil"/"np" post-processing turns a numerical overflow into black pixels
+    (``(images * 255).round().astype("uint8")``), with only this warning to show for it. Every
+    other warning is passed on as it would have been. (Jobs run one at a time: the warning filters
+    are process-wide.)"""
+    found: list[str] = []
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            yield found
+    finally:
+        _pass_on(caught, found)
+
+
+def _pass_on(caught: list[warnings.WarningMessage], found: list[str]) -> None:
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning) and "invalid value encountered in cast" in str(w.message):
+            found.append(str(w.message))
+            continue
+        # Shown once per text and place for the process, as Python's default filter would
+        # (catching resets its registry, so a pipeline's per-call warning would repeat every job).
+        seen = (str(w.message), w.category, w.filename, w.lineno)
+        if seen not in _SHOWN:
+            _SHOWN.add(seen)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+_SHOWN: set[tuple[Any, ...]] = set()

@@ -10,7 +10,7 @@ import inspect
 from functools import cached_property
 from typing import Any
 
-from pipelines.base import Defaults, PipelineFamily, SizeRules
+from pipelines.base import Defaults, GenerationRequest, PipelineFamily, SizeRules
 
 
 # diffusers' text-to-image mapping also lists pipelines that need an input image on every call
@@ -89,6 +89,14 @@ class GenericFamily(PipelineFamily):
         return Defaults(steps=steps if isinstance(steps, int) else 30,
                         guidance=float(guidance) if isinstance(guidance, (int, float)) else 5.0,
                         height=height, width=width)
+
+    def warm_key(self, request: GenerationRequest) -> tuple[Any, ...]:
+        # Pipelines with a do_classifier_free_guidance switch (SD 1.x/2.x, SD3, PixArt, ...) run
+        # the denoiser at batch 2 with guidance > 1 and at batch 1 without: another graph, as in
+        # SDXL. Elsewhere guidance changes no shape.
+        if self._class is not None and hasattr(self._class, "do_classifier_free_guidance"):
+            return (request.height, request.width, request.guidance > 1)
+        return (request.height, request.width)
 
     @property
     def size_rules(self) -> SizeRules:

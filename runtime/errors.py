@@ -33,6 +33,12 @@ class UnsupportedModelError(BootError):
         super().__init__(message, stage="boot")
 
 
+class ImageRejected(WorkerError):
+    """The pipeline ran, but its image must not be returned as a success: the model's safety
+    checker blacked it out, or it holds NaN/inf (a numerical overflow), which would encode as a
+    black PNG. The worker itself is fine: the next job runs normally."""
+
+
 class JobInputError(WorkerError):
     """The job's input is invalid; the message names the field and what is allowed."""
 
@@ -96,5 +102,6 @@ def is_out_of_memory(exc: BaseException | None) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("cuda out of memory" in text
-                                              or "cuda error: out of memory" in text)
+    return isinstance(exc, RuntimeError) and any(marker in text for marker in (
+        "cuda out of memory", "cuda error: out of memory",
+        "cublas_status_alloc_failed", "cudnn_status_alloc_failed"))  # a library's workspace

@@ -27,6 +27,9 @@ FATAL_DEVICE_MARKERS = (
     "cuda error: misaligned address", "an illegal instruction", "ecc error",
     "uncorrectable", "cudaerrorlaunchfailure", "cublas_status_execution_failed",
     "cuda driver error", "device not ready", "nvml", "gpu has fallen off the bus",
+    # A lost or hung GPU, or a corrupted kernel: the context is gone with it.
+    "cuda error: unknown error", "launch timed out", "hardware stack error",
+    "invalid program counter", "busy or unavailable",
 )
 MAX_ERROR_CHARS = 500
 

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from pipelines.base import GenerationRequest, PipelineFamily
-from runtime.errors import BootError, JobInputError
+from runtime.errors import BootError, ImageRejected, JobInputError
 from runtime.validate import check_shape
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,16 @@ def warmup(family: PipelineFamily, pipe: Any, shapes: list[tuple[int, int]],
     for request in warmup_requests(family, shapes, steps):
         height, width = request.height, request.width
         t0 = time.perf_counter()
-        family.generate(pipe, request)  # raises if the model does not serve this size
-        seconds = round(time.perf_counter() - t0, 3)
-        log.info("warmup %dx%d, %d steps: %.2fs", width, height, steps, seconds)
-        runs.append({"height": height, "width": width, "steps": steps, "seconds": seconds})
+        run: dict[str, Any] = {"height": height, "width": width, "steps": steps}
+        try:
+            family.generate(pipe, request)  # raises if the model does not serve this size
+        except ImageRejected as exc:
+            # The whole pipeline ran (every graph is warm); only its image is unusable, which a
+            # job would report as its error. A warning, not a failed boot: a 2-step warmup
+            # image is noise, and the safety checker's verdict on it says nothing of real jobs.
+            log.warning("warmup %dx%d: the image was rejected: %s", width, height, exc)
+            run["rejected"] = str(exc)
+        run["seconds"] = round(time.perf_counter() - t0, 3)
+        log.info("warmup %dx%d, %d steps: %.2fs", width, height, steps, run["seconds"])
+        runs.append(run)
     return runs

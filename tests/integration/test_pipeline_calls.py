@@ -159,3 +159,90 @@ def test_a_size_the_pipeline_does_not_make_fails_the_warmup(flux_schnell, monkey
     assert failure_message(info.value, (), record.failed_stage) == (
         "warmup", "the pipeline made a 320x240 image for a 320x256 request; this size is not "
                   "supported by this model")
+
+
+# ---- images that must not come back as a success ------------------------------------------------
+def _job(family: Any, pipe: Any, **fields: Any) -> dict[str, Any]:
+    """One job through the real handler (validate -> generate -> encode -> job_error)."""
+    from runtime.encode import PngEncoder
+    from runtime.handler import Service, make_handler
+
+    service = Service(model_id="tiny", family=family, pipe=pipe, encoder=PngEncoder())
+    job = {"prompt": "a red bicycle", "num_inference_steps": 2, "height": 256, "width": 256, "seed": 3}
+    return make_handler(service)({"input": {**job, **fields}})
+
+
+def _nan_out(module: torch.nn.Module) -> Any:
+    """Every output of ``module`` NaN, as an fp16 overflow leaves it."""
+    def poison(_module: Any, _args: Any, out: Any) -> Any:
+        if isinstance(out, tuple):
+            return (out[0] * float("nan"), *out[1:])
+        if hasattr(out, "sample"):
+            out.sample = out.sample * float("nan")
+            return out
+        return out * float("nan")
+    return module.register_forward_hook(poison)
+
+
+@pytest.mark.parametrize("model", ["flux_schnell", "generic_sd"])
+def test_nan_pixels_are_an_error_not_a_black_image(model, request):
+    """FLUX's "pt" output, and the generic family's PIL one (where diffusers has already cast NaN
+    to 0): both were served as a black PNG. Now the job fails with a reason and the worker serves
+    the next job as before."""
+    from pipelines.base import NON_FINITE
+
+    family, pipe = request.getfixturevalue(model)
+    before = _job(family, pipe)
+    hook = _nan_out(pipe.transformer if model == "flux_schnell" else pipe.unet)
+    try:
+        response = _job(family, pipe)
+    finally:
+        hook.remove()
+    assert response == {"error": f"generation failed: {NON_FINITE}", "model_id": "tiny"}
+    assert _job(family, pipe) == before  # nothing left behind
+
+
+def test_a_safety_checker_verdict_is_an_error_not_a_black_image(generic_sd):
+    """SD 1.x repositories ship a safety checker: diffusers blacks out a flagged image and says so
+    only in a flag, so the job came back a "success" of zeros. A real checker here (tiny CLIP),
+    its concept thresholds set so that it flags every image."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    family, pipe = generic_sd
+    tiny = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(
+        text_config={**tiny, "vocab_size": 1000}, vision_config={**tiny, "image_size": 32, "patch_size": 4},
+        projection_dim=32)).eval()
+    extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    checked = type(pipe)(**{**pipe.components, "safety_checker": checker, "feature_extractor": extractor})
+    assert set(_job(family, checked)) == {"image_base64", "model_id", "seed", "height", "width"}
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(-10.0)  # every image over every threshold
+    response = _job(family, checked)
+    assert response["model_id"] == "tiny" and set(response) == {"error", "model_id"}
+    assert "safety checker flagged this image" in response["error"]
+
+
+def test_a_rejected_warmup_image_warns_and_the_boot_goes_on(flux_schnell, caplog):
+    """The pipeline ran whole (every graph warm): only the image is unusable."""
+    from runtime.warmup import warmup
+
+    family, pipe = flux_schnell
+    hook = _nan_out(pipe.vae.decoder)
+    try:
+        runs = warmup(family, pipe, [(256, 256)], steps=1)
+    finally:
+        hook.remove()
+    assert runs[0]["rejected"].startswith("the model produced NaN/inf pixels")
+    assert "the image was rejected" in caplog.text
+
+
+def test_the_generic_warm_key_knows_classifier_free_guidance(generic_sd, flux_schnell):
+    """SD runs its UNet at batch 2 with guidance > 1: a guidance-0 job is another graph, which a
+    compiled worker must name as not warmed up (as SDXL's key does)."""
+    family, _ = generic_sd
+    assert family.warm_key(_request(guidance=7.5)) != family.warm_key(_request(guidance=0.0))
+    assert family.warm_key(_request(guidance=7.5)) == family.warm_key(_request(guidance=2.0))
+    flux, _ = flux_schnell  # no such switch: guidance changes no shape
+    assert flux.warm_key(_request(guidance=7.5)) == flux.warm_key(_request(guidance=0.0))

@@ -95,7 +95,10 @@ def test_input_error_is_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
                                 "total capacity; 70.02 GiB already allocated)"),
     RuntimeError("CUDA out of memory. Tried to allocate 512.00 MiB"),
     RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
-], ids=["OutOfMemoryError", "RuntimeError-text", "cuda-error-from-a-library-call"])
+    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+], ids=["OutOfMemoryError", "RuntimeError-text", "cuda-error-from-a-library-call", "cublas-workspace",
+        "cudnn-workspace"])
 def test_out_of_memory_frees_the_cache_and_says_what_to_reduce(
         exc: BaseException, monkeypatch: pytest.MonkeyPatch) -> None:
     freed: list[bool] = []
@@ -115,7 +118,13 @@ def test_out_of_memory_frees_the_cache_and_says_what_to_reduce(
     "CUDA error: unspecified launch failure",
     "CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx( handle, opa, opb, m, n, k)`",
     "NVML_SUCCESS == r INTERNAL ASSERT FAILED: CUDA driver error: unknown",
-], ids=["illegal-memory-access", "device-assert", "launch-failure", "cublas", "driver"])
+    "CUDA error: unknown error",  # the usual face of a GPU lost from the host
+    "CUDA error: the launch timed out and was terminated",
+    "CUDA error: hardware stack error",
+    "CUDA error: invalid program counter",
+    "CUDA error: CUDA-capable device(s) is/are busy or unavailable",
+], ids=["illegal-memory-access", "device-assert", "launch-failure", "cublas", "driver", "unknown",
+        "timeout", "stack", "program-counter", "busy"])
 def test_unrecoverable_device_error_replaces_the_worker(message: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handler_module, "_free_device_memory", lambda: pytest.fail("not an OOM"))
