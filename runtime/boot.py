@@ -54,7 +54,8 @@ def boot(settings: Settings, record: BootRecord) -> Service:
         tuning = optimize(loaded, settings, aot_store=aot_store_for(cache))
         report.update(tuning.as_dict())
     with record.stage("warmup") as report:
-        report["runs"] = warm_with_fallback(lambda: warmup(loaded.family, loaded.pipe, shapes), tuning)
+        report["runs"] = warm_with_fallback(lambda: warmup(loaded.family, loaded.pipe, shapes), tuning,
+                                            discard_restored=cache.discard if cache else None)
         if cache and tuning.compiled:
             report["compile_cache"] = compile_cache.finish(cache)
         serve_stance(tuning)

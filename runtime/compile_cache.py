@@ -109,6 +109,21 @@ class CompileCache:
             self.status["restored"] = "corrupt"
         return self.status
 
+    def discard(self) -> bool:
+        """Throw away what ``activate`` restored, here and on the volume, because its compiled
+        code failed (runtime/optimize.warm_with_fallback). Returns whether there was any: the
+        archive is then rewritten after warmup (``finish``), or, if compiling fails again, the
+        next boot compiles from nothing instead of failing the same way."""
+        if self.status.get("restored") != "hit":
+            return False
+        shutil.rmtree(self.local_dir / INDUCTOR_DIR_NAME, ignore_errors=True)
+        try:
+            self.archive.unlink(missing_ok=True)
+        except OSError as exc:  # a read-only volume: nothing better to do than keep serving
+            log.warning("compile cache %s could not be removed (%s)", self.archive.name, brief(exc))
+        self.status["restored"] = "discarded"
+        return True
+
     def _restore(self) -> None:
         import torch
 

@@ -295,8 +295,15 @@ def serve_stance(report: OptimizationReport) -> None:
         wrapper.frozen = True
 
 
-def warm_with_fallback(run: Callable[[], Any], report: OptimizationReport) -> Any:
-    """Run warmup; if compiled code fails there, serve eagerly rather than not at all."""
+def warm_with_fallback(run: Callable[[], Any], report: OptimizationReport,
+                       discard_restored: Callable[[], bool] | None = None) -> Any:
+    """Run warmup; if compiled code fails there, serve eagerly rather than not at all.
+
+    ``discard_restored``: drops the compile cache this boot restored, if it did (returns whether
+    it had). Compiled code that fails after a restore is most likely the archive's: a damaged
+    shared library or source inside an intact tar passes the restore, and the archive would then
+    make every later boot fail the same way and serve eagerly for good. So it is thrown away and
+    warmup compiles once more from scratch, which rewrites it."""
     try:
         return run()
     except Exception as exc:
@@ -304,6 +311,14 @@ def warm_with_fallback(run: Callable[[], Any], report: OptimizationReport) -> An
             raise
         import torch
 
+        if discard_restored is not None and discard_restored():
+            log.warning("compiled warmup failed with the restored compile cache (%s); discarded "
+                        "it, compiling from scratch", brief(exc))
+            torch._dynamo.reset()
+            try:
+                return run()
+            except Exception as again:
+                exc = again
         log.warning("compiled warmup failed (%s); serving eagerly", brief(exc))
         torch.compiler.set_stance("force_eager")
         for wrapper in report.aot_modules:

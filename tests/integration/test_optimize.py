@@ -6,6 +6,7 @@ torch.compile works on CPU, so everything here is the real thing, only slower th
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -271,6 +272,40 @@ def test_compile_cache_hit_in_a_fresh_process_and_recovery_from_corruption(
     with tarfile.open(archive) as tar:
         assert json.load(tar.extractfile("meta.json"))["key"] == archive.stem
 
+    # Damage inside an intact tar (tar checksums cover headers only): the restore succeeds, the
+    # compiled code fails. The archive used to stay, and every later boot served eagerly; now
+    # the boot discards it, compiles from scratch, serves compiled and writes it anew.
+    assert _damage_shared_libraries(archive) > 0
+    damaged = _compiled_worker(start_worker, volume, tmp_path / "local-4")
+    log = damaged.log_text()
+    record = _boot_record(log)
+    image = png_tools.decode_b64(damaged.runsync(job)["output"]["image_base64"])
+    damaged.stop()
+    status = record["stages"]["warmup"]["compile_cache"]
+    assert status["restored"] == "discarded" and status["saved_bytes"] > 0, status
+    assert "discarded it, compiling from scratch" in log
+    assert "compile" in record["stages"]["optimize"]["applied"]  # still compiled, not eager
+    assert np.array_equal(image, reference)
+    with tarfile.open(archive) as tar:
+        assert all(tar.extractfile(m).read(5) != b"\x7fELF\0" for m in tar.getmembers() if m.name.endswith(".so"))
+
+
+def _damage_shared_libraries(archive: Path) -> int:
+    """Rewrite ``archive`` with every compiled .so inside replaced by garbage; return how many."""
+    entries = []
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            entries.append((member, tar.extractfile(member).read() if member.isfile() else None))
+    damaged = 0
+    with tarfile.open(archive, "w") as tar:
+        for member, data in entries:
+            if data is not None and member.name.endswith(".so"):
+                data, damaged = b"\x7fELF\0" + bytes(100), damaged + 1
+            if data is not None:
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data) if data is not None else None)
+    return damaged
+
 
 def test_a_baked_directory_with_only_fp16_files_loads_its_variant(built_tiny_repo, tmp_path):
     from runtime.fetch import fetch
@@ -327,6 +362,32 @@ def test_a_compiled_warmup_failure_falls_back_to_eager_and_says_so():
         assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 3.0))
         assert sum(counters["inductor"].values()) == before  # force_eager: nothing compiled
     finally:
+        torch.compiler.set_stance("default")
+
+
+@pytest.mark.parametrize("second_try_works", [True, False])
+def test_a_failure_with_a_restored_cache_discards_it_and_compiles_once_more(second_try_works):
+    from runtime.optimize import OptimizationReport, warm_with_fallback
+
+    report = OptimizationReport(applied={"compile": "FluxTransformer2DModel repeated blocks"})
+    calls, discarded = [], []
+
+    def run() -> str:
+        calls.append(1)
+        if len(calls) == 1 or (len(calls) == 2 and not second_try_works):
+            raise RuntimeError("InductorError: bad shared library")
+        return "warm"
+
+    try:
+        assert warm_with_fallback(run, report, discard_restored=lambda: discarded.append(1) or True) == "warm"
+        assert discarded == [1]
+        if second_try_works:  # compiled from scratch: still compiled
+            assert len(calls) == 2 and "compile" in report.applied
+        else:  # then eager, as without a cache
+            assert len(calls) == 3 and "compile" not in report.applied
+    finally:
+        import torch
+
         torch.compiler.set_stance("default")
 
 
