@@ -275,6 +275,74 @@ def test_shellcheck_flags_a_known_bad_script(tmp_path: Path) -> None:
     assert result.returncode != 0 and "SC2086" in result.stdout
 
 
+# ---- scripts/setup.sh ------------------------------------------------------------------------------
+SETUP = ROOT / "scripts" / "setup.sh"
+
+
+def older_python() -> str | None:
+    """A Python older than 3.11 on this machine, if there is one (pyenv's, or one on PATH)."""
+    candidates = sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3"), reverse=True)
+    candidates += [Path(p) for n in range(10, 5, -1) if (p := shutil.which(f"python3.{n}"))]
+    for candidate in candidates:
+        try:
+            result = subprocess.run([str(candidate), "-c", "import sys; print(sys.version_info[:2] < (3, 11))"],
+                                    capture_output=True, text=True, timeout=30)
+        except OSError:
+            continue
+        if result.returncode == 0 and result.stdout.strip() == "True":
+            return str(candidate)
+    return None
+
+
+def run_setup(python: str, venv: Path, *, check: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHON": python, "VISGATE_VENV": str(venv)}
+    env.pop("VISGATE_SETUP_CHECK", None)
+    if check:
+        env["VISGATE_SETUP_CHECK"] = "1"  # say what would be done, change nothing: no installs here
+    return subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=ROOT)
+
+
+def test_setup_refuses_a_python_older_than_3_11_before_building_anything(tmp_path: Path) -> None:
+    old = older_python()
+    if old is None:
+        pytest.skip("no Python older than 3.11 on this machine")
+    venv = tmp_path / "venv"
+    result = run_setup(old, venv)  # not the check mode: the refusal must come before any work
+    assert result.returncode != 0
+    assert "needs Python 3.11 or newer" in result.stderr and "PYTHON=" in result.stderr, result.stderr
+    assert "VISGATE_VENV" in result.stderr
+    assert not venv.exists(), "no venv may be built by a Python the pins cannot install on"
+    result = run_setup(str(tmp_path / "no-such-python"), venv)
+    assert result.returncode != 0 and "cannot run" in result.stderr and not venv.exists()
+
+
+def test_setup_rebuilds_a_venv_made_by_another_python(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    result = run_setup(sys.executable, venv, check=True)
+    assert result.returncode == 0, result.stderr
+    assert f"venv {venv}: create; packages: install" in result.stdout and not venv.exists()
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    result = run_setup(sys.executable, venv, check=True)
+    assert result.returncode == 0 and ": keep; packages: install" in result.stdout, result.stdout
+    old = older_python()
+    if old is None:
+        pytest.skip("no Python older than 3.11 on this machine to make a stale venv with")
+    stale = tmp_path / "stale"
+    subprocess.run([old, "-m", "venv", "--without-pip", str(stale)], check=True, timeout=60)
+    (stale / ".requirements.sha256").write_text("a stamp from before\n")
+    result = run_setup(sys.executable, stale, check=True)
+    assert result.returncode == 0, result.stderr
+    assert ": rebuild (made by Python 3." in result.stdout and "packages: install" in result.stdout
+    assert (stale / ".requirements.sha256").read_text() == "a stamp from before\n", "check mode changed it"
+
+
+def test_setup_stamp_names_the_interpreter() -> None:
+    text = SETUP.read_text()
+    stamp_input = re.search(r'want="\$\(\{ echo "([^"]*)"', text)
+    assert stamp_input and "$py_version" in stamp_input.group(1), "a venv of another Python must be reinstalled"
+
+
 # ---- build-and-push.sh -----------------------------------------------------------------------------
 def tools_without_docker(tmp_path: Path) -> Path:
     """A PATH holding only what the script needs, and no docker: what a machine without Docker has."""
