@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the worker image, tag it `latest` and the date (YYYYMMDD), and push both to Docker Hub.
+# Build the worker image, tag it `latest` and an immutable build tag (UTC date-time, git commit,
+# `-dirty` for uncommitted changes: 20261127-142501-4f846bc), and push both to Docker Hub.
 # Run `./build-and-push.sh --help` for the options; `--dry-run` prints every command instead.
 set -euo pipefail
 
@@ -14,8 +15,10 @@ usage() {
   cat <<EOF
 Usage: ./build-and-push.sh [options]
 
-Builds the image from ./Dockerfile, tags it ${DOCKER_USER}/${IMAGE_NAME}:latest and
-${DOCKER_USER}/${IMAGE_NAME}:\$(date +%Y%m%d), and pushes both tags.
+Builds the image from ./Dockerfile, tags it ${DOCKER_USER}/${IMAGE_NAME}:latest and with a
+build tag that no later push reuses, ${DOCKER_USER}/${IMAGE_NAME}:YYYYMMDD-HHMMSS-COMMIT (UTC
+date-time and git short commit, then -dirty when tracked files have uncommitted changes), and
+pushes both tags. --xformers and --bake-model add a suffix to both (latest-xformers, ...).
 
 Options:
   --dry-run            print every command (login, build, tag, push) without running any;
@@ -24,7 +27,9 @@ Options:
   --xformers           build with INSTALL_XFORMERS=1 (xformers matched to the image's torch)
   --bake-model ID      bake model ID's weights into the image (BAKE_MODEL); a gated or private
                        model needs HF_TOKEN in the environment, passed as a BuildKit secret
-  --build-arg K=V      pass a further build argument to docker build (repeatable)
+  --build-arg K=V      pass a further build argument to docker build (repeatable); not
+                       BAKE_MODEL or INSTALL_XFORMERS: use --bake-model and --xformers, which
+                       also give the image its own tags
   -h, --help           show this help
 
 Environment:
@@ -66,6 +71,10 @@ while [ "$#" -gt 0 ]; do
       shift ;;
     --build-arg)
       [ "$#" -ge 2 ] && [[ "$2" == *=* ]] || die "--build-arg needs KEY=VALUE"
+      case "${2%%=*}" in
+        BAKE_MODEL) die "--build-arg BAKE_MODEL=...: use --bake-model ID, which tags the image apart (:latest-<model>) instead of replacing :latest" ;;
+        INSTALL_XFORMERS) die "--build-arg INSTALL_XFORMERS=...: use --xformers, which tags the image apart (:latest-xformers) instead of replacing :latest" ;;
+      esac
       BUILD_ARGS+=(--build-arg "$2")
       shift ;;
     -h|--help) usage; exit 0 ;;
@@ -76,7 +85,17 @@ done
 
 IMAGE="${DOCKER_USER}/${IMAGE_NAME}"
 LATEST_TAG="latest${VARIANT}"
-DATE_TAG="$(date +%Y%m%d)${VARIANT}"
+# The build tag names when and from what the image was built, so a second push never overwrites
+# a tag an endpoint already runs: UTC date-time, git short commit, `-dirty` when tracked files
+# differ from that commit (untracked files are not counted, as with `git describe --dirty`).
+command -v git >/dev/null 2>&1 || die "git not found: the build tag names the commit the image is built from"
+COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" \
+  || die "$ROOT is not a git checkout with a commit: the build tag names the commit the image is built from"
+DIRTY=""
+if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no)" ]; then
+  DIRTY="-dirty"
+fi
+DATE_TAG="$(date -u +%Y%m%d-%H%M%S)-${COMMIT}${DIRTY}${VARIANT}"
 
 # Print a command (each word single-quoted when it needs to be), then run it unless dry run.
 run() {

@@ -275,12 +275,80 @@ def test_shellcheck_flags_a_known_bad_script(tmp_path: Path) -> None:
     assert result.returncode != 0 and "SC2086" in result.stdout
 
 
+# ---- scripts/setup.sh ------------------------------------------------------------------------------
+SETUP = ROOT / "scripts" / "setup.sh"
+
+
+def older_python() -> str | None:
+    """A Python older than 3.11 on this machine, if there is one (pyenv's, or one on PATH)."""
+    candidates = sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3"), reverse=True)
+    candidates += [Path(p) for n in range(10, 5, -1) if (p := shutil.which(f"python3.{n}"))]
+    for candidate in candidates:
+        try:
+            result = subprocess.run([str(candidate), "-c", "import sys; print(sys.version_info[:2] < (3, 11))"],
+                                    capture_output=True, text=True, timeout=30)
+        except OSError:
+            continue
+        if result.returncode == 0 and result.stdout.strip() == "True":
+            return str(candidate)
+    return None
+
+
+def run_setup(python: str, venv: Path, *, check: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHON": python, "VISGATE_VENV": str(venv)}
+    env.pop("VISGATE_SETUP_CHECK", None)
+    if check:
+        env["VISGATE_SETUP_CHECK"] = "1"  # say what would be done, change nothing: no installs here
+    return subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=ROOT)
+
+
+def test_setup_refuses_a_python_older_than_3_11_before_building_anything(tmp_path: Path) -> None:
+    old = older_python()
+    if old is None:
+        pytest.skip("no Python older than 3.11 on this machine")
+    venv = tmp_path / "venv"
+    result = run_setup(old, venv)  # not the check mode: the refusal must come before any work
+    assert result.returncode != 0
+    assert "needs Python 3.11 or newer" in result.stderr and "PYTHON=" in result.stderr, result.stderr
+    assert "VISGATE_VENV" in result.stderr
+    assert not venv.exists(), "no venv may be built by a Python the pins cannot install on"
+    result = run_setup(str(tmp_path / "no-such-python"), venv)
+    assert result.returncode != 0 and "cannot run" in result.stderr and not venv.exists()
+
+
+def test_setup_rebuilds_a_venv_made_by_another_python(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    result = run_setup(sys.executable, venv, check=True)
+    assert result.returncode == 0, result.stderr
+    assert f"venv {venv}: create; packages: install" in result.stdout and not venv.exists()
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    result = run_setup(sys.executable, venv, check=True)
+    assert result.returncode == 0 and ": keep; packages: install" in result.stdout, result.stdout
+    old = older_python()
+    if old is None:
+        pytest.skip("no Python older than 3.11 on this machine to make a stale venv with")
+    stale = tmp_path / "stale"
+    subprocess.run([old, "-m", "venv", "--without-pip", str(stale)], check=True, timeout=60)
+    (stale / ".requirements.sha256").write_text("a stamp from before\n")
+    result = run_setup(sys.executable, stale, check=True)
+    assert result.returncode == 0, result.stderr
+    assert ": rebuild (made by Python 3." in result.stdout and "packages: install" in result.stdout
+    assert (stale / ".requirements.sha256").read_text() == "a stamp from before\n", "check mode changed it"
+
+
+def test_setup_stamp_names_the_interpreter() -> None:
+    text = SETUP.read_text()
+    stamp_input = re.search(r'want="\$\(\{ echo "([^"]*)"', text)
+    assert stamp_input and "$py_version" in stamp_input.group(1), "a venv of another Python must be reinstalled"
+
+
 # ---- build-and-push.sh -----------------------------------------------------------------------------
 def tools_without_docker(tmp_path: Path) -> Path:
     """A PATH holding only what the script needs, and no docker: what a machine without Docker has."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("bash", "env", "date", "grep", "dirname", "tail", "cat"):
+    for name in ("bash", "env", "date", "grep", "dirname", "tail", "cat", "git"):
         found = shutil.which(name)
         assert found, name
         (bin_dir / name).symlink_to(found)
@@ -302,17 +370,35 @@ printf '%s' "$1" >> "{log}"; shift; printf ' %s' "$@" >> "{log}"; printf '\\n' >
 
 
 def run_script(args: list[str], path: Path, env: dict[str, str] | None = None,
-               tmp_path: Path | None = None) -> subprocess.CompletedProcess[str]:
+               tmp_path: Path | None = None, script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
     base = {"PATH": str(path), "HOME": str(tmp_path or "/nonexistent")}
     if tmp_path is not None:
         base["ENV_FILE"] = str(tmp_path / "no.env.local")  # never the developer's own file
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60,
                           env={**base, **(env or {})}, cwd=ROOT)
 
 
-def today_tags() -> set[str]:
-    # The script reads the date once; the test brackets it so a run across midnight still passes.
-    return {dt.date.today().strftime("%Y%m%d")}
+BUILD_TAG = re.compile(r"(\d{8}-\d{6})-([0-9a-f]{7,40})(-dirty)?")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
+                          timeout=60).stdout.strip()
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0, tzinfo=None)
+
+
+def check_build_tag(tag: str, repo: Path, before: dt.datetime, after: dt.datetime) -> re.Match[str]:
+    """The build tag: the UTC date-time of the run, the checkout's short commit, -dirty as git says."""
+    match = BUILD_TAG.match(tag)
+    assert match, f"{tag!r} is not YYYYMMDD-HHMMSS-COMMIT[-dirty]"
+    assert before <= dt.datetime.strptime(match.group(1), "%Y%m%d-%H%M%S") <= after, tag
+    assert match.group(2) == git(repo, "rev-parse", "--short", "HEAD")
+    dirty = bool(git(repo, "status", "--porcelain", "--untracked-files=no"))
+    assert bool(match.group(3)) == dirty, f"{tag}: the tree is {'dirty' if dirty else 'clean'}"
+    return match
 
 
 def command_lines(stdout: str) -> list[str]:
@@ -320,9 +406,9 @@ def command_lines(stdout: str) -> list[str]:
 
 
 def test_dry_run_prints_build_tag_and_push_without_docker(tmp_path: Path) -> None:
-    before = today_tags()
+    before = utc_now()
     result = run_script(["--dry-run"], tools_without_docker(tmp_path), tmp_path=tmp_path)
-    tags = before | today_tags()
+    after = utc_now()
     assert result.returncode == 0, result.stderr
     lines = command_lines(result.stdout)
     assert len(lines) == 4, result.stdout
@@ -331,7 +417,7 @@ def test_dry_run_prints_build_tag_and_push_without_docker(tmp_path: Path) -> Non
     assert "-t visgateai/inference:latest" in build
     assert "--platform linux/amd64" in build and build.endswith(str(ROOT))
     date_tag = tag.split(":")[-1]
-    assert date_tag in tags and re.fullmatch(r"\d{8}", date_tag)
+    assert check_build_tag(date_tag, ROOT, before, after).end() == len(date_tag)
     assert tag == f"docker tag visgateai/inference:latest visgateai/inference:{date_tag}"
     assert push_latest == "docker push visgateai/inference:latest"
     assert push_date == f"docker push visgateai/inference:{date_tag}"
@@ -349,10 +435,68 @@ def test_dry_run_honours_user_image_name_and_build_options(tmp_path: Path) -> No
     # A baked or xformers build is tagged apart: it must never become plain `latest`.
     assert "-t someone/worker:latest-xformers-tiny-flux " in build + " "
     assert lines[1].endswith("-xformers-tiny-flux")
+    assert BUILD_TAG.fullmatch(lines[1].split(":")[-1].removesuffix("-xformers-tiny-flux"))
     assert "--build-arg INSTALL_XFORMERS=1" in build
     assert "--build-arg BAKE_MODEL=visgate/tiny-flux" in build
     assert "--secret" not in build  # no HF_TOKEN: nothing to pass
     assert "push" not in result.stdout.replace("not pushed", "") and "login" not in result.stdout
+
+
+def test_build_tag_is_unique_per_build_and_names_the_commit(tmp_path: Path) -> None:
+    """A second push (same day, or same commit) never overwrites a build tag a worker runs."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    script = repo / "build-and-push.sh"
+    shutil.copy2(SCRIPT, script)
+    (repo / "Dockerfile").write_text("FROM scratch\n")
+    ident = ["-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=60)
+    git(repo, "add", ".")
+    git(repo, *ident, "commit", "-q", "-m", "one")
+    bin_dir = tools_without_docker(tmp_path)
+
+    def build_tag(*args: str) -> str:
+        result = run_script(["--dry-run", "--no-push", *args], bin_dir, tmp_path=tmp_path, script=script)
+        assert result.returncode == 0, result.stderr
+        return command_lines(result.stdout)[1].split(":")[-1]
+
+    before = utc_now()
+    clean = build_tag()
+    (repo / "notes.txt").write_text("untracked: not part of the commit, not counted\n")
+    assert not build_tag().endswith("-dirty"), "an untracked file makes no tag dirty"
+    check_build_tag(clean, repo, before, utc_now())
+    assert not clean.endswith("-dirty")
+    (repo / "Dockerfile").write_text("FROM scratch\nLABEL changed=1\n")
+    dirty = build_tag()
+    check_build_tag(dirty, repo, before, utc_now())
+    assert dirty.endswith(f"-{git(repo, 'rev-parse', '--short', 'HEAD')}-dirty")
+    assert build_tag("--xformers").endswith("-dirty-xformers")
+    git(repo, *ident, "commit", "-q", "-am", "two")
+    second = build_tag()
+    assert second.split("-")[2] != clean.split("-")[2], "another commit, another tag"
+    check_build_tag(second, repo, before, utc_now())
+    # Outside a git checkout there is no commit to name: a clear error, not an ambiguous tag.
+    shutil.rmtree(repo / ".git")
+    result = run_script(["--dry-run"], bin_dir, tmp_path=tmp_path, script=script)
+    assert result.returncode != 0 and "not a git checkout" in result.stderr
+
+
+@pytest.mark.parametrize("arg, flag", [("BAKE_MODEL=org/model", "--bake-model"),
+                                       ("INSTALL_XFORMERS=1", "--xformers")])
+def test_variant_build_args_are_refused_for_the_flags_that_tag_them_apart(
+        tmp_path: Path, arg: str, flag: str) -> None:
+    """Passed as a raw build argument, a baked or xformers image would be pushed as plain :latest."""
+    bin_dir = tools_without_docker(tmp_path)
+    log = tmp_path / "docker.log"
+    fake_docker(bin_dir, log)
+    for args in (["--dry-run", "--build-arg", arg], ["--build-arg", arg], ["--build-arg", "X=1", "--build-arg", arg]):
+        result = run_script(args, bin_dir, tmp_path=tmp_path)
+        assert result.returncode != 0, result.stdout
+        assert flag in result.stderr and ":latest" in result.stderr, result.stderr
+        assert "docker build" not in result.stdout and not log.exists()
+    result = run_script(["--dry-run", "--no-push", "--build-arg", "XFORMERS_VERSION=0.0.1"], bin_dir,
+                        tmp_path=tmp_path)
+    assert result.returncode == 0 and "--build-arg XFORMERS_VERSION=0.0.1" in result.stdout
 
 
 def test_token_from_env_file_logs_in_through_stdin_and_is_never_printed(tmp_path: Path) -> None:
