@@ -283,7 +283,10 @@ class AotModule:
         nothing about a package other workers share."""
         self.store.status.pop(f"{self.name}-{sig}", None)
         if not is_out_of_memory(exc):
-            self.store.path(self.name, sig).unlink(missing_ok=True)
+            try:
+                self.store.path(self.name, sig).unlink(missing_ok=True)
+            except OSError:  # a read-only volume (EROFS comes before "missing"): still fall back
+                pass
 
     def _obtain(self, sig: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Runner:
         path = self.store.path(self.name, sig)
@@ -298,15 +301,20 @@ class AotModule:
             except Exception as exc:  # noqa: BLE001 - corrupt, truncated or from another build
                 log.warning("aot package %s unusable (%s); compiling again", path.name, brief(exc))
                 entry["previous"] = f"unusable ({exc.__class__.__name__})"
-        self._compile(path, args, kwargs)
-        runner = self._runner(path, entry)
+        built = self._compile(path, args, kwargs)
+        if built != path:
+            entry["volume"] = "not written: this boot runs a local copy, the next compiles again"
+        runner = self._runner(built, entry)
         entry.update(result="compiled", seconds=round(time.perf_counter() - t0, 3),
-                     bytes=path.stat().st_size)
+                     bytes=built.stat().st_size)
         log.info("aot: compiled %s for a new input signature in %.1fs (%s)", self.name,
                  entry["seconds"], path.name)
         return runner
 
-    def _compile(self, path: Path, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _compile(self, path: Path, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Path:
+        """Export and compile the module into a package; keep it at ``path`` on the volume and
+        return that, or, where the volume cannot take it (read-only, full), return a local copy:
+        minutes of compiling are not thrown away over a file that could not be shared."""
         import torch
 
         self.uninstall()  # export traces the module's own forward, not this wrapper
@@ -320,11 +328,21 @@ class AotModule:
         lifted = list(program.graph_signature.lifted_tensor_constants)
         if lifted:  # tensors made in forward: not the module's, so nothing to bind them to
             raise Unsupported(f"tensor constants outside the module's state: {lifted[:3]}")
-        with tempfile.TemporaryDirectory(prefix="visgate-aot-") as tmp:
-            local = Path(tmp) / "package.pt2"
+        local = Path(tempfile.mkdtemp(prefix="visgate-aot-")) / "package.pt2"
+        try:
             torch._inductor.aoti_compile_and_package(program, package_path=str(local),
                                                      inductor_configs=dict(PACKAGE_CONFIGS))
+        except BaseException:
+            shutil.rmtree(local.parent, ignore_errors=True)
+            raise
+        try:
             self.store.put(local, path)
+        except OSError as exc:
+            log.warning("aot package %s not kept on the volume (%s); running the local copy",
+                        path.name, brief(exc))
+            return local  # in this container's temporary directory, for the process's lifetime
+        shutil.rmtree(local.parent, ignore_errors=True)
+        return path
 
     def _runner(self, path: Path, entry: dict[str, Any]) -> _Runner:
         import torch

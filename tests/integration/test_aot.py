@@ -291,3 +291,31 @@ def test_a_package_that_failed_is_removed_so_the_next_boot_compiles_it(tmp_path)
         wrapper._discard("other", oom)
         assert store.path("linear", "other").exists()
     wrapper.uninstall()
+
+
+def test_a_volume_that_takes_no_package_still_serves_it_compiled(tmp_path):
+    """A read-only or full volume, or a file where the folder should be: the package compiled
+    for minutes is run from a local copy (it used to be thrown away, and the module fell back
+    to eager through a second error raised while discarding it)."""
+    import torch
+
+    from runtime.aot import AotModule, AotStore
+
+    (tmp_path / "compile").write_text("not a folder")  # every write under it fails
+    store = AotStore(tmp_path / "compile" / "aot", "k")
+    module = torch.nn.Linear(4, 3)
+    fell_back = []
+    wrapper = AotModule(module, "linear", store, "cpu", fallback=lambda: fell_back.append(1) or "eager")
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(x, module.weight, module.bias)
+        out = module(x)
+    try:
+        assert fell_back == [] and torch.allclose(out, expected, atol=1e-5)
+        (entry,) = store.status.values()
+        assert entry["result"] == "compiled" and entry["volume"].startswith("not written"), entry
+        assert len(wrapper.runners) == 1
+        # the volume entry is still unusable, so discarding it must not raise either
+        wrapper._discard(next(iter(wrapper.runners)))
+    finally:
+        wrapper.uninstall()
