@@ -205,7 +205,30 @@ def attention(ctx: Context) -> str:
     except Exception as exc:  # backend library missing or unsupported on this GPU
         raise Skip(f"{choice} unavailable: {brief(exc, 120)}; "
                    "using PyTorch SDPA") from exc
+    try:
+        _probe_attention(target, _BACKENDS[choice])
+    except Exception as exc:
+        # Accepted but cannot run here (cuDNN attention on a CPU or with fp32, FlashAttention
+        # with fp32, ...): it would fail the warmup, and with it the boot.
+        # Not reset_attention_backend(): it leaves diffusers' process-wide active backend set.
+        target.set_attention_backend(_BACKENDS["sdpa"])
+        raise Skip(f"{choice} cannot run here ({brief(exc, 120)}); using PyTorch SDPA") from exc
     return choice
+
+
+def _probe_attention(denoiser: Any, backend: str) -> None:
+    """One small attention call through diffusers' dispatcher, on the denoiser's device and
+    dtype at its head size: what the backend's checks and kernels would meet at warmup."""
+    import torch
+    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+
+    weight = next(denoiser.parameters())
+    head_dim = denoiser.config.get("attention_head_dim", 64)
+    head_dim = head_dim if isinstance(head_dim, int) else 64
+    q = torch.randn(1, 16, 2, head_dim, device=weight.device,
+                    dtype=weight.dtype if weight.is_floating_point() else torch.bfloat16)
+    with torch.no_grad():
+        dispatch_attention_fn(q, q, q, backend=AttentionBackendName(backend))
 
 
 def channels_last(ctx: Context) -> str:
@@ -338,6 +361,12 @@ STEPS: tuple[tuple[str, Callable[[Context], str]], ...] = (
 )
 
 
+def _asked_for(step: str, settings: Settings) -> bool:
+    """Whether ``step`` runs because a setting asked for it rather than by default."""
+    return {"attention": settings.attention != "auto", "quantize": settings.quantize != "none",
+            "compile": settings.compile != "off"}.get(step, False)
+
+
 def optimize(loaded: Loaded, settings: Settings, aot_store: "AotStore | None" = None) -> OptimizationReport:
     report = OptimizationReport()
     ctx = Context(loaded=loaded, settings=settings, report=report, aot_store=aot_store)
@@ -348,6 +377,9 @@ def optimize(loaded: Loaded, settings: Settings, aot_store: "AotStore | None" = 
             log.info("optimization %s: %s", name, report.applied[name])
         except Skip as skip:
             report.skipped[name] = str(skip)
-            log.info("optimization %s skipped: %s", name, skip)
+            # What the user set and does not get is a warning; a default that does not apply
+            # here (fp8 unset, attention "auto" on a CPU) is only information.
+            level = logging.WARNING if _asked_for(name, settings) else logging.INFO
+            log.log(level, "optimization %s skipped: %s", name, skip)
         report.seconds[name] = round(time.perf_counter() - t0, 3)
     return report

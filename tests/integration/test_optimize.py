@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -59,17 +60,26 @@ def _request(height: int = 256, width: int = 256, seed: int = 5, steps: int = 2)
      {"quantize": "int8-weight (torchao) on linear layers of transformer; lossy"}, {}),
     ("visgate/tiny-flux", {"VISGATE_ATTENTION": "flash3"}, {}, {"attention": "flash3 unavailable"}),
     ("visgate/tiny-flux", {"VISGATE_ATTENTION": "sdpa"}, {"attention": "sdpa"}, {}),
+    # accepted by diffusers, but no cuDNN attention on a CPU: it failed the boot at warmup
+    ("visgate/tiny-flux", {"VISGATE_ATTENTION": "cudnn"}, {}, {"attention": "cudnn cannot run here"}),
     ("visgate/tiny-sdxl", {"VISGATE_ATTENTION": "flash"}, {"fuse_qkv": "UNet2DConditionModel QKV fused"},
      {"attention": "not dispatchable for UNet2DConditionModel"}),
     ("visgate/tiny-sdxl", {"VISGATE_PRECISION": "bf16"}, {"precision": "bf16"}, {}),
     # the UNet's xformers path is its attention processors (no xformers on this machine)
     ("visgate/tiny-sdxl", {"VISGATE_ATTENTION": "xformers"}, {}, {"attention": "xformers unavailable"}),
 ])
-def test_each_option_reports_applied_or_skipped(built_tiny_repo, model, env, applied, skipped):
+def test_each_option_reports_applied_or_skipped(built_tiny_repo, model, env, applied, skipped, caplog):
     from runtime.optimize import optimize
 
     loaded, settings = _loaded(built_tiny_repo(model), **env)
-    report = optimize(loaded, settings)
+    with caplog.at_level(logging.INFO, logger="runtime.optimize"):
+        report = optimize(loaded, settings)
+    # an option the user set and does not get is a warning; a default skipped is information
+    for record in caplog.records:
+        if "skipped" in record.getMessage():
+            step = record.args[0]
+            asked = {"attention": "VISGATE_ATTENTION", "quantize": "VISGATE_QUANTIZE"}.get(step) in env
+            assert record.levelno == (logging.WARNING if asked else logging.INFO), record.getMessage()
     for name, detail in applied.items():
         assert name in report.applied and detail in report.applied[name], report.as_dict()
     for name, reason in skipped.items():
