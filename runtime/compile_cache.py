@@ -52,6 +52,9 @@ def environment_key_parts(device: str) -> dict[str, Any]:
         "cuda": torch.version.cuda, "triton": package_version("triton"),
         "diffusers": package_version("diffusers"), "torchao": package_version("torchao"),
         "machine": platform.machine(),
+        # The attention kernels compiled in: VISGATE_ATTENTION=auto picks FlashAttention 3 where
+        # it is installed, so the same options name different code with and without it.
+        "attention_libraries": {name: package_version(name) for name in ("flash_attn_3", "flash_attn", "xformers")},
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         parts["gpu"] = torch.cuda.get_device_name(device)

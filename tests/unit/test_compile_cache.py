@@ -49,6 +49,10 @@ def test_key_covers_what_invalidates_compiled_code() -> None:
                     _boot_parts(model_dir=Path("/x/def456")), _boot_parts(variant="schnell")):
         assert make_key(changed) != make_key(base)
     assert make_key({**base, "torch": "9.9.9"}) != make_key(base)
+    # "auto" attention resolves to FlashAttention 3 where it is installed: other kernels
+    assert base["attention_libraries"].keys() == {"flash_attn_3", "flash_attn", "xformers"}
+    with_fa3 = {**base, "attention_libraries": {**base["attention_libraries"], "flash_attn_3": "3.0.0"}}
+    assert make_key(with_fa3) != make_key(base)
 
 
 def test_missing_archive_is_a_miss_and_points_inductor_at_a_local_dir(tmp_path: Path) -> None:
