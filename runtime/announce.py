@@ -58,6 +58,8 @@ BACKOFF_CAP_S = 10.0
 # A hard cap on attempts besides the budget: a receiver answering 503 instantly must not be
 # hit dozens of times within one budget.
 MAX_ATTEMPTS = 6
+# The body's fields that can carry foreign text, redacted before sending (see Announcer.body).
+FOREIGN_TEXT_FIELDS = ("error", "boot")
 
 
 # ---- signing ------------------------------------------------------------------------------------
@@ -293,10 +295,16 @@ class Announcer:
             "endpoint_id": settings.endpoint_id,
             "boot": _record_dict(record),
         }
-        # A safety net: no stage report or foreign message may carry a secret to the receiver.
-        # Redacted value by value, before encoding: replacing in the JSON text could hit a
-        # secret that equals a literal (true, a number) or miss one that JSON escapes.
-        clean = _redact_values(json.loads(json.dumps(payload, default=str)), settings.secrets)
+        clean = json.loads(json.dumps(payload, default=str))
+        # A safety net: no foreign text may carry a secret to the receiver. Only the fields that
+        # can hold some (the error message, the stage reports: an exception's text, a URL) are
+        # redacted, and only their values: the fields and keys the worker writes itself (status,
+        # stage, family, model_id, ...) go out as written. Value by value, after a JSON round
+        # trip and before encoding: replacing in the JSON text could hit a secret that equals a
+        # literal (true, a number) or miss one that JSON escapes.
+        for name in FOREIGN_TEXT_FIELDS:
+            if name in clean:
+                clean[name] = _redact_values(clean[name], settings.secrets)
         return json.dumps(clean).encode()  # insertion order: stages in boot order
 
 
@@ -304,7 +312,7 @@ def _redact_values(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, str):
         return redact(value, secrets)
     if isinstance(value, dict):
-        return {redact(k, secrets): _redact_values(v, secrets) for k, v in value.items()}
+        return {k: _redact_values(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact_values(v, secrets) for v in value]
     return value

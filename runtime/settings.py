@@ -27,6 +27,9 @@ QUANTIZE_MODES = ("none", "fp8", "fp8-weight", "int8-weight")
 # announce stage can hold up serving (or exiting, after a failure) when the receiver is down.
 WEBHOOK_TIMEOUT_S = (10.0, 0.1, 120.0)
 WEBHOOK_BUDGET_S = (30.0, 0.1, 600.0)
+# The webhook's HMAC key: a short one can be guessed, and is common enough to occur in ordinary
+# text that the redaction of secrets would then mangle (logs, job errors, the webhook's error).
+MIN_WEBHOOK_SECRET_LEN = 16
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _SHAPE_RE = re.compile(r"^(\d+)x(\d+)$")
@@ -124,7 +127,7 @@ def _identity_and_webhook(env: Mapping[str, str]) -> dict[str, Any]:
         revision=_text(env, "HF_MODEL_REVISION") or "main",
         hf_token=_secret(env, "HF_TOKEN", "ascii"),  # an HTTP header: a Hugging Face token is ASCII
         webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
-        webhook_secret=_secret(env, "VISGATE_WEBHOOK_SECRET", "utf-8"),
+        webhook_secret=_webhook_secret(env),
         webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
         webhook_budget=_seconds(env, "VISGATE_WEBHOOK_BUDGET", WEBHOOK_BUDGET_S),
         worker_id=_text(env, "RUNPOD_POD_ID"),
@@ -152,6 +155,15 @@ def _secret(env: Mapping[str, str], name: str, encoding: str) -> str | None:
             raise SettingsError(f"{name} holds characters that are not {encoding.upper()} text: "
                                 "set it again") from None
     return value
+
+
+def _webhook_secret(env: Mapping[str, str]) -> str | None:
+    secret = _secret(env, "VISGATE_WEBHOOK_SECRET", "utf-8")
+    if secret is not None and len(secret) < MIN_WEBHOOK_SECRET_LEN:
+        raise SettingsError(f"VISGATE_WEBHOOK_SECRET is shorter than {MIN_WEBHOOK_SECRET_LEN} "
+                            "characters: a short key is easy to guess; make a random one, e.g. "
+                            "with `openssl rand -hex 32`")
+    return secret
 
 
 def _choice(env: Mapping[str, str], name: str, valid: tuple[str, ...], default: str) -> str:

@@ -14,7 +14,7 @@ from runtime import announce
 from runtime.announce import Announcer, RetryPolicy, deliver, sign, verify_signature
 from runtime.boot import failure_message
 from runtime.boot_report import BootRecord
-from runtime.errors import BootError, SettingsError
+from runtime.errors import BootError, SettingsError, redact
 from runtime.logs import RedactSecrets
 from runtime.retry_after import parse_retry_after
 from runtime.settings import Settings, webhook_settings
@@ -422,7 +422,7 @@ def test_webhook_settings_survive_another_bad_setting():
     assert partial is not None and partial.hf_token is None and SECRET in partial.secrets
 
 
-@pytest.mark.parametrize("secret", ["true", 'se"cret\\x', "clé-secrète"])
+@pytest.mark.parametrize("secret", ["1234567890123456", 'se"cret\\x-0123456789', "clé-secrète-0123456"])
 def test_body_redaction_works_on_values_not_json_text(secret):
     record = BootRecord()
     with record.stage("fetch") as report:
@@ -450,12 +450,41 @@ def test_body_redaction_works_on_values_not_json_text(secret):
     assert not [text for text in strings if secret in text]
 
 
+def test_fields_the_worker_writes_are_not_redacted():
+    # A secret that equals something the worker writes itself (here the model id, a stage
+    # report's key) must not mangle those fields; foreign text (the error, a stage report's
+    # values) is still cleaned.
+    secret = "visgate/tiny-flux"
+    record = BootRecord()
+    with record.stage("fetch") as report:
+        report[secret] = f"echoed {secret}"
+    settings = settings_for("http://hook.example/x", webhook_secret=secret)
+    extra = {"stage": "fetch", "family": "flux", "error": f"boom {secret}"}
+    payload = json.loads(Announcer(settings).body("failed", "d-1", extra, record))
+    assert (payload["model_id"], payload["status"], payload["stage"]) == (secret, "failed", "fetch")
+    assert payload["error"] == "boom ***"
+    assert payload["boot"]["stages"]["fetch"][secret] == "echoed ***"
+
+
+@pytest.mark.parametrize("secret", ["ready", "flux", "fetch", "main"])
+def test_a_short_secret_is_never_redacted(secret):
+    # Settings refuse such a webhook secret; a Settings built without them must still not turn
+    # "status": "ready" into "***" or "visgate/tiny-flux" into "visgate/tiny-***".
+    settings = settings_for("http://hook.example/x", webhook_secret=secret)
+    payload = json.loads(Announcer(settings).body("ready", "d-1", {"family": "flux"}, record_with_stages()))
+    assert (payload["status"], payload["model_id"], payload["revision"]) == ("ready", "visgate/tiny-flux", "main")
+    assert "***" not in json.dumps(payload)
+    assert redact("visgate/tiny-flux is ready", (secret,)) == "visgate/tiny-flux is ready"
+    assert webhook_settings({"VISGATE_WEBHOOK": "http://hook.example/x", "VISGATE_WEBHOOK_SECRET": secret}) is None
+
+
 def test_failure_message_names_the_stage_that_raised():
     assert failure_message(ValueError("bad\nsecond line tok"), ("tok",), "fetch") == (
         "fetch", "ValueError: bad")
     assert failure_message(BootError("no GPU", stage="load"), (), "fetch") == ("load", "no GPU")
     assert failure_message(BootError("x"), (), "warmup") == ("warmup", "x")
-    assert failure_message(RuntimeError("has tok inside"), ("tok",)) == ("boot", "RuntimeError: has *** inside")
+    assert failure_message(RuntimeError("has tok-secret-1 inside"), ("tok-secret-1",)) == (
+        "boot", "RuntimeError: has *** inside")
 
 
 def test_boot_record_body_is_json_and_excludes_running_stage():

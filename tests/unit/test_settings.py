@@ -53,13 +53,13 @@ GOOD = [
                   "compile": "max-autotune"}, id="choices-case-and-space-insensitive"),
     pytest.param({"HF_MODEL_REVISION": "a1b2c3d", "HF_TOKEN": "hf_abc",
                   "VISGATE_WEBHOOK": "https://hooks.example.com/ready?token=t",
-                  "VISGATE_WEBHOOK_SECRET": "s3cret", "RUNPOD_POD_ID": "pod1",
+                  "VISGATE_WEBHOOK_SECRET": "s3cret-s3cret-s3cret", "RUNPOD_POD_ID": "pod1",
                   "RUNPOD_ENDPOINT_ID": "ep1"},
-                 {"revision": "a1b2c3d", "hf_token": "hf_abc", "webhook_secret": "s3cret",
+                 {"revision": "a1b2c3d", "hf_token": "hf_abc", "webhook_secret": "s3cret-s3cret-s3cret",
                   "webhook_url": "https://hooks.example.com/ready?token=t", "worker_id": "pod1",
                   "endpoint_id": "ep1",
                   # The webhook URL's query is redacted too: it often carries a token.
-                  "secrets": ("hf_abc", "s3cret", "token=t")}, id="all-strings"),
+                  "secrets": ("hf_abc", "s3cret-s3cret-s3cret", "token=t")}, id="all-strings"),
     pytest.param({"VISGATE_WEBHOOK": "http://127.0.0.1:8080/hook"},
                  {"webhook_url": "http://127.0.0.1:8080/hook"}, id="webhook-http-with-port"),
     pytest.param({"HF_TOKEN": "   "}, {"hf_token": None, "secrets": ()}, id="blank-token-is-none"),
@@ -212,16 +212,28 @@ def test_a_secret_that_is_not_text_is_refused_without_quoting_it(name: str, no_v
 
 
 
+@pytest.mark.parametrize("secret", ["ready", "flux", "s3cret", "fifteen-chars-x"])
+def test_a_short_webhook_secret_is_refused_without_quoting_it(secret: str, no_volume: Path) -> None:
+    # A short key is guessable, and redacting a common string ("ready", "flux") would mangle the
+    # webhook body, job errors and logs wherever it occurs.
+    with pytest.raises(SettingsError) as info:
+        settings({**MODEL, "VISGATE_WEBHOOK_SECRET": secret}, no_volume)
+    message = str(info.value)
+    assert "VISGATE_WEBHOOK_SECRET is shorter than 16 characters" in message
+    assert "openssl rand -hex 32" in message and secret not in message
+    assert settings({**MODEL, "VISGATE_WEBHOOK_SECRET": "sixteen-chars-xx"}, no_volume).webhook_secret
+
+
 def test_secrets_are_not_in_repr(no_volume: Path) -> None:
-    s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ",
+    s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ0123456789",
                   "VISGATE_WEBHOOK": "https://hooks.example/ready?token=tok_QueryToken"}, no_volume)
     assert "tok_QueryToken" not in repr(s) and "hooks.example" not in repr(s)
-    s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ"},
+    s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ0123456789"},
                  no_volume)
-    assert s.secrets == ("hf_SuperSecretToken", "whsec_XYZ")
+    assert s.secrets == ("hf_SuperSecretToken", "whsec_XYZ0123456789")
     for text in (repr(s), str(s)):
         assert "hf_SuperSecretToken" not in text
-        assert "whsec_XYZ" not in text
+        assert "whsec_XYZ0123456789" not in text
         assert "black-forest-labs/FLUX.1-schnell" in text  # the repr is still useful
 
 
