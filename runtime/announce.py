@@ -80,13 +80,15 @@ def verify_signature(secret: str, timestamp: str | int | None, body: bytes | str
     """
     if not secret or not signature or timestamp is None:
         return False
-    try:
-        sent = int(str(timestamp).strip())
-    except ValueError:
+    # Header values are attacker-controlled: "²".isdigit() is True yet int() refuses it, and
+    # compare_digest raises on non-ASCII str. A malformed header is a forgery, not a crash.
+    text = str(timestamp).strip()
+    if not (text.isascii() and text.isdigit()):
         return False
-    if abs((time.time() if now is None else now) - sent) > tolerance:
+    if abs((time.time() if now is None else now) - int(text)) > tolerance:
         return False
-    return hmac.compare_digest(sign(secret, sent, body), signature.strip())
+    return hmac.compare_digest(sign(secret, text, body).encode(),
+                               signature.strip().encode("utf-8", "replace"))
 
 
 # ---- delivery -----------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ import email.utils
 import json
 import logging
 import random
+import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +92,40 @@ def test_stale_or_future_timestamp_is_rejected_as_replay():
     assert not verify_signature(SECRET, sent, body, signature, tolerance=300)
     assert verify_signature(SECRET, sent, body, signature, now=sent + 299, tolerance=300)
     assert not verify_signature(SECRET, sent, body, signature, now=sent - 301, tolerance=300)
+
+
+def readme_verify():
+    """The README's verification recipe, run as written (an orchestrator will copy it)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [code] = re.findall(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.S)
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102 - our own README
+    return namespace["verify"]
+
+
+# Malformed headers from a forger or a broken proxy: "²" passes str.isdigit() but not int(),
+# and a non-ASCII str makes hmac.compare_digest raise TypeError.
+MALFORMED = [("²", None), ("１７００００００００", None), ("-5", None), (" ", None),
+             (None, "sha256=é"), (None, "sha256=\u2603" + "0" * 63), (None, "\udcff")]
+
+
+@pytest.mark.parametrize("timestamp, signature", MALFORMED)
+def test_malformed_signature_headers_are_rejected_not_raised(timestamp, signature):
+    body = b'{"status":"ready"}'
+    now = int(time.time())
+    timestamp = str(now) if timestamp is None else timestamp
+    signature = sign(SECRET, now, body) if signature is None else signature
+    assert verify_signature(SECRET, timestamp, body, signature, now=now) is False
+    headers = {"X-Visgate-Timestamp": timestamp, "X-Visgate-Signature": signature}
+    assert readme_verify()(SECRET, headers, body) is False
+
+
+def test_the_readme_recipe_accepts_a_real_signature():
+    body = b'{"status":"ready"}'
+    ts = str(int(time.time()))
+    headers = {"X-Visgate-Timestamp": ts, "X-Visgate-Signature": sign(SECRET, ts, body)}
+    assert readme_verify()(SECRET, headers, body) is True
+    assert readme_verify()("another-secret-0123", headers, body) is False
 
 
 # ---- delivery and retries -----------------------------------------------------------------------
