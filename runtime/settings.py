@@ -183,7 +183,23 @@ def _webhook_url(url: str | None) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         # The URL may carry a token in its query, so the message names only what is wrong.
         raise SettingsError("VISGATE_WEBHOOK must be an http:// or https:// URL with a host")
+    _check_sendable("VISGATE_WEBHOOK", url)
     return url
+
+
+def _check_sendable(name: str, url: str) -> None:
+    """Refuse now a URL that requests cannot send to (a space in the host, an empty label as in
+    ``hooks..example.com``): it would otherwise fail only after the whole warmup."""
+    import requests  # here: the settings module itself stays standard-library only
+
+    try:
+        prepared = requests.Request("POST", url).prepare().url or ""
+        # Label lengths (none empty, none over 63) are checked by urllib3 only as it connects.
+        (urlsplit(prepared).hostname or "").encode("idna")
+    except (requests.RequestException, ValueError):  # UnicodeError and urllib3's are ValueErrors
+        # The URL may carry a token: the message does not quote it.
+        raise SettingsError(f"{name} is not a URL that can be sent to: check its host for spaces, "
+                            "empty labels ('..') or characters not allowed in a host name") from None
 
 
 def _seconds(env: Mapping[str, str], name: str, bounds: tuple[float, float, float]) -> float:

@@ -96,6 +96,13 @@ BAD = [
                  "VISGATE_WEBHOOK must be an http:// or https:// URL with a host", id="webhook-no-host"),
     pytest.param({**MODEL, "VISGATE_WEBHOOK": "http://example.com:port/hook"},
                  "VISGATE_WEBHOOK", id="webhook-bad-port"),
+    # requests cannot send to these: refused now, not after the warmup
+    pytest.param({**MODEL, "VISGATE_WEBHOOK": "https://hooks.example.com /ready?token=tok_Secret1"},
+                 "VISGATE_WEBHOOK is not a URL that can be sent to", id="webhook-space-in-host"),
+    pytest.param({**MODEL, "VISGATE_WEBHOOK": "https://hooks..example.com/?token=tok_Secret1"},
+                 "VISGATE_WEBHOOK is not a URL that can be sent to", id="webhook-empty-label"),
+    pytest.param({**MODEL, "VISGATE_WEBHOOK": f"https://{'a' * 64}.example.com/?token=tok_Secret1"},
+                 "VISGATE_WEBHOOK is not a URL that can be sent to", id="webhook-label-too-long"),
     pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "1024"},
                  "VISGATE_WARMUP_SHAPES item '1024' is not HEIGHTxWIDTH", id="shape-one-number"),
     pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "1024x1024,768*1344"},
@@ -160,6 +167,20 @@ def test_bad_webhook_message_does_not_echo_the_url(no_volume: Path) -> None:
 
 
 # ---- cache dir ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("url", ["https://hooks.example.com /ready?token=tok_Secret1",
+                                 "https://hooks..example.com/?token=tok_Secret1"])
+def test_an_unsendable_webhook_is_refused_without_quoting_it(url: str, no_volume: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings({**MODEL, "VISGATE_WEBHOOK": url}, no_volume)
+    assert "tok_Secret1" not in str(info.value) and "hooks" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/hook", "https://hooks.example.com./x?token=t",
+                                 "https://user:pw@h\u00fcbsch.example/x", "http://[::1]:9/x"])
+def test_sendable_webhooks_pass(url: str, no_volume: Path) -> None:
+    assert settings({**MODEL, "VISGATE_WEBHOOK": url}, no_volume).webhook_url == url
+
+
 def test_cache_dir_on_a_mounted_volume(mounted_volume: Path) -> None:
     assert settings(MODEL, mounted_volume).cache_dir == mounted_volume / "visgate"
 
