@@ -2,7 +2,7 @@
 
 One JSON POST to ``VISGATE_WEBHOOK`` per event, after warmup (``ready``) or after any boot failure
 (``failed``). Delivery is bounded: a timeout per attempt and a total budget, retries with
-exponential backoff and jitter on connection errors, timeouts, 5xx and 429 (``Retry-After`` is
+exponential backoff and jitter on connection errors (not TLS errors), timeouts, 5xx and 429 (``Retry-After`` is
 honoured), none on any other answer. Redirects are not followed. An undeliverable ``ready`` is
 logged as an ERROR and the worker serves anyway; announcing never raises.
 
@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 import uuid
@@ -123,12 +124,15 @@ class Delivery:
                 "seconds": self.seconds, "reason": self.reason}
 
 
-def new_session() -> requests.Session:
+def new_session(ca_bundle: str | None = None) -> requests.Session:
     """A session that takes no credentials or proxies from the environment (no .netrc
-    Authorization header can leak to the receiver). Redirects: every POST passes
+    Authorization header can leak to the receiver). That also ignores REQUESTS_CA_BUNDLE, so the
+    CA bundle the settings read from it is given here. Redirects: every POST passes
     ``allow_redirects=False`` (a 3xx is a final answer)."""
     session = requests.Session()
     session.trust_env = False
+    if ca_bundle:
+        session.verify = ca_bundle
     return session
 
 
@@ -221,6 +225,11 @@ def _attempt(session: requests.Session, url: str, body: bytes, event: str, deliv
                           allow_redirects=False, stream=True) as response:
             status = response.status_code
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    except requests.exceptions.SSLError as exc:  # before ConnectionError, its base class
+        # An untrusted certificate, or TLS spoken to a plain-HTTP port: neither mends itself
+        # within the budget, so retrying would only hold up serving (or exiting).
+        return None, None, (f"TLS failed: {_tls_reason(exc)}, not retried: is the receiver https://, "
+                            "and its CA in REQUESTS_CA_BUNDLE or SSL_CERT_FILE?"), True
     except (requests.ConnectionError, requests.Timeout) as exc:
         # The exception's text can carry the URL (and a token in its query): name the kind only.
         return None, None, f"no answer: {exc.__class__.__name__}", False
@@ -233,6 +242,22 @@ def _attempt(session: requests.Session, url: str, body: bytes, event: str, deliv
     if status == 429 or status >= 500:  # busy or broken now: may work later
         return status, retry_after, f"HTTP {status}", False
     return status, None, f"HTTP {status}, not retried", True
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """OpenSSL's reason code (CERTIFICATE_VERIFY_FAILED, WRONG_VERSION_NUMBER, ...) from the
+    chain of wrapped errors: unlike their text, it cannot carry the URL."""
+    seen: set[int] = set()
+    pending: list[Any] = [exc]
+    while pending:
+        error = pending.pop()
+        if not isinstance(error, BaseException) or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ssl.SSLError) and isinstance(error.reason, str):
+            return error.reason
+        pending += [*error.args, getattr(error, "reason", None), error.__cause__, error.__context__]
+    return "SSLError"
 
 
 # ---- the one transition -------------------------------------------------------------------------
@@ -273,7 +298,7 @@ class Announcer:
         body = self.body(event, delivery_id, extra, record)
         result = deliver(settings.webhook_url, body, event, delivery_id,
                          RetryPolicy.from_settings(settings), secret=settings.webhook_secret,
-                         session=self.session)
+                         session=self.session or new_session(settings.webhook_ca_bundle))
         target = safe_target(settings.webhook_url)
         if result.delivered:
             log.info("%s webhook delivered to %s (attempt %d, %s, %.2fs, delivery %s)", event,

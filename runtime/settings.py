@@ -2,8 +2,8 @@
 
 Nothing else in the worker reads ``os.environ`` for configuration: every stage receives a
 ``Settings``. ``Settings.from_env`` is a pure function of the mapping it is given (plus the
-one filesystem fact it needs, whether the Runpod volume is mounted), so tests build settings
-from a plain dict.
+two filesystem facts it needs: whether the Runpod volume is mounted, and whether a CA bundle
+variable names a file), so tests build settings from a plain dict.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_timeout: float = WEBHOOK_TIMEOUT_S[0]  # seconds per delivery attempt
     webhook_budget: float = WEBHOOK_BUDGET_S[0]  # seconds for all attempts and waits together
+    # CA certificates for an https:// receiver with a private CA, from the standard variables:
+    # the webhook's session ignores the environment (no .netrc credentials can leak to it).
+    webhook_ca_bundle: str | None = None
     cache_dir: Path = Path(".cache/visgate")
     # The hub (HF_ENDPOINT: a mirror, or the tests' local server), whether it may be contacted at
     # all (HF_HUB_OFFLINE), and Runpod's read-only model cache, tried before our own cache.
@@ -130,6 +133,7 @@ def _identity_and_webhook(env: Mapping[str, str]) -> dict[str, Any]:
         webhook_secret=_webhook_secret(env),
         webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
         webhook_budget=_seconds(env, "VISGATE_WEBHOOK_BUDGET", WEBHOOK_BUDGET_S),
+        webhook_ca_bundle=_ca_bundle(env),
         worker_id=_text(env, "RUNPOD_POD_ID"),
         endpoint_id=_text(env, "RUNPOD_ENDPOINT_ID"),
     )
@@ -164,6 +168,16 @@ def _webhook_secret(env: Mapping[str, str]) -> str | None:
                             "characters: a short key is easy to guess; make a random one, e.g. "
                             "with `openssl rand -hex 32`")
     return secret
+
+
+def _ca_bundle(env: Mapping[str, str]) -> str | None:
+    """The CA bundle file named by requests' variable, else OpenSSL's. Not ours to refuse: a base
+    image may set them for other tools, so one naming no file is passed over (the system's CAs)."""
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        path = _text(env, name)
+        if path and Path(path).is_file():
+            return path
+    return None
 
 
 def _choice(env: Mapping[str, str], name: str, valid: tuple[str, ...], default: str) -> str:

@@ -7,6 +7,9 @@ import json
 import logging
 import random
 import re
+import shutil
+import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -315,6 +318,57 @@ def test_connection_refused_is_retried_within_the_budget():
     result = post(url, policy=policy)
     assert not result.delivered and result.attempts >= 2 and "ConnectionError" in result.reason
     assert time.monotonic() - t0 < 1.5
+
+
+def test_tls_error_is_final_not_retried_until_the_budget_is_spent():
+    # TLS spoken to a plain-HTTP receiver: an SSLError (a ConnectionError to requests) that no
+    # retry can mend, so one attempt, not the whole budget.
+    with WebhookReceiver() as hook:
+        t0 = time.monotonic()
+        result = post(hook.url.replace("http://", "https://"))
+    assert not result.delivered and result.attempts == 1, result
+    assert result.reason.startswith("TLS failed: WRONG_VERSION_NUMBER, not retried")
+    assert "REQUESTS_CA_BUNDLE" in result.reason and time.monotonic() - t0 < 1.5
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (its own CA), and a server context using it."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.skip("needs the openssl command to make a certificate")
+    folder = tmp_path_factory.mktemp("ca")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"])
+def test_a_receiver_with_a_private_ca_verifies_with_the_standard_ca_variables(private_ca, variable):
+    cert, context = private_ca
+    with WebhookReceiver(tls=context) as hook:
+        env = {"HF_MODEL_ID": "visgate/tiny-flux", "VISGATE_WEBHOOK": hook.url,
+               "VISGATE_WEBHOOK_BUDGET": "5"}
+        untrusted = Announcer(Settings.from_env(env)).ready(FakeFamily(), BootRecord())
+        settings = Settings.from_env({**env, variable: str(cert)})
+        assert settings.webhook_ca_bundle == str(cert)
+        trusted = Announcer(settings).ready(FakeFamily(), BootRecord())
+        assert len(hook.received) == 1
+    assert trusted["delivered"] and trusted["attempts"] == 1, trusted
+    assert not untrusted["delivered"] and untrusted["attempts"] == 1, untrusted
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted["reason"]
+
+
+def test_a_ca_variable_naming_no_file_is_passed_over(tmp_path):
+    env = {"HF_MODEL_ID": "visgate/tiny-flux", "REQUESTS_CA_BUNDLE": str(tmp_path / "missing.pem")}
+    assert Settings.from_env(env).webhook_ca_bundle is None
+    (tmp_path / "ca.pem").write_text("")
+    assert Settings.from_env({**env, "SSL_CERT_FILE": str(tmp_path / "ca.pem")}).webhook_ca_bundle == str(
+        tmp_path / "ca.pem")
 
 
 def test_backoff_is_exponential_capped_and_jittered():
