@@ -8,11 +8,13 @@ variable names a file), so tests build settings from a plain dict.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 from runtime.errors import SettingsError
@@ -102,6 +104,37 @@ class Settings:
             quantize=_choice(env, "VISGATE_QUANTIZE", QUANTIZE_MODES, "none"),
             warmup_shapes=_shapes(_text(env, "VISGATE_WARMUP_SHAPES")),
         )
+
+
+# What --test_input must look like: the job Runpod's SDK runs once, locally, then exits.
+TEST_INPUT_EXAMPLE = """--test_input '{"input": {"prompt": "a red fox"}}'"""
+
+
+def check_runpod_flags(argv: Sequence[str]) -> None:
+    """Refuse a ``--test_input`` Runpod's SDK could not use. The SDK parses its flags only as
+    serving starts, after the whole boot and the ready webhook: a bad one would fail only then.
+    Read as the SDK reads it (argparse, unknown flags left alone); the message never quotes it."""
+    value = _RunpodFlags().parse_known_args(list(argv))[0].test_input
+    if not value:  # absent or empty: the SDK ignores it too
+        return
+    try:
+        job = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"--test_input is not valid JSON ({exc.msg}): give one job, e.g. "
+                            f"{TEST_INPUT_EXAMPLE}") from None
+    if not isinstance(job, dict) or job.get("input") is None:
+        raise SettingsError(f'--test_input must be a JSON object with an "input": e.g. {TEST_INPUT_EXAMPLE}')
+
+
+class _RunpodFlags(argparse.ArgumentParser):
+    """The SDK's one flag that holds data; its errors become settings errors, not an exit."""
+
+    def __init__(self) -> None:
+        super().__init__(prog="runtime", add_help=False)
+        self.add_argument("--test_input", type=str, default=None)
+
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(f"Runpod flags: {message}; e.g. {TEST_INPUT_EXAMPLE}")
 
 
 def webhook_settings(env: Mapping[str, str]) -> Settings | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from runtime.errors import SettingsError
-from runtime.settings import (ATTENTIONS, COMPILE_MODES, PRECISIONS, QUANTIZE_MODES, Settings)
+from runtime.settings import (ATTENTIONS, COMPILE_MODES, PRECISIONS, QUANTIZE_MODES, Settings,
+                              check_runpod_flags)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -294,3 +296,25 @@ def test_from_env_reads_only_the_mapping(no_volume: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("DEVICE", "not-a-device")
     s = settings({"HF_MODEL_ID": "from/mapping", "DEVICE": "cpu"}, no_volume)
     assert (s.model_id, s.device) == ("from/mapping", "cpu")
+
+
+# ---- Runpod's flags -----------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [[], ["--rp_serve_api", "--rp_api_port", "8000"],
+                                  ["--test_input", '{"input": {"prompt": "a"}}'],
+                                  ['--test_input={"input": {"prompt": "a"}}'], ["--test_input", ""]])
+def test_usable_runpod_flags_pass(argv: list[str]) -> None:
+    check_runpod_flags(argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--test_input", '{"input": {"prompt": "a"'], "--test_input is not valid JSON"),
+    (["--test_in", "{input: 1}"], "--test_input is not valid JSON"),  # the SDK takes prefixes
+    (["--test_input", '["a"]'], '--test_input must be a JSON object with an "input"'),
+    (["--test_input", '{"prompt": "a"}'], '--test_input must be a JSON object with an "input"'),
+    (["--rp_serve_api", "--test_input"], "argument --test_input: expected one argument"),
+])
+def test_a_test_input_the_sdk_cannot_run_is_a_settings_error(argv: list[str], message: str) -> None:
+    # The SDK parses its flags only when serving starts: after the boot and the ready webhook.
+    with pytest.raises(SettingsError, match=re.escape(message)) as info:
+        check_runpod_flags(argv)
+    assert """--test_input '{"input": {"prompt": "a red fox"}}'""" in str(info.value)
