@@ -291,7 +291,11 @@ class Announcer:
             raise RuntimeError(f"boot already announced as {self.state!r}; cannot announce {event!r}")
         self.state = event
         settings = self.settings
-        if settings is None or not settings.webhook_url:
+        if settings is None:  # the webhook's own settings failed (runtime.settings.webhook_settings)
+            log.warning("%s: the webhook settings are invalid (see the settings error), nothing "
+                        "announced", event)
+            return {"webhook": "invalid settings"}
+        if not settings.webhook_url:
             log.info("%s: no VISGATE_WEBHOOK set, nothing to announce", event)
             return {"webhook": "not configured"}
         delivery_id = uuid.uuid4().hex

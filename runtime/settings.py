@@ -140,8 +140,10 @@ class _RunpodFlags(argparse.ArgumentParser):
 def webhook_settings(env: Mapping[str, str]) -> Settings | None:
     """What a failed ``from_env`` still allows: the webhook and the ids, to announce the failure.
 
-    None when the webhook is not set or its URL is invalid too; a bad timeout or budget falls back
-    to the defaults, since reporting the failure matters more than honouring them.
+    None when the webhook's own settings are invalid too (its URL or secret), so that the
+    announcer can say so rather than "not set"; ``webhook_url`` is None when it is not set. A bad
+    timeout or budget falls back to the defaults, since reporting the failure matters more than
+    honouring them.
     """
     # Then without what the webhook can do without: bad timings fall back to the defaults, and a
     # bad HF_TOKEN (its only use here is redaction, and it is not text) is left out.
@@ -153,7 +155,7 @@ def webhook_settings(env: Mapping[str, str]) -> Settings | None:
                                 **_identity_and_webhook(candidate))
         except SettingsError:
             continue
-        return settings if settings.webhook_url else None
+        return settings
     return None
 
 

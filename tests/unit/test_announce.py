@@ -440,7 +440,22 @@ def test_announced_exactly_once(receiver):
 
 def test_no_webhook_configured_posts_nothing():
     assert Announcer(settings_for(None)).ready(FakeFamily(), BootRecord()) == {"webhook": "not configured"}
-    assert Announcer(None).failed("settings", "bad", BootRecord()) == {"webhook": "not configured"}
+    assert Announcer(None).failed("settings", "bad", BootRecord()) == {"webhook": "invalid settings"}
+
+
+@pytest.mark.parametrize("env, said", [
+    ({"VISGATE_COMPILE": "bogus"}, "no VISGATE_WEBHOOK set"),
+    ({"VISGATE_COMPILE": "bogus", "VISGATE_WEBHOOK": "ftp://hook.example/x"}, "webhook settings are invalid"),
+    ({"VISGATE_WEBHOOK": "http://[broken"}, "webhook settings are invalid"),
+    ({"VISGATE_WEBHOOK": "http://hook.example/x", "VISGATE_WEBHOOK_SECRET": "short"},
+     "webhook settings are invalid"),
+])
+def test_after_a_settings_error_the_log_tells_unset_from_invalid(env, said, caplog):
+    # As runtime.__main__ does after a settings error: announce with what is still readable.
+    caplog.set_level(logging.INFO, logger="runtime")
+    Announcer(webhook_settings(env)).failed("settings", "bad", BootRecord())
+    [line] = [r.getMessage() for r in caplog.records if r.name == "runtime.announce"]
+    assert said in line, line
 
 
 def test_secrets_appear_in_no_log_line_or_body(caplog):
@@ -498,7 +513,7 @@ def test_webhook_settings_survive_another_bad_setting():
     partial = webhook_settings(env)
     assert partial.webhook_url == "http://hook.example/x" and partial.worker_id == "pod-9"
     assert SECRET in partial.secrets and partial.model_id == ""
-    assert webhook_settings({"VISGATE_COMPILE": "bogus"}) is None
+    assert webhook_settings({"VISGATE_COMPILE": "bogus"}).webhook_url is None  # not set: not invalid
     assert webhook_settings({"VISGATE_WEBHOOK": "ftp://x"}) is None
     assert webhook_settings({"VISGATE_WEBHOOK": "http://[broken"}) is None
     # A bad timeout or budget must not silence the failure report: the defaults stand in.
