@@ -2,9 +2,10 @@
 
 One JSON POST to ``VISGATE_WEBHOOK`` per event, after warmup (``ready``) or after any boot failure
 (``failed``). Delivery is bounded: a timeout per attempt and a total budget, retries with
-exponential backoff and jitter on connection errors (not TLS errors), timeouts, 5xx and 429 (``Retry-After`` is
-honoured), none on any other answer. Redirects are not followed. An undeliverable ``ready`` is
-logged as an ERROR and the worker serves anyway; announcing never raises.
+exponential backoff and jitter on connection errors (TLS errors excepted), timeouts, 5xx and 429
+(``Retry-After`` is honoured), none on any other answer. Redirects are not followed. An
+undeliverable ``ready`` is logged as an ERROR and the worker serves anyway; announcing never
+raises.
 
 Signing, with ``VISGATE_WEBHOOK_SECRET`` set (the orchestrator verifies with ``verify_signature``):
 
@@ -228,8 +229,8 @@ def _attempt(session: requests.Session, url: str, body: bytes, event: str, deliv
     except requests.exceptions.SSLError as exc:  # before ConnectionError, its base class
         # An untrusted certificate, or TLS spoken to a plain-HTTP port: neither mends itself
         # within the budget, so retrying would only hold up serving (or exiting).
-        return None, None, (f"TLS failed: {_tls_reason(exc)}, not retried: is the receiver https://, "
-                            "and its CA in REQUESTS_CA_BUNDLE or SSL_CERT_FILE?"), True
+        return None, None, (f"TLS failed: {_tls_reason(exc)}, not retried: is the receiver "
+                            "https://, and its CA in REQUESTS_CA_BUNDLE or SSL_CERT_FILE?"), True
     except (requests.ConnectionError, requests.Timeout) as exc:
         # The exception's text can carry the URL (and a token in its query): name the kind only.
         return None, None, f"no answer: {exc.__class__.__name__}", False

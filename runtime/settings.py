@@ -123,7 +123,8 @@ def check_runpod_flags(argv: Sequence[str]) -> None:
         raise SettingsError(f"--test_input is not valid JSON ({exc.msg}): give one job, e.g. "
                             f"{TEST_INPUT_EXAMPLE}") from None
     if not isinstance(job, dict) or job.get("input") is None:
-        raise SettingsError(f'--test_input must be a JSON object with an "input": e.g. {TEST_INPUT_EXAMPLE}')
+        raise SettingsError('--test_input must be a JSON object with an "input": e.g. '
+                            f"{TEST_INPUT_EXAMPLE}")
 
 
 class _RunpodFlags(argparse.ArgumentParser):

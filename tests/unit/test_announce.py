@@ -100,7 +100,7 @@ def test_stale_or_future_timestamp_is_rejected_as_replay():
 def readme_verify():
     """The README's verification recipe, run as written (an orchestrator will copy it)."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    [code] = re.findall(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.S)
+    [code] = re.findall(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.DOTALL)
     namespace: dict = {}
     exec(code, namespace)  # noqa: S102 - our own README
     return namespace["verify"]
@@ -577,10 +577,12 @@ def test_a_short_secret_is_never_redacted(secret):
     # "status": "ready" into "***" or "visgate/tiny-flux" into "visgate/tiny-***".
     settings = settings_for("http://hook.example/x", webhook_secret=secret)
     payload = json.loads(Announcer(settings).body("ready", "d-1", {"family": "flux"}, record_with_stages()))
-    assert (payload["status"], payload["model_id"], payload["revision"]) == ("ready", "visgate/tiny-flux", "main")
+    assert (payload["status"], payload["model_id"], payload["revision"]) == (
+        "ready", "visgate/tiny-flux", "main")
     assert "***" not in json.dumps(payload)
     assert redact("visgate/tiny-flux is ready", (secret,)) == "visgate/tiny-flux is ready"
-    assert webhook_settings({"VISGATE_WEBHOOK": "http://hook.example/x", "VISGATE_WEBHOOK_SECRET": secret}) is None
+    env = {"VISGATE_WEBHOOK": "http://hook.example/x", "VISGATE_WEBHOOK_SECRET": secret}
+    assert webhook_settings(env) is None
 
 
 def test_failure_message_names_the_stage_that_raised():
