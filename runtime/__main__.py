@@ -1,6 +1,8 @@
 """Worker entry point: ``python -m runtime``. Boots every stage, then serves Runpod jobs.
 
-Runpod's own flags (``--test_input``, ``--rp_serve_api``, ...) are read by the SDK at serve time.
+Runpod's own flags (``--test_input``, ``--rp_serve_api``, ...) are read by the SDK at serve time;
+``--test_input`` is checked at the settings stage too, so a malformed one stops the boot before
+any loading and before a ready webhook.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from runtime.boot_report import BootRecord
 from runtime.handler import make_handler
 from runtime.logs import setup_logging
 from runtime.serve import JobSdk
+from runtime.settings import check_runpod_flags
 
 log = logging.getLogger("runtime")
 
@@ -24,6 +27,7 @@ def main() -> int:
     try:
         with record.stage("settings"):
             settings = read_settings()
+            check_runpod_flags(sys.argv[1:])
     except Exception as exc:  # noqa: BLE001 - SettingsError, or a fault reading the environment
         partial = read_webhook_settings()  # the webhook may still be usable: say why we stop
         setup_logging(partial.secrets if partial else ())

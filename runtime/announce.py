@@ -2,9 +2,10 @@
 
 One JSON POST to ``VISGATE_WEBHOOK`` per event, after warmup (``ready``) or after any boot failure
 (``failed``). Delivery is bounded: a timeout per attempt and a total budget, retries with
-exponential backoff and jitter on connection errors, timeouts, 5xx and 429 (``Retry-After`` is
-honoured), none on any other answer. Redirects are not followed. An undeliverable ``ready`` is
-logged as an ERROR and the worker serves anyway; announcing never raises.
+exponential backoff and jitter on connection errors (TLS errors excepted), timeouts, 5xx and 429
+(``Retry-After`` is honoured), none on any other answer. Redirects are not followed. An
+undeliverable ``ready`` is logged as an ERROR and the worker serves anyway; announcing never
+raises.
 
 Signing, with ``VISGATE_WEBHOOK_SECRET`` set (the orchestrator verifies with ``verify_signature``):
 
@@ -22,6 +23,7 @@ import hmac
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 import uuid
@@ -58,6 +60,8 @@ BACKOFF_CAP_S = 10.0
 # A hard cap on attempts besides the budget: a receiver answering 503 instantly must not be
 # hit dozens of times within one budget.
 MAX_ATTEMPTS = 6
+# The body's fields that can carry foreign text, redacted before sending (see Announcer.body).
+FOREIGN_TEXT_FIELDS = ("error", "boot")
 
 
 # ---- signing ------------------------------------------------------------------------------------
@@ -78,13 +82,15 @@ def verify_signature(secret: str, timestamp: str | int | None, body: bytes | str
     """
     if not secret or not signature or timestamp is None:
         return False
-    try:
-        sent = int(str(timestamp).strip())
-    except ValueError:
+    # Header values are attacker-controlled: "²".isdigit() is True yet int() refuses it, and
+    # compare_digest raises on non-ASCII str. A malformed header is a forgery, not a crash.
+    text = str(timestamp).strip()
+    if not (text.isascii() and text.isdigit()):
         return False
-    if abs((time.time() if now is None else now) - sent) > tolerance:
+    if abs((time.time() if now is None else now) - int(text)) > tolerance:
         return False
-    return hmac.compare_digest(sign(secret, sent, body), signature.strip())
+    return hmac.compare_digest(sign(secret, text, body).encode(),
+                               signature.strip().encode("utf-8", "replace"))
 
 
 # ---- delivery -----------------------------------------------------------------------------------
@@ -119,12 +125,15 @@ class Delivery:
                 "seconds": self.seconds, "reason": self.reason}
 
 
-def new_session() -> requests.Session:
+def new_session(ca_bundle: str | None = None) -> requests.Session:
     """A session that takes no credentials or proxies from the environment (no .netrc
-    Authorization header can leak to the receiver). Redirects: every POST passes
+    Authorization header can leak to the receiver). That also ignores REQUESTS_CA_BUNDLE, so the
+    CA bundle the settings read from it is given here. Redirects: every POST passes
     ``allow_redirects=False`` (a 3xx is a final answer)."""
     session = requests.Session()
     session.trust_env = False
+    if ca_bundle:
+        session.verify = ca_bundle
     return session
 
 
@@ -217,6 +226,11 @@ def _attempt(session: requests.Session, url: str, body: bytes, event: str, deliv
                           allow_redirects=False, stream=True) as response:
             status = response.status_code
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    except requests.exceptions.SSLError as exc:  # before ConnectionError, its base class
+        # An untrusted certificate, or TLS spoken to a plain-HTTP port: neither mends itself
+        # within the budget, so retrying would only hold up serving (or exiting).
+        return None, None, (f"TLS failed: {_tls_reason(exc)}, not retried: is the receiver "
+                            "https://, and its CA in REQUESTS_CA_BUNDLE or SSL_CERT_FILE?"), True
     except (requests.ConnectionError, requests.Timeout) as exc:
         # The exception's text can carry the URL (and a token in its query): name the kind only.
         return None, None, f"no answer: {exc.__class__.__name__}", False
@@ -229,6 +243,22 @@ def _attempt(session: requests.Session, url: str, body: bytes, event: str, deliv
     if status == 429 or status >= 500:  # busy or broken now: may work later
         return status, retry_after, f"HTTP {status}", False
     return status, None, f"HTTP {status}, not retried", True
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """OpenSSL's reason code (CERTIFICATE_VERIFY_FAILED, WRONG_VERSION_NUMBER, ...) from the
+    chain of wrapped errors: unlike their text, it cannot carry the URL."""
+    seen: set[int] = set()
+    pending: list[Any] = [exc]
+    while pending:
+        error = pending.pop()
+        if not isinstance(error, BaseException) or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ssl.SSLError) and isinstance(error.reason, str):
+            return error.reason
+        pending += [*error.args, getattr(error, "reason", None), error.__cause__, error.__context__]
+    return "SSLError"
 
 
 # ---- the one transition -------------------------------------------------------------------------
@@ -262,14 +292,18 @@ class Announcer:
             raise RuntimeError(f"boot already announced as {self.state!r}; cannot announce {event!r}")
         self.state = event
         settings = self.settings
-        if settings is None or not settings.webhook_url:
+        if settings is None:  # the webhook's own settings failed (runtime.settings.webhook_settings)
+            log.warning("%s: the webhook settings are invalid (see the settings error), nothing "
+                        "announced", event)
+            return {"webhook": "invalid settings"}
+        if not settings.webhook_url:
             log.info("%s: no VISGATE_WEBHOOK set, nothing to announce", event)
             return {"webhook": "not configured"}
         delivery_id = uuid.uuid4().hex
         body = self.body(event, delivery_id, extra, record)
         result = deliver(settings.webhook_url, body, event, delivery_id,
                          RetryPolicy.from_settings(settings), secret=settings.webhook_secret,
-                         session=self.session)
+                         session=self.session or new_session(settings.webhook_ca_bundle))
         target = safe_target(settings.webhook_url)
         if result.delivered:
             log.info("%s webhook delivered to %s (attempt %d, %s, %.2fs, delivery %s)", event,
@@ -293,10 +327,16 @@ class Announcer:
             "endpoint_id": settings.endpoint_id,
             "boot": _record_dict(record),
         }
-        # A safety net: no stage report or foreign message may carry a secret to the receiver.
-        # Redacted value by value, before encoding: replacing in the JSON text could hit a
-        # secret that equals a literal (true, a number) or miss one that JSON escapes.
-        clean = _redact_values(json.loads(json.dumps(payload, default=str)), settings.secrets)
+        clean = json.loads(json.dumps(payload, default=str))
+        # A safety net: no foreign text may carry a secret to the receiver. Only the fields that
+        # can hold some (the error message, the stage reports: an exception's text, a URL) are
+        # redacted, and only their values: the fields and keys the worker writes itself (status,
+        # stage, family, model_id, ...) go out as written. Value by value, after a JSON round
+        # trip and before encoding: replacing in the JSON text could hit a secret that equals a
+        # literal (true, a number) or miss one that JSON escapes.
+        for name in FOREIGN_TEXT_FIELDS:
+            if name in clean:
+                clean[name] = _redact_values(clean[name], settings.secrets)
         return json.dumps(clean).encode()  # insertion order: stages in boot order
 
 
@@ -304,7 +344,7 @@ def _redact_values(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, str):
         return redact(value, secrets)
     if isinstance(value, dict):
-        return {redact(k, secrets): _redact_values(v, secrets) for k, v in value.items()}
+        return {k: _redact_values(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact_values(v, secrets) for v in value]
     return value

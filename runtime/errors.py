@@ -62,13 +62,19 @@ def brief(exc: BaseException, limit: int = 200) -> str:
     return f"{exc.__class__.__name__}: {lines[0][:limit]}" if lines else exc.__class__.__name__
 
 
+# Below this length a "secret" is too common a string to hide: replacing it would shred ordinary
+# text ("flux" in a model id, "ready" in a status) and hide nothing worth hiding. Settings refuse
+# a webhook secret this short; this is the last guard for whatever else reaches the list.
+MIN_REDACTED_LEN = 8
+
+
 def redact(text: str, secrets: tuple[str, ...]) -> str:
     """Replace every secret in ``text``; used wherever a foreign message may echo one back.
 
     Longest first: a secret that contains another (a hub URL's query holding HF_TOKEN) would
     no longer match once the shorter one inside it had been replaced."""
     for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
+        if len(secret) >= MIN_REDACTED_LEN:
             text = text.replace(secret, "***")
     return text
 

@@ -2,17 +2,19 @@
 
 Nothing else in the worker reads ``os.environ`` for configuration: every stage receives a
 ``Settings``. ``Settings.from_env`` is a pure function of the mapping it is given (plus the
-one filesystem fact it needs, whether the Runpod volume is mounted), so tests build settings
-from a plain dict.
+two filesystem facts it needs: whether the Runpod volume is mounted, and whether a CA bundle
+variable names a file), so tests build settings from a plain dict.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 from runtime.errors import SettingsError
@@ -27,6 +29,9 @@ QUANTIZE_MODES = ("none", "fp8", "fp8-weight", "int8-weight")
 # announce stage can hold up serving (or exiting, after a failure) when the receiver is down.
 WEBHOOK_TIMEOUT_S = (10.0, 0.1, 120.0)
 WEBHOOK_BUDGET_S = (30.0, 0.1, 600.0)
+# The webhook's HMAC key: a short one can be guessed, and is common enough to occur in ordinary
+# text that the redaction of secrets would then mangle (logs, job errors, the webhook's error).
+MIN_WEBHOOK_SECRET_LEN = 16
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _SHAPE_RE = re.compile(r"^(\d+)x(\d+)$")
@@ -44,6 +49,9 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_timeout: float = WEBHOOK_TIMEOUT_S[0]  # seconds per delivery attempt
     webhook_budget: float = WEBHOOK_BUDGET_S[0]  # seconds for all attempts and waits together
+    # CA certificates for an https:// receiver with a private CA, from the standard variables:
+    # the webhook's session ignores the environment (no .netrc credentials can leak to it).
+    webhook_ca_bundle: str | None = None
     cache_dir: Path = Path(".cache/visgate")
     # The hub (HF_ENDPOINT: a mirror, or the tests' local server), whether it may be contacted at
     # all (HF_HUB_OFFLINE), and Runpod's read-only model cache, tried before our own cache.
@@ -98,11 +106,45 @@ class Settings:
         )
 
 
+# What --test_input must look like: the job Runpod's SDK runs once, locally, then exits.
+TEST_INPUT_EXAMPLE = """--test_input '{"input": {"prompt": "a red fox"}}'"""
+
+
+def check_runpod_flags(argv: Sequence[str]) -> None:
+    """Refuse a ``--test_input`` Runpod's SDK could not use. The SDK parses its flags only as
+    serving starts, after the whole boot and the ready webhook: a bad one would fail only then.
+    Read as the SDK reads it (argparse, unknown flags left alone); the message never quotes it."""
+    value = _RunpodFlags().parse_known_args(list(argv))[0].test_input
+    if not value:  # absent or empty: the SDK ignores it too
+        return
+    try:
+        job = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"--test_input is not valid JSON ({exc.msg}): give one job, e.g. "
+                            f"{TEST_INPUT_EXAMPLE}") from None
+    if not isinstance(job, dict) or job.get("input") is None:
+        raise SettingsError('--test_input must be a JSON object with an "input": e.g. '
+                            f"{TEST_INPUT_EXAMPLE}")
+
+
+class _RunpodFlags(argparse.ArgumentParser):
+    """The SDK's one flag that holds data; its errors become settings errors, not an exit."""
+
+    def __init__(self) -> None:
+        super().__init__(prog="runtime", add_help=False)
+        self.add_argument("--test_input", type=str, default=None)
+
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(f"Runpod flags: {message}; e.g. {TEST_INPUT_EXAMPLE}")
+
+
 def webhook_settings(env: Mapping[str, str]) -> Settings | None:
     """What a failed ``from_env`` still allows: the webhook and the ids, to announce the failure.
 
-    None when the webhook is not set or its URL is invalid too; a bad timeout or budget falls back
-    to the defaults, since reporting the failure matters more than honouring them.
+    None when the webhook's own settings are invalid too (its URL or secret), so that the
+    announcer can say so rather than "not set"; ``webhook_url`` is None when it is not set. A bad
+    timeout or budget falls back to the defaults, since reporting the failure matters more than
+    honouring them.
     """
     # Then without what the webhook can do without: bad timings fall back to the defaults, and a
     # bad HF_TOKEN (its only use here is redaction, and it is not text) is left out.
@@ -114,7 +156,7 @@ def webhook_settings(env: Mapping[str, str]) -> Settings | None:
                                 **_identity_and_webhook(candidate))
         except SettingsError:
             continue
-        return settings if settings.webhook_url else None
+        return settings
     return None
 
 
@@ -124,9 +166,10 @@ def _identity_and_webhook(env: Mapping[str, str]) -> dict[str, Any]:
         revision=_text(env, "HF_MODEL_REVISION") or "main",
         hf_token=_secret(env, "HF_TOKEN", "ascii"),  # an HTTP header: a Hugging Face token is ASCII
         webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
-        webhook_secret=_secret(env, "VISGATE_WEBHOOK_SECRET", "utf-8"),
+        webhook_secret=_webhook_secret(env),
         webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
         webhook_budget=_seconds(env, "VISGATE_WEBHOOK_BUDGET", WEBHOOK_BUDGET_S),
+        webhook_ca_bundle=_ca_bundle(env),
         worker_id=_text(env, "RUNPOD_POD_ID"),
         endpoint_id=_text(env, "RUNPOD_ENDPOINT_ID"),
     )
@@ -154,6 +197,25 @@ def _secret(env: Mapping[str, str], name: str, encoding: str) -> str | None:
     return value
 
 
+def _webhook_secret(env: Mapping[str, str]) -> str | None:
+    secret = _secret(env, "VISGATE_WEBHOOK_SECRET", "utf-8")
+    if secret is not None and len(secret) < MIN_WEBHOOK_SECRET_LEN:
+        raise SettingsError(f"VISGATE_WEBHOOK_SECRET is shorter than {MIN_WEBHOOK_SECRET_LEN} "
+                            "characters: a short key is easy to guess; make a random one, e.g. "
+                            "with `openssl rand -hex 32`")
+    return secret
+
+
+def _ca_bundle(env: Mapping[str, str]) -> str | None:
+    """The CA bundle file named by requests' variable, else OpenSSL's. Not ours to refuse: a base
+    image may set them for other tools, so one naming no file is passed over (the system's CAs)."""
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        path = _text(env, name)
+        if path and Path(path).is_file():
+            return path
+    return None
+
+
 def _choice(env: Mapping[str, str], name: str, valid: tuple[str, ...], default: str) -> str:
     value = _text(env, name)
     if value is None:
@@ -171,7 +233,23 @@ def _webhook_url(url: str | None) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         # The URL may carry a token in its query, so the message names only what is wrong.
         raise SettingsError("VISGATE_WEBHOOK must be an http:// or https:// URL with a host")
+    _check_sendable("VISGATE_WEBHOOK", url)
     return url
+
+
+def _check_sendable(name: str, url: str) -> None:
+    """Refuse now a URL that requests cannot send to (a space in the host, an empty label as in
+    ``hooks..example.com``): it would otherwise fail only after the whole warmup."""
+    import requests  # here: the settings module itself stays standard-library only
+
+    try:
+        prepared = requests.Request("POST", url).prepare().url or ""
+        # Label lengths (none empty, none over 63) are checked by urllib3 only as it connects.
+        (urlsplit(prepared).hostname or "").encode("idna")
+    except (requests.RequestException, ValueError):  # UnicodeError and urllib3's are ValueErrors
+        # The URL may carry a token: the message does not quote it.
+        raise SettingsError(f"{name} is not a URL that can be sent to: check its host for spaces, "
+                            "empty labels ('..') or characters not allowed in a host name") from None
 
 
 def _seconds(env: Mapping[str, str], name: str, bounds: tuple[float, float, float]) -> float:

@@ -71,8 +71,9 @@ def assert_signed(request) -> None:
     assert not verify_signature(SECRET, ts, request.body, signature, now=int(ts) + 301, tolerance=300)
 
 
-def run_worker_to_exit(env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runtime"], cwd=ROOT, env=worker_env(env),
+def run_worker_to_exit(env: dict[str, str], timeout: float = 300,
+                       args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=ROOT, env=worker_env(env),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -211,6 +212,27 @@ def test_invalid_setting_still_posts_failed(cache_dir):
     assert "VISGATE_COMPILE" in body["error"]
     assert_signed(failed)
     assert_no_secrets(done.stdout + done.stderr, failed.body.decode())
+
+
+def test_malformed_test_input_fails_at_settings_before_loading_or_ready(tmp_path):
+    # Runpod's SDK parses --test_input only as serving starts: without the settings check the
+    # worker would load, warm up and announce "ready", then die on the JSON.
+    with WebhookReceiver() as hook:
+        t0 = time.monotonic()
+        done = run_worker_to_exit(env_for(tmp_path / "cache", hook), timeout=60,
+                                  args=("--test_input", '{"input": {"prompt": "a"'))
+        seconds = time.monotonic() - t0
+        received = hook.wait_for(1, timeout=5)
+    log = done.stdout + done.stderr
+    assert done.returncode == 2, log
+    assert "boot failed at settings: --test_input is not valid JSON" in log
+    assert seconds < 30 and "fetch" not in log and "Traceback" not in log, log
+    [failed] = received
+    body = failed.json()
+    assert (body["status"], body["stage"]) == ("failed", "settings")
+    assert "--test_input is not valid JSON" in body["error"]
+    assert list(body["boot"]["stages"]) == ["settings"]
+    assert_signed(failed)
 
 
 # ---- warmup touches every graph at every shape ----------------------------------------------

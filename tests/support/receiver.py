@@ -7,6 +7,7 @@
 Each request is recorded on arrival (wall-clock time, path, headers, raw body) before it is
 answered. With ``watch_port`` set, the receiver also notes whether that port accepted a TCP
 connection at that moment: how a test proves the worker was not serving yet when it announced.
+With ``tls`` (a server-side SSLContext), it answers on https://.
 Used by the lifecycle tests and the cold-start benchmark.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -61,13 +63,14 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that goes away (a worker killed after its POST, an attempt timed out) is
         # part of what the tests do, not an error to print.
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, ssl.SSLError)):
             super().handle_error(request, client_address)
 
 
 class WebhookReceiver:
     def __init__(self, replies: Iterable[Reply | int] = (), default: Reply | int = 200,
-                 watch_port: int | None = None, path: str = "/hooks/boot") -> None:
+                 watch_port: int | None = None, path: str = "/hooks/boot",
+                 tls: ssl.SSLContext | None = None) -> None:
         self.replies = [_reply(r) for r in replies]
         self.default = _reply(default)
         self.watch_port = watch_port
@@ -77,6 +80,9 @@ class WebhookReceiver:
         self._arrived = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._server = _Server(("127.0.0.1", 0), self._handler_class())
+        self.scheme = "https" if tls else "http"
+        if tls:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread: threading.Thread | None = None
 
     @property
@@ -85,7 +91,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{self.path}"
 
     def start(self) -> "WebhookReceiver":
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,

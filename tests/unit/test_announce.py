@@ -6,7 +6,12 @@ import email.utils
 import json
 import logging
 import random
+import re
+import shutil
+import ssl
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +19,7 @@ from runtime import announce
 from runtime.announce import Announcer, RetryPolicy, deliver, sign, verify_signature
 from runtime.boot import failure_message
 from runtime.boot_report import BootRecord
-from runtime.errors import BootError, SettingsError
+from runtime.errors import BootError, SettingsError, redact
 from runtime.logs import RedactSecrets
 from runtime.retry_after import parse_retry_after
 from runtime.settings import Settings, webhook_settings
@@ -90,6 +95,40 @@ def test_stale_or_future_timestamp_is_rejected_as_replay():
     assert not verify_signature(SECRET, sent, body, signature, tolerance=300)
     assert verify_signature(SECRET, sent, body, signature, now=sent + 299, tolerance=300)
     assert not verify_signature(SECRET, sent, body, signature, now=sent - 301, tolerance=300)
+
+
+def readme_verify():
+    """The README's verification recipe, run as written (an orchestrator will copy it)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [code] = re.findall(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.DOTALL)
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102 - our own README
+    return namespace["verify"]
+
+
+# Malformed headers from a forger or a broken proxy: "²" passes str.isdigit() but not int(),
+# and a non-ASCII str makes hmac.compare_digest raise TypeError.
+MALFORMED = [("²", None), ("１７００００００００", None), ("-5", None), (" ", None),
+             (None, "sha256=é"), (None, "sha256=\u2603" + "0" * 63), (None, "\udcff")]
+
+
+@pytest.mark.parametrize("timestamp, signature", MALFORMED)
+def test_malformed_signature_headers_are_rejected_not_raised(timestamp, signature):
+    body = b'{"status":"ready"}'
+    now = int(time.time())
+    timestamp = str(now) if timestamp is None else timestamp
+    signature = sign(SECRET, now, body) if signature is None else signature
+    assert verify_signature(SECRET, timestamp, body, signature, now=now) is False
+    headers = {"X-Visgate-Timestamp": timestamp, "X-Visgate-Signature": signature}
+    assert readme_verify()(SECRET, headers, body) is False
+
+
+def test_the_readme_recipe_accepts_a_real_signature():
+    body = b'{"status":"ready"}'
+    ts = str(int(time.time()))
+    headers = {"X-Visgate-Timestamp": ts, "X-Visgate-Signature": sign(SECRET, ts, body)}
+    assert readme_verify()(SECRET, headers, body) is True
+    assert readme_verify()("another-secret-0123", headers, body) is False
 
 
 # ---- delivery and retries -----------------------------------------------------------------------
@@ -281,6 +320,57 @@ def test_connection_refused_is_retried_within_the_budget():
     assert time.monotonic() - t0 < 1.5
 
 
+def test_tls_error_is_final_not_retried_until_the_budget_is_spent():
+    # TLS spoken to a plain-HTTP receiver: an SSLError (a ConnectionError to requests) that no
+    # retry can mend, so one attempt, not the whole budget.
+    with WebhookReceiver() as hook:
+        t0 = time.monotonic()
+        result = post(hook.url.replace("http://", "https://"))
+    assert not result.delivered and result.attempts == 1, result
+    assert result.reason.startswith("TLS failed: WRONG_VERSION_NUMBER, not retried")
+    assert "REQUESTS_CA_BUNDLE" in result.reason and time.monotonic() - t0 < 1.5
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (its own CA), and a server context using it."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.skip("needs the openssl command to make a certificate")
+    folder = tmp_path_factory.mktemp("ca")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"])
+def test_a_receiver_with_a_private_ca_verifies_with_the_standard_ca_variables(private_ca, variable):
+    cert, context = private_ca
+    with WebhookReceiver(tls=context) as hook:
+        env = {"HF_MODEL_ID": "visgate/tiny-flux", "VISGATE_WEBHOOK": hook.url,
+               "VISGATE_WEBHOOK_BUDGET": "5"}
+        untrusted = Announcer(Settings.from_env(env)).ready(FakeFamily(), BootRecord())
+        settings = Settings.from_env({**env, variable: str(cert)})
+        assert settings.webhook_ca_bundle == str(cert)
+        trusted = Announcer(settings).ready(FakeFamily(), BootRecord())
+        assert len(hook.received) == 1
+    assert trusted["delivered"] and trusted["attempts"] == 1, trusted
+    assert not untrusted["delivered"] and untrusted["attempts"] == 1, untrusted
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted["reason"]
+
+
+def test_a_ca_variable_naming_no_file_is_passed_over(tmp_path):
+    env = {"HF_MODEL_ID": "visgate/tiny-flux", "REQUESTS_CA_BUNDLE": str(tmp_path / "missing.pem")}
+    assert Settings.from_env(env).webhook_ca_bundle is None
+    (tmp_path / "ca.pem").write_text("")
+    assert Settings.from_env({**env, "SSL_CERT_FILE": str(tmp_path / "ca.pem")}).webhook_ca_bundle == str(
+        tmp_path / "ca.pem")
+
+
 def test_backoff_is_exponential_capped_and_jittered():
     policy = RetryPolicy(attempt_timeout=1, budget=60, backoff_base=1.0, backoff_cap=8.0)
     rng = random.Random(0)
@@ -350,7 +440,22 @@ def test_announced_exactly_once(receiver):
 
 def test_no_webhook_configured_posts_nothing():
     assert Announcer(settings_for(None)).ready(FakeFamily(), BootRecord()) == {"webhook": "not configured"}
-    assert Announcer(None).failed("settings", "bad", BootRecord()) == {"webhook": "not configured"}
+    assert Announcer(None).failed("settings", "bad", BootRecord()) == {"webhook": "invalid settings"}
+
+
+@pytest.mark.parametrize("env, said", [
+    ({"VISGATE_COMPILE": "bogus"}, "no VISGATE_WEBHOOK set"),
+    ({"VISGATE_COMPILE": "bogus", "VISGATE_WEBHOOK": "ftp://hook.example/x"}, "webhook settings are invalid"),
+    ({"VISGATE_WEBHOOK": "http://[broken"}, "webhook settings are invalid"),
+    ({"VISGATE_WEBHOOK": "http://hook.example/x", "VISGATE_WEBHOOK_SECRET": "short"},
+     "webhook settings are invalid"),
+])
+def test_after_a_settings_error_the_log_tells_unset_from_invalid(env, said, caplog):
+    # As runtime.__main__ does after a settings error: announce with what is still readable.
+    caplog.set_level(logging.INFO, logger="runtime")
+    Announcer(webhook_settings(env)).failed("settings", "bad", BootRecord())
+    [line] = [r.getMessage() for r in caplog.records if r.name == "runtime.announce"]
+    assert said in line, line
 
 
 def test_secrets_appear_in_no_log_line_or_body(caplog):
@@ -408,7 +513,7 @@ def test_webhook_settings_survive_another_bad_setting():
     partial = webhook_settings(env)
     assert partial.webhook_url == "http://hook.example/x" and partial.worker_id == "pod-9"
     assert SECRET in partial.secrets and partial.model_id == ""
-    assert webhook_settings({"VISGATE_COMPILE": "bogus"}) is None
+    assert webhook_settings({"VISGATE_COMPILE": "bogus"}).webhook_url is None  # not set: not invalid
     assert webhook_settings({"VISGATE_WEBHOOK": "ftp://x"}) is None
     assert webhook_settings({"VISGATE_WEBHOOK": "http://[broken"}) is None
     # A bad timeout or budget must not silence the failure report: the defaults stand in.
@@ -422,7 +527,7 @@ def test_webhook_settings_survive_another_bad_setting():
     assert partial is not None and partial.hf_token is None and SECRET in partial.secrets
 
 
-@pytest.mark.parametrize("secret", ["true", 'se"cret\\x', "clé-secrète"])
+@pytest.mark.parametrize("secret", ["1234567890123456", 'se"cret\\x-0123456789', "clé-secrète-0123456"])
 def test_body_redaction_works_on_values_not_json_text(secret):
     record = BootRecord()
     with record.stage("fetch") as report:
@@ -450,12 +555,43 @@ def test_body_redaction_works_on_values_not_json_text(secret):
     assert not [text for text in strings if secret in text]
 
 
+def test_fields_the_worker_writes_are_not_redacted():
+    # A secret that equals something the worker writes itself (here the model id, a stage
+    # report's key) must not mangle those fields; foreign text (the error, a stage report's
+    # values) is still cleaned.
+    secret = "visgate/tiny-flux"
+    record = BootRecord()
+    with record.stage("fetch") as report:
+        report[secret] = f"echoed {secret}"
+    settings = settings_for("http://hook.example/x", webhook_secret=secret)
+    extra = {"stage": "fetch", "family": "flux", "error": f"boom {secret}"}
+    payload = json.loads(Announcer(settings).body("failed", "d-1", extra, record))
+    assert (payload["model_id"], payload["status"], payload["stage"]) == (secret, "failed", "fetch")
+    assert payload["error"] == "boom ***"
+    assert payload["boot"]["stages"]["fetch"][secret] == "echoed ***"
+
+
+@pytest.mark.parametrize("secret", ["ready", "flux", "fetch", "main"])
+def test_a_short_secret_is_never_redacted(secret):
+    # Settings refuse such a webhook secret; a Settings built without them must still not turn
+    # "status": "ready" into "***" or "visgate/tiny-flux" into "visgate/tiny-***".
+    settings = settings_for("http://hook.example/x", webhook_secret=secret)
+    payload = json.loads(Announcer(settings).body("ready", "d-1", {"family": "flux"}, record_with_stages()))
+    assert (payload["status"], payload["model_id"], payload["revision"]) == (
+        "ready", "visgate/tiny-flux", "main")
+    assert "***" not in json.dumps(payload)
+    assert redact("visgate/tiny-flux is ready", (secret,)) == "visgate/tiny-flux is ready"
+    env = {"VISGATE_WEBHOOK": "http://hook.example/x", "VISGATE_WEBHOOK_SECRET": secret}
+    assert webhook_settings(env) is None
+
+
 def test_failure_message_names_the_stage_that_raised():
     assert failure_message(ValueError("bad\nsecond line tok"), ("tok",), "fetch") == (
         "fetch", "ValueError: bad")
     assert failure_message(BootError("no GPU", stage="load"), (), "fetch") == ("load", "no GPU")
     assert failure_message(BootError("x"), (), "warmup") == ("warmup", "x")
-    assert failure_message(RuntimeError("has tok inside"), ("tok",)) == ("boot", "RuntimeError: has *** inside")
+    assert failure_message(RuntimeError("has tok-secret-1 inside"), ("tok-secret-1",)) == (
+        "boot", "RuntimeError: has *** inside")
 
 
 def test_boot_record_body_is_json_and_excludes_running_stage():

@@ -49,6 +49,9 @@ TEST_INPUT = ROOT / "test_input.json"
 CODE_DIRS = ("runtime", "pipelines")
 # Names Runpod itself sets on every worker: read by the code, never asked of the user.
 PLATFORM_SET = {"RUNPOD_POD_ID", "RUNPOD_ENDPOINT_ID"}
+# Standard variables the settings honour (the webhook's CA bundle): set by an image or an
+# operator for every TLS client, not offered as the worker's own hub inputs.
+STANDARD_SET = {"REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"}
 # What the torch of the base image brings; nothing in requirements.txt may pin or replace these.
 TORCH_FAMILY = re.compile(r"^(torch|torchvision|torchaudio|triton|pytorch-triton|xformers|nvidia-.*)$")
 
@@ -691,7 +694,7 @@ def test_hub_json_follows_the_hub_schema() -> None:
 
 def test_hub_json_offers_every_user_facing_setting() -> None:
     keys = {entry["key"] for entry in hub()["config"]["env"]}
-    wanted = settings_names() - PLATFORM_SET
+    wanted = settings_names() - PLATFORM_SET - STANDARD_SET
     assert wanted - keys == set(), f"settings missing from hub.json: {sorted(wanted - keys)}"
     assert keys - wanted == set(), f"hub.json keys the settings do not read: {sorted(keys - wanted)}"
 

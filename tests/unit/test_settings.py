@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from runtime.errors import SettingsError
-from runtime.settings import (ATTENTIONS, COMPILE_MODES, PRECISIONS, QUANTIZE_MODES, Settings)
+from runtime.settings import (ATTENTIONS, COMPILE_MODES, PRECISIONS, QUANTIZE_MODES, Settings,
+                              check_runpod_flags)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -53,13 +55,13 @@ GOOD = [
                   "compile": "max-autotune"}, id="choices-case-and-space-insensitive"),
     pytest.param({"HF_MODEL_REVISION": "a1b2c3d", "HF_TOKEN": "hf_abc",
                   "VISGATE_WEBHOOK": "https://hooks.example.com/ready?token=t",
-                  "VISGATE_WEBHOOK_SECRET": "s3cret", "RUNPOD_POD_ID": "pod1",
+                  "VISGATE_WEBHOOK_SECRET": "s3cret-s3cret-s3cret", "RUNPOD_POD_ID": "pod1",
                   "RUNPOD_ENDPOINT_ID": "ep1"},
-                 {"revision": "a1b2c3d", "hf_token": "hf_abc", "webhook_secret": "s3cret",
+                 {"revision": "a1b2c3d", "hf_token": "hf_abc", "webhook_secret": "s3cret-s3cret-s3cret",
                   "webhook_url": "https://hooks.example.com/ready?token=t", "worker_id": "pod1",
                   "endpoint_id": "ep1",
                   # The webhook URL's query is redacted too: it often carries a token.
-                  "secrets": ("hf_abc", "s3cret", "token=t")}, id="all-strings"),
+                  "secrets": ("hf_abc", "s3cret-s3cret-s3cret", "token=t")}, id="all-strings"),
     pytest.param({"VISGATE_WEBHOOK": "http://127.0.0.1:8080/hook"},
                  {"webhook_url": "http://127.0.0.1:8080/hook"}, id="webhook-http-with-port"),
     pytest.param({"HF_TOKEN": "   "}, {"hf_token": None, "secrets": ()}, id="blank-token-is-none"),
@@ -96,6 +98,13 @@ BAD = [
                  "VISGATE_WEBHOOK must be an http:// or https:// URL with a host", id="webhook-no-host"),
     pytest.param({**MODEL, "VISGATE_WEBHOOK": "http://example.com:port/hook"},
                  "VISGATE_WEBHOOK", id="webhook-bad-port"),
+    # requests cannot send to these: refused now, not after the warmup
+    pytest.param({**MODEL, "VISGATE_WEBHOOK": "https://hooks.example.com /ready?token=tok_Secret1"},
+                 "VISGATE_WEBHOOK is not a URL that can be sent to", id="webhook-space-in-host"),
+    pytest.param({**MODEL, "VISGATE_WEBHOOK": "https://hooks..example.com/?token=tok_Secret1"},
+                 "VISGATE_WEBHOOK is not a URL that can be sent to", id="webhook-empty-label"),
+    pytest.param({**MODEL, "VISGATE_WEBHOOK": f"https://{'a' * 64}.example.com/?token=tok_Secret1"},
+                 "VISGATE_WEBHOOK is not a URL that can be sent to", id="webhook-label-too-long"),
     pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "1024"},
                  "VISGATE_WARMUP_SHAPES item '1024' is not HEIGHTxWIDTH", id="shape-one-number"),
     pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "1024x1024,768*1344"},
@@ -160,6 +169,20 @@ def test_bad_webhook_message_does_not_echo_the_url(no_volume: Path) -> None:
 
 
 # ---- cache dir ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("url", ["https://hooks.example.com /ready?token=tok_Secret1",
+                                 "https://hooks..example.com/?token=tok_Secret1"])
+def test_an_unsendable_webhook_is_refused_without_quoting_it(url: str, no_volume: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings({**MODEL, "VISGATE_WEBHOOK": url}, no_volume)
+    assert "tok_Secret1" not in str(info.value) and "hooks" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/hook", "https://hooks.example.com./x?token=t",
+                                 "https://user:pw@h\u00fcbsch.example/x", "http://[::1]:9/x"])
+def test_sendable_webhooks_pass(url: str, no_volume: Path) -> None:
+    assert settings({**MODEL, "VISGATE_WEBHOOK": url}, no_volume).webhook_url == url
+
+
 def test_cache_dir_on_a_mounted_volume(mounted_volume: Path) -> None:
     assert settings(MODEL, mounted_volume).cache_dir == mounted_volume / "visgate"
 
@@ -212,16 +235,28 @@ def test_a_secret_that_is_not_text_is_refused_without_quoting_it(name: str, no_v
 
 
 
+@pytest.mark.parametrize("secret", ["ready", "flux", "s3cret", "fifteen-chars-x"])
+def test_a_short_webhook_secret_is_refused_without_quoting_it(secret: str, no_volume: Path) -> None:
+    # A short key is guessable, and redacting a common string ("ready", "flux") would mangle the
+    # webhook body, job errors and logs wherever it occurs.
+    with pytest.raises(SettingsError) as info:
+        settings({**MODEL, "VISGATE_WEBHOOK_SECRET": secret}, no_volume)
+    message = str(info.value)
+    assert "VISGATE_WEBHOOK_SECRET is shorter than 16 characters" in message
+    assert "openssl rand -hex 32" in message and secret not in message
+    assert settings({**MODEL, "VISGATE_WEBHOOK_SECRET": "sixteen-chars-xx"}, no_volume).webhook_secret
+
+
 def test_secrets_are_not_in_repr(no_volume: Path) -> None:
-    s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ",
+    s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ0123456789",
                   "VISGATE_WEBHOOK": "https://hooks.example/ready?token=tok_QueryToken"}, no_volume)
     assert "tok_QueryToken" not in repr(s) and "hooks.example" not in repr(s)
-    s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ"},
+    s = settings({**MODEL, "HF_TOKEN": "hf_SuperSecretToken", "VISGATE_WEBHOOK_SECRET": "whsec_XYZ0123456789"},
                  no_volume)
-    assert s.secrets == ("hf_SuperSecretToken", "whsec_XYZ")
+    assert s.secrets == ("hf_SuperSecretToken", "whsec_XYZ0123456789")
     for text in (repr(s), str(s)):
         assert "hf_SuperSecretToken" not in text
-        assert "whsec_XYZ" not in text
+        assert "whsec_XYZ0123456789" not in text
         assert "black-forest-labs/FLUX.1-schnell" in text  # the repr is still useful
 
 
@@ -261,3 +296,25 @@ def test_from_env_reads_only_the_mapping(no_volume: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("DEVICE", "not-a-device")
     s = settings({"HF_MODEL_ID": "from/mapping", "DEVICE": "cpu"}, no_volume)
     assert (s.model_id, s.device) == ("from/mapping", "cpu")
+
+
+# ---- Runpod's flags -----------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [[], ["--rp_serve_api", "--rp_api_port", "8000"],
+                                  ["--test_input", '{"input": {"prompt": "a"}}'],
+                                  ['--test_input={"input": {"prompt": "a"}}'], ["--test_input", ""]])
+def test_usable_runpod_flags_pass(argv: list[str]) -> None:
+    check_runpod_flags(argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--test_input", '{"input": {"prompt": "a"'], "--test_input is not valid JSON"),
+    (["--test_in", "{input: 1}"], "--test_input is not valid JSON"),  # the SDK takes prefixes
+    (["--test_input", '["a"]'], '--test_input must be a JSON object with an "input"'),
+    (["--test_input", '{"prompt": "a"}'], '--test_input must be a JSON object with an "input"'),
+    (["--rp_serve_api", "--test_input"], "argument --test_input: expected one argument"),
+])
+def test_a_test_input_the_sdk_cannot_run_is_a_settings_error(argv: list[str], message: str) -> None:
+    # The SDK parses its flags only when serving starts: after the boot and the ready webhook.
+    with pytest.raises(SettingsError, match=re.escape(message)) as info:
+        check_runpod_flags(argv)
+    assert """--test_input '{"input": {"prompt": "a red fox"}}'""" in str(info.value)
