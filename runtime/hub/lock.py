@@ -9,7 +9,8 @@ only operations that are atomic there:
   content and mtime move while it lives;
 - staleness is judged by a waiter on its *own* monotonic clock: "the lock has not changed for
   ``stale_after_s``" (no comparison of clocks across hosts), or at once when the owner is a dead
-  process on this very host;
+  process that provably ran where our PIDs mean the same thing (same host, boot and PID
+  namespace: containers often share a hostname but not PIDs);
 - a stale lock is broken by renaming it away (only one waiter's rename succeeds), then the
   waiter competes for ``O_EXCL`` again like everyone else.
 
@@ -33,6 +34,20 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 _HOST = socket.gethostname()
+
+
+def _read_id(read: Callable[[], str]) -> str | None:
+    try:
+        return read().strip() or None
+    except OSError:
+        return None
+
+
+# Where a PID names a process: the same hostname alone does not say so (containers with host
+# networking or one ``--hostname`` share it, each with its own PID namespace), nor does a host
+# that has rebooted since. None where unknown: then no lock is ever judged dead by its PID.
+_BOOT = _read_id(lambda: Path("/proc/sys/kernel/random/boot_id").read_text())
+_PIDNS = _read_id(lambda: os.readlink("/proc/self/ns/pid"))
 
 
 class BlobLock:
@@ -101,8 +116,8 @@ class BlobLock:
 
     # ---- internals ---------------------------------------------------------------------------
     def _content(self) -> bytes:
-        return json.dumps({"host": _HOST, "pid": os.getpid(), "token": self.token,
-                           "beat": self._beat, "time": time.time()}).encode()
+        return json.dumps({"host": _HOST, "boot": _BOOT, "pidns": _PIDNS, "pid": os.getpid(),
+                           "token": self.token, "beat": self._beat, "time": time.time()}).encode()
 
     def _try_create(self) -> bool:
         try:
@@ -167,9 +182,12 @@ def _parse(content: bytes | None) -> dict:
 
 
 def _dead_here(owner: dict) -> bool:
-    """The owner ran on this host and its process no longer exists (a killed worker restarted)."""
+    """The owner ran in our PID namespace and its process no longer exists (a killed worker
+    restarted). An owner elsewhere, or one whose lock does not say where (written by an older
+    version), is left to the heartbeat rule: its PID may be a live process we cannot see."""
     pid = owner.get("pid")
-    if owner.get("host") != _HOST or not isinstance(pid, int) or pid == os.getpid():
+    here = (owner.get("host"), owner.get("boot"), owner.get("pidns")) == (_HOST, _BOOT, _PIDNS)
+    if not here or None in (_BOOT, _PIDNS) or not isinstance(pid, int) or pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)

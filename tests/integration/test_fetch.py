@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -154,6 +155,38 @@ def test_a_partial_download_left_by_a_dead_worker_is_resumed(hub: HubServer, tmp
     assert [r.range for r in hub.requests(kind="cdn") if r.path == target] == [f"bytes={half}-"]
     assert (result.model_dir / target).read_bytes() == entry.file.read_bytes()
     assert not list(blobs.glob("*.part"))
+
+
+def test_a_stale_owner_still_writing_cannot_spoil_the_download_that_resumed_its_partial(
+        hub: HubServer, tmp_path: Path):
+    """A worker judged stale may be alive (stalled, or its PIDs not ours to see) with its partial
+    file open: what it writes after the takeover must not reach our download."""
+    target = "unet/diffusion_pytorch_model.safetensors"
+    entry = hub.repos[SDXL].entries[target]
+    blobs = repo_blobs(tmp_path, SDXL)
+    blobs.mkdir(parents=True)
+    half = entry.size // 2
+    theirs = blobs / f"{entry.sha256}.stalled.part"
+    theirs.write_bytes(entry.file.read_bytes()[:half])
+    locks = tmp_path / "hf" / "visgate" / "locks" / repo_folder(SDXL)
+    locks.mkdir(parents=True)
+    (locks / f"{entry.sha256}.lock").write_text(json.dumps({"host": "gone", "pid": 7, "token": "t"}))
+    hub.rate = 1_000_000  # the rest takes a while: the stalled owner wakes up meanwhile
+    stalled = open(theirs, "ab")
+
+    def wake_up_and_write() -> None:  # the moment its file is taken, it writes one more chunk
+        while theirs.exists():
+            time.sleep(0.001)
+        stalled.write(b"\xee" * 4096)
+        stalled.flush()
+
+    writer = threading.Thread(target=wake_up_and_write)
+    writer.start()
+    result = fetch(hub_settings(hub, tmp_path), FAST)
+    writer.join(5)
+    stalled.close()
+    assert (result.model_dir / target).read_bytes() == entry.file.read_bytes()
+    assert [r.range for r in hub.requests(kind="cdn") if r.path == target] == [f"bytes={half}-"]
 
 
 def test_a_partial_file_with_wrong_bytes_is_downloaded_again(hub: HubServer, tmp_path: Path):

@@ -4,12 +4,13 @@ from dead or silent owners broken, a taken-over owner told so."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from runtime.hub.lock import BlobLock
 
@@ -74,15 +75,39 @@ def test_a_silent_lock_from_another_host_is_broken_after_the_timeout(tmp_path: P
     lock.release()
 
 
-def test_a_lock_of_a_dead_process_on_this_host_is_broken_at_once(tmp_path: Path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+def lock_of_a_dead_process(path: Path) -> dict:
+    """The lock a worker left when it was killed: taken for real, never released."""
+    take = ("import os, sys; from pathlib import Path; from runtime.hub.lock import BlobLock;"
+            "BlobLock(Path(sys.argv[1])).acquire(done=lambda: False); os._exit(0)")
+    subprocess.run([sys.executable, "-c", take, str(path)], check=True)
+    return json.loads(path.read_text())
+
+
+def test_a_lock_of_a_dead_process_in_our_pid_namespace_is_broken_at_once(tmp_path: Path):
     path = tmp_path / "blob.lock"
-    path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "token": "x"}))
+    lock_of_a_dead_process(path)
     lock = BlobLock(path, stale_after_s=60, poll_s=0.02)
     t0 = time.monotonic()
     assert lock.acquire(done=lambda: False)
     assert time.monotonic() - t0 < 2
+    lock.release()
+
+
+@pytest.mark.parametrize("where", ["another PID namespace", "another boot", "an older version"])
+def test_a_pid_we_cannot_see_is_left_to_the_heartbeat_rule(tmp_path: Path, where: str):
+    """Containers that share a hostname do not share PIDs: an owner whose PID is not ours to
+    check is judged by its heartbeat only, never broken at once while it may be alive."""
+    path = tmp_path / "blob.lock"
+    owner = lock_of_a_dead_process(path)  # a PID that means nothing here, our hostname
+    if where == "an older version":  # its lock did not say where its PID lives
+        del owner["boot"], owner["pidns"]
+    else:
+        owner["pidns" if where == "another PID namespace" else "boot"] = "elsewhere"
+    path.write_text(json.dumps(owner))
+    lock = BlobLock(path, stale_after_s=0.6, poll_s=0.02)
+    t0 = time.monotonic()
+    assert lock.acquire(done=lambda: False)
+    assert time.monotonic() - t0 >= 0.6, "broken at once: its owner may still be running"
     lock.release()
 
 
