@@ -125,3 +125,21 @@ def test_an_owner_whose_lock_was_taken_over_knows_it(tmp_path: Path):
     owner.release()
     assert path.exists(), "releasing a lost lock must not remove the new owner's lock"
     other.release()
+
+
+def test_a_waiter_that_breaks_a_stale_lock_late_leaves_the_new_owners_lock(tmp_path: Path):
+    """Two waiters judge the same silent lock stale; one breaks it and takes the lock; the other
+    (its rename slower, on a network volume) acts only then: it must not remove the new lock."""
+    path = tmp_path / "blob.lock"
+    path.write_text(json.dumps({"host": "another-worker", "pid": 1, "token": "x", "beat": 0}))
+    judged_stale = path.read_bytes()
+    first = BlobLock(path, heartbeat_s=0.05, stale_after_s=0.2, poll_s=0.01)
+    assert first.acquire(done=lambda: False)
+    late = BlobLock(path)
+    assert not late._remove_if(lambda now: now == judged_stale)
+    assert json.loads(path.read_text())["token"] == first.token
+    time.sleep(0.2)  # a few heartbeats: the owner still holds it
+    assert not first.lost
+    assert list(tmp_path.iterdir()) == [path], "nothing left aside"
+    first.release()
+    assert not path.exists()
