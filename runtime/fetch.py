@@ -30,7 +30,7 @@ from pipelines.files import MODEL_INDEX, FileSelection, RepoFile, components_wit
 from pipelines.registry import family_class_for, read_model_index
 from pipelines.tiny import ensure_tiny, is_tiny
 from runtime.errors import BootError
-from runtime.hub.api import HubClient, HubOptions, Listing, TransientHubError
+from runtime.hub.api import HubClient, HubOptions, Listing, RevisionNotFound, TransientHubError
 from runtime.hub.integrity import stamp_valid
 from runtime.hub.layout import RemoteFile, RepoCache
 from runtime.hub.manifest import Manifest
@@ -188,7 +188,16 @@ def _from_cache(settings: Settings, cache: RepoCache, client: HubClient, manifes
                 len(damaged), settings.model_id)
     # The manifest holds their sizes and hashes: no listing request is needed.
     reused = _cached_bytes(cache, manifest.files)
-    downloaded = _download(cache, client, manifest.commit, damaged, options)
+    try:
+        downloaded = _download(cache, client, manifest.commit, damaged, options)
+    except RevisionNotFound:
+        if settings.revision == manifest.commit:
+            raise  # the user pinned that very commit: nothing else to fetch
+        # A branch (or tag) whose history was rewritten: the cached commit is gone from the
+        # hub, the branch itself is not. List it again, as a cold boot does.
+        log.warning("cached commit %s of %s is no longer on the hub: fetching %s again",
+                    manifest.commit[:12], settings.model_id, settings.revision)
+        return _cold(settings, cache, client, options, started)
     for f in damaged:
         cache.link(manifest.commit, f)
     return _result(settings, cache, manifest, client, started, "repaired", downloaded, reused)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections import Counter
@@ -117,14 +118,27 @@ def test_a_connection_cut_mid_file_is_resumed(hub: HubServer, tmp_path: Path):
     assert (result.model_dir / target).read_bytes() == hub.repos[SDXL].entries[target].file.read_bytes()
 
 
+def rewrite_history(hub: HubServer, repo_dir: Path, tmp_path: Path) -> str:
+    """A force-push to main: a new commit, and the old one gone from the hub."""
+    rewritten = tmp_path / "rewritten"
+    shutil.copytree(repo_dir, rewritten)
+    (rewritten / "README.md").write_text("rewritten history\n")
+    return hub.add_repo(SDXL, rewritten).commit
+
+
+def damage(model_dir: Path, rel: str) -> None:
+    """Same size, different bytes."""
+    with open(os.path.realpath(model_dir / rel), "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00" * 64)
+
+
 def test_a_corrupted_or_truncated_cached_file_is_detected_and_replaced(hub: HubServer, tmp_path: Path):
     settings = hub_settings(hub, tmp_path)
     result = fetch(settings, FAST)
     unet = result.model_dir / "unet/diffusion_pytorch_model.safetensors"
     vae = result.model_dir / "vae/diffusion_pytorch_model.safetensors"
-    with open(os.path.realpath(unet), "r+b") as f:  # same size, different bytes
-        f.seek(1000)
-        f.write(b"\x00" * 64)
+    damage(result.model_dir, "unet/diffusion_pytorch_model.safetensors")
     os.truncate(os.path.realpath(vae), 1000)
     (result.model_dir / "vae/config.json").unlink()  # a lost link: relinked, nothing downloaded
     hub.clear()
@@ -138,6 +152,31 @@ def test_a_corrupted_or_truncated_cached_file_is_detected_and_replaced(hub: HubS
         assert (repaired.model_dir / rel).read_bytes() == hub.repos[SDXL].entries[rel].file.read_bytes()
     hub.clear()
     assert fetch(settings, FAST).report["cache"] == "hit" and hub.log == []
+
+
+def test_a_damaged_file_of_a_commit_gone_from_its_branch_is_fetched_from_the_branch_again(
+        hub: HubServer, hub_repo_dirs: dict[str, Path], tmp_path: Path):
+    settings = hub_settings(hub, tmp_path)  # HF_MODEL_REVISION: main
+    old = fetch(settings, FAST)
+    new_commit = rewrite_history(hub, hub_repo_dirs["sdxl"], tmp_path)
+    damage(old.model_dir, "unet/diffusion_pytorch_model.safetensors")
+    result = fetch(settings, FAST)
+    assert result.report["commit"] == new_commit and result.report["cache"] == "partial"
+    assert result.model_dir.name == new_commit
+    hub.clear()
+    assert fetch(settings, FAST).report["cache"] == "hit" and hub.log == []
+
+
+def test_a_pinned_commit_gone_from_the_hub_is_named_as_such(hub: HubServer,
+                                                           hub_repo_dirs: dict[str, Path],
+                                                           tmp_path: Path):
+    commit = hub.repos[SDXL].commit
+    settings = hub_settings(hub, tmp_path, HF_MODEL_REVISION=commit)
+    cached = fetch(settings, FAST)
+    rewrite_history(hub, hub_repo_dirs["sdxl"], tmp_path)
+    damage(cached.model_dir, "unet/diffusion_pytorch_model.safetensors")
+    message = fetch_error(settings)
+    assert f"commit {commit[:12]} of {SDXL} is no longer on the hub" in message
 
 
 def test_a_partial_download_left_by_a_dead_worker_is_resumed(hub: HubServer, tmp_path: Path):
