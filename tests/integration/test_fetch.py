@@ -136,7 +136,6 @@ def damage(model_dir: Path, rel: str) -> None:
 def test_a_corrupted_or_truncated_cached_file_is_detected_and_replaced(hub: HubServer, tmp_path: Path):
     settings = hub_settings(hub, tmp_path)
     result = fetch(settings, FAST)
-    unet = result.model_dir / "unet/diffusion_pytorch_model.safetensors"
     vae = result.model_dir / "vae/diffusion_pytorch_model.safetensors"
     damage(result.model_dir, "unet/diffusion_pytorch_model.safetensors")
     os.truncate(os.path.realpath(vae), 1000)
