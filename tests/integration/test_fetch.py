@@ -333,6 +333,24 @@ def test_a_warmup_shape_the_family_refuses_stops_before_any_weight(hub: HubServe
     assert result.report["cache"] == "partial"
 
 
+def test_a_sharded_index_naming_a_shard_the_hub_lacks_fails_before_the_weights(
+        hub: HubServer, hub_repo_dirs: dict[str, Path], tmp_path: Path):
+    """Else the set would be marked complete and every boot would fail at load."""
+    repo = tmp_path / "repo"
+    shutil.copytree(hub_repo_dirs["sdxl"], repo)
+    unet = repo / "unet"
+    (unet / "diffusion_pytorch_model.safetensors").rename(
+        unet / "diffusion_pytorch_model-00001-of-00002.safetensors")
+    (unet / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({
+        "metadata": {}, "weight_map": {"a": "diffusion_pytorch_model-00001-of-00002.safetensors",
+                                       "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}}))
+    hub.add_repo(SDXL, repo)
+    message = fetch_error(hub_settings(hub, tmp_path / "cache", VISGATE_PRECISION="fp32"))
+    assert "missing shard unet/diffusion_pytorch_model-00002-of-00002.safetensors" in message
+    assert not [r for r in hub.downloads() if r.path.endswith(".safetensors")]
+    assert not list((tmp_path / "cache").rglob("manifests/**/*.json"))
+
+
 def test_a_file_that_never_arrives_fails_the_boot_clearly(hub: HubServer, tmp_path: Path):
     hub.inject(Fault(kind="cdn", match="unet/*", status=503, times=None))
     message = fetch_error(hub_settings(hub, tmp_path))
