@@ -24,13 +24,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from pipelines.files import MODEL_INDEX, FileSelection, RepoFile, components_without_weights
 from pipelines.registry import family_class_for, read_model_index
 from pipelines.tiny import ensure_tiny, is_tiny
 from runtime.errors import BootError
-from runtime.hub.api import HubClient, HubOptions, Listing, TransientHubError
+from runtime.hub.api import HubClient, HubOptions, Listing, RevisionNotFound, TransientHubError
 from runtime.hub.integrity import stamp_valid
 from runtime.hub.layout import RemoteFile, RepoCache
 from runtime.hub.manifest import Manifest
@@ -128,22 +128,28 @@ def _from_local(settings: Settings, model_dir: Path) -> FetchResult:
 
 
 # ---- Runpod's model cache ------------------------------------------------------------------------
-def _missing_shards(root: Path, paths: tuple[str, ...]) -> tuple[str, ...]:
-    """Components whose sharded weights' index names a shard the cache does not hold: a partly
-    cached model that would only fail later, at load, with no fallback."""
-    chosen, missing = set(paths), []
+def _shard_maps(root: Path, paths: Iterable[str]) -> dict[str, set[str] | None]:
+    """Each sharded-weights index among ``paths`` and the shards its weight_map names, as paths
+    beside it (None: the index is unreadable)."""
+    maps: dict[str, set[str] | None] = {}
     for path in paths:
         if not path.endswith(".index.json") and ".index." not in path:
             continue
-        component = path.split("/", 1)[0]
+        folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
         try:
-            shards = set(json.loads((root / path).read_text()).get("weight_map", {}).values())
-        except (OSError, ValueError, AttributeError):
-            missing.append(component)
-            continue
-        if any(f"{component}/{shard}" not in chosen for shard in shards):
-            missing.append(component)
-    return tuple(missing)
+            shards = json.loads((root / path).read_text()).get("weight_map", {}).values()
+            maps[path] = {folder + shard for shard in shards}
+        except (OSError, ValueError, AttributeError, TypeError):
+            maps[path] = None
+    return maps
+
+
+def _missing_shards(root: Path, paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Components whose sharded weights' index names a shard the cache does not hold: a partly
+    cached model that would only fail later, at load, with no fallback."""
+    chosen = set(paths)
+    return tuple(path.split("/", 1)[0] for path, shards in _shard_maps(root, paths).items()
+                 if shards is None or not shards <= chosen)
 
 
 def _from_runpod_cache(settings: Settings) -> FetchResult | None:
@@ -188,7 +194,16 @@ def _from_cache(settings: Settings, cache: RepoCache, client: HubClient, manifes
                 len(damaged), settings.model_id)
     # The manifest holds their sizes and hashes: no listing request is needed.
     reused = _cached_bytes(cache, manifest.files)
-    downloaded = _download(cache, client, manifest.commit, damaged, options)
+    try:
+        downloaded = _download(cache, client, manifest.commit, damaged, options)
+    except RevisionNotFound:
+        if settings.revision == manifest.commit:
+            raise  # the user pinned that very commit: nothing else to fetch
+        # A branch (or tag) whose history was rewritten: the cached commit is gone from the
+        # hub, the branch itself is not. List it again, as a cold boot does.
+        log.warning("cached commit %s of %s is no longer on the hub: fetching %s again",
+                    manifest.commit[:12], settings.model_id, settings.revision)
+        return _cold(settings, cache, client, options, started)
     for f in damaged:
         cache.link(manifest.commit, f)
     return _result(settings, cache, manifest, client, started, "repaired", downloaded, reused)
@@ -215,11 +230,15 @@ def _cold(settings: Settings, cache: RepoCache, client: HubClient, options: Fetc
     for f in configs:
         cache.link(listing.commit, f)
     _check_serving_shapes(settings, snapshot)
+    shards = _shards_left_out(settings, snapshot, listing, files)
+    if shards:
+        files += shards
+        _check_disk(cache, files, options)
     downloaded += _download(cache, client, listing.commit, files, options)
     for f in files:
         cache.link(listing.commit, f)
     cache.write_ref(settings.revision, listing.commit)
-    chosen = set(selection.paths)
+    chosen = {f.path for f in files}
     skipped = [f for p, f in listing.files.items() if p not in chosen]
     manifest = Manifest(settings.model_id, listing.commit, precision, selection.variant, files,
                         totals={"files_skipped": len(skipped),
@@ -237,6 +256,25 @@ def _select(settings: Settings, snapshot: Path, listing: Listing
     files = _checked_files(settings, listing, index, selection)
     _log_plan(settings, listing, files, selection, precision)
     return precision, selection, files
+
+
+def _shards_left_out(settings: Settings, snapshot: Path, listing: Listing,
+                     files: list[RemoteFile]) -> list[RemoteFile]:
+    """The shards that the chosen (already fetched) indexes name and the selection left out.
+
+    A BootError when an index names a file the repository does not have, or cannot be read:
+    the weights would be marked complete and every boot would fail at load instead.
+    """
+    chosen = {f.path for f in files}
+    maps = _shard_maps(snapshot, sorted(chosen))
+    unreadable = [index for index, shards in maps.items() if shards is None]
+    named = {p for shards in maps.values() for p in shards or ()}
+    absent = sorted(named - listing.files.keys())
+    if unreadable or absent:
+        what = [f"unreadable index {p}" for p in unreadable] + [f"missing shard {p}" for p in absent]
+        raise BootError(f"{settings.model_id} at {listing.commit[:12]} has incomplete sharded "
+                        f"weights ({', '.join(what)}): load would fail", stage="fetch")
+    return [listing.files[p] for p in sorted(named - chosen)]
 
 
 def _check_serving_shapes(settings: Settings, snapshot: Path) -> None:

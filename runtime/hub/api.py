@@ -41,6 +41,11 @@ class TransientHubError(Exception):
         self.retry_after = retry_after
 
 
+class RevisionNotFound(BootError):
+    """The hub has no such revision: a wrong HF_MODEL_REVISION, or a commit that a force-push
+    or a squash removed from its branch (the caller knows which, and whether to list again)."""
+
+
 class HubUnreachable(TransientHubError):
     """No connection to the hub at all."""
 
@@ -176,7 +181,8 @@ class HubClient:
                 if not self._token and host == self.host:
                     text += "; anonymous requests get the hub's lowest rate limits: set HF_TOKEN"
             raise TransientHubError(text, retry_after=wait)
-        raise BootError(self.describe(status, code, message, revision, path), stage="fetch")
+        error = RevisionNotFound if code == "RevisionNotFound" else BootError
+        raise error(self.describe(status, code, message, revision, path), stage="fetch")
 
     def describe(self, status: int, code: str, message: str, revision: str,
                  path: str | None) -> str:
@@ -190,6 +196,8 @@ class HubClient:
                         f"https://huggingface.co/{repo} and set HF_TOKEN to a read token of that account")
             return (f"{repo} is gated and the account of HF_TOKEN has no access: accept its license "
                     f"at https://huggingface.co/{repo} with that account, or use another token")
+        if code == "RevisionNotFound" and path:  # a file of the commit a listing resolved
+            return f"commit {revision[:12]} of {repo} is no longer on the hub (history rewritten)"
         if code == "RevisionNotFound":
             return f"revision {revision!r} of {repo} does not exist: check HF_MODEL_REVISION"
         if code == "EntryNotFound" and path:

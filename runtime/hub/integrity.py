@@ -107,7 +107,13 @@ def trusted(blob: Path, stamp: Path, f: RemoteFile, rehash: bool) -> bool:
     if not rehash or not blob.exists():
         return False
     if file_matches(blob, f):
-        write_stamp(stamp, blob)
+        try:
+            write_stamp(stamp, blob)
+        except OSError as exc:
+            # A read-only volume (or a full one) still serves a verified file; without its stamp
+            # it is only rehashed again at the next boot.
+            log.warning("%s verified, but its stamp could not be written (%s): it is rehashed "
+                        "at every boot until it can", f.path, exc.strerror or exc)
         return True
     log.warning("cached %s is corrupt or truncated (%s): fetching it again", f.path, blob.name)
     return False

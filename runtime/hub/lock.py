@@ -9,9 +9,13 @@ only operations that are atomic there:
   content and mtime move while it lives;
 - staleness is judged by a waiter on its *own* monotonic clock: "the lock has not changed for
   ``stale_after_s``" (no comparison of clocks across hosts), or at once when the owner is a dead
-  process on this very host;
-- a stale lock is broken by renaming it away (only one waiter's rename succeeds), then the
-  waiter competes for ``O_EXCL`` again like everyone else.
+  process that provably ran where our PIDs mean the same thing (same host, boot and PID
+  namespace: containers often share a hostname but not PIDs);
+- a stale lock is broken by renaming it away (only one waiter's rename succeeds) and checking
+  that what was renamed is the lock judged stale: another waiter may have broken that one and
+  taken the lock between our read and our rename, and then its lock is put back. The waiter
+  then competes for ``O_EXCL`` again like everyone else. Release renames away the same way, so
+  an owner that lost its lock never removes its successor's.
 
 An owner that stalls longer than ``stale_after_s`` can lose its lock; its heartbeat notices and
 sets ``lost``, and the transfer stops writing. The transfer's size and hash checks make even that
@@ -33,6 +37,20 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 _HOST = socket.gethostname()
+
+
+def _read_id(read: Callable[[], str]) -> str | None:
+    try:
+        return read().strip() or None
+    except OSError:
+        return None
+
+
+# Where a PID names a process: the same hostname alone does not say so (containers with host
+# networking or one ``--hostname`` share it, each with its own PID namespace), nor does a host
+# that has rebooted since. None where unknown: then no lock is ever judged dead by its PID.
+_BOOT = _read_id(lambda: Path("/proc/sys/kernel/random/boot_id").read_text())
+_PIDNS = _read_id(lambda: os.readlink("/proc/self/ns/pid"))
 
 
 class BlobLock:
@@ -80,7 +98,9 @@ class BlobLock:
             idle = time.monotonic() - unchanged_since
             if _dead_here(owner) or idle > self.stale_after_s:
                 reason = "its process is gone" if _dead_here(owner) else f"no heartbeat for {idle:.0f}s"
-                self._break(reason, owner)
+                if self._remove_if(lambda now: now == content):
+                    log.warning("took over the lock %s from %s (pid %s): %s", self.path.name,
+                                owner.get("host", "?"), owner.get("pid", "?"), reason)
                 continue
             if not wait and content is not None:
                 return None
@@ -93,16 +113,12 @@ class BlobLock:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        if _parse(self._read()[0]).get("token") == self.token:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        self._remove_if(lambda now: _parse(now).get("token") == self.token)
 
     # ---- internals ---------------------------------------------------------------------------
     def _content(self) -> bytes:
-        return json.dumps({"host": _HOST, "pid": os.getpid(), "token": self.token,
-                           "beat": self._beat, "time": time.time()}).encode()
+        return json.dumps({"host": _HOST, "boot": _BOOT, "pidns": _PIDNS, "pid": os.getpid(),
+                           "token": self.token, "beat": self._beat, "time": time.time()}).encode()
 
     def _try_create(self) -> bool:
         try:
@@ -124,18 +140,33 @@ class BlobLock:
         except OSError:
             return None, None
 
-    def _break(self, reason: str, owner: dict) -> None:
-        aside = self.path.with_name(f"{self.path.name}.broken.{self.token}")
+    def _remove_if(self, judged: Callable[[bytes | None], bool]) -> bool:
+        """Remove the lock file if its content is still what ``judged`` accepts.
+
+        Reading, then unlinking, could remove a lock someone took in between; so the file is
+        renamed aside first (atomic: whatever we then read is what we removed) and put back if
+        it is not the one we meant.
+        """
+        aside = self.path.with_name(f"{self.path.name}.aside.{self.token}")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
-            return  # another waiter broke it first, or the owner released it
-        log.warning("took over the lock %s from %s (pid %s): %s", self.path.name,
-                    owner.get("host", "?"), owner.get("pid", "?"), reason)
+            return False  # another waiter broke it first, or the owner released it
+        try:
+            with open(aside, "rb") as f:
+                ours = judged(f.read())
+        except OSError:
+            ours = False
+        if not ours:
+            try:
+                os.link(aside, self.path)  # fails if a newer lock is there: its owner has it
+            except OSError:
+                pass  # that newer lock wins; the one set aside is lost and its owner told so
         try:
             os.unlink(aside)
         except OSError:
             pass
+        return ours
 
     def _start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._heartbeat, name=f"lock-{self.path.name}",
@@ -167,9 +198,12 @@ def _parse(content: bytes | None) -> dict:
 
 
 def _dead_here(owner: dict) -> bool:
-    """The owner ran on this host and its process no longer exists (a killed worker restarted)."""
+    """The owner ran in our PID namespace and its process no longer exists (a killed worker
+    restarted). An owner elsewhere, or one whose lock does not say where (written by an older
+    version), is left to the heartbeat rule: its PID may be a live process we cannot see."""
     pid = owner.get("pid")
-    if owner.get("host") != _HOST or not isinstance(pid, int) or pid == os.getpid():
+    here = (owner.get("host"), owner.get("boot"), owner.get("pidns")) == (_HOST, _BOOT, _PIDNS)
+    if not here or None in (_BOOT, _PIDNS) or not isinstance(pid, int) or pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)

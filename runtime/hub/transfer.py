@@ -2,12 +2,12 @@
 
     trusted already?  -> done (another worker or an earlier boot fetched it)
     take the blob's lock (or wait, until it is trusted or the lock goes stale)
-    adopt the largest partial file a dead worker left  -> <blob>.<our token>.part
+    copy the largest partial file a previous owner left -> <blob>.<our token>.part
     GET with Range from its size; append; hash as the bytes stream
     size and hash match  -> fsync, rename to blobs/<blob>, stamp it, release the lock
 
 Partial files carry their owner's token, so a worker never appends to a file another live
-worker is writing; they are opened in append mode, so an owner that lost its lock and kept
+worker is writing (a previous owner's partial is copied, never renamed: see ``_adopt_partial``); they are opened in append mode, so an owner that lost its lock and kept
 writing makes the file too long, which the final size check catches. A blob is only ever
 created by ``rename`` of a file whose size and hash matched: a killed worker leaves a
 ``.part`` that the next boot resumes, never a blob that looks complete.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,16 +118,23 @@ class Transfer:
         return received
 
     def _adopt_partial(self, f: RemoteFile, token: str) -> Path:
-        """Take over the longest partial download left by a dead worker; drop the others."""
+        """Resume from the longest partial download a previous owner left; drop the others.
+
+        The bytes are copied, not the file renamed: the previous owner may be alive (a stalled
+        worker whose lock went stale, a worker whose PIDs we cannot see) with the file still open
+        for appending, and a renamed inode would take its late writes into our download. Removing
+        its file instead leaves those writes to an unlinked inode, and tells it (its next size
+        check) that the download was taken over. A copy costs one local read of the bytes kept,
+        and only on a takeover.
+        """
         mine = self.cache.blobs / f"{f.blob_name}.{token}.part"
         leftovers = sorted(self.cache.blobs.glob(f"{f.blob_name}.*.part"), key=part_size, reverse=True)
         for candidate in leftovers:
             try:
                 if not mine.exists() and 0 < part_size(candidate) <= f.size:
-                    os.rename(candidate, mine)
+                    shutil.copyfile(candidate, mine)
                     log.info("resuming %s from %s", f.path, human_bytes(mine.stat().st_size))
-                else:
-                    candidate.unlink()
+                candidate.unlink()
             except OSError:
                 continue
         mine.touch()

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -116,14 +118,26 @@ def test_a_connection_cut_mid_file_is_resumed(hub: HubServer, tmp_path: Path):
     assert (result.model_dir / target).read_bytes() == hub.repos[SDXL].entries[target].file.read_bytes()
 
 
+def rewrite_history(hub: HubServer, repo_dir: Path, tmp_path: Path) -> str:
+    """A force-push to main: a new commit, and the old one gone from the hub."""
+    rewritten = tmp_path / "rewritten"
+    shutil.copytree(repo_dir, rewritten)
+    (rewritten / "README.md").write_text("rewritten history\n")
+    return hub.add_repo(SDXL, rewritten).commit
+
+
+def damage(model_dir: Path, rel: str) -> None:
+    """Same size, different bytes."""
+    with open(os.path.realpath(model_dir / rel), "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00" * 64)
+
+
 def test_a_corrupted_or_truncated_cached_file_is_detected_and_replaced(hub: HubServer, tmp_path: Path):
     settings = hub_settings(hub, tmp_path)
     result = fetch(settings, FAST)
-    unet = result.model_dir / "unet/diffusion_pytorch_model.safetensors"
     vae = result.model_dir / "vae/diffusion_pytorch_model.safetensors"
-    with open(os.path.realpath(unet), "r+b") as f:  # same size, different bytes
-        f.seek(1000)
-        f.write(b"\x00" * 64)
+    damage(result.model_dir, "unet/diffusion_pytorch_model.safetensors")
     os.truncate(os.path.realpath(vae), 1000)
     (result.model_dir / "vae/config.json").unlink()  # a lost link: relinked, nothing downloaded
     hub.clear()
@@ -137,6 +151,31 @@ def test_a_corrupted_or_truncated_cached_file_is_detected_and_replaced(hub: HubS
         assert (repaired.model_dir / rel).read_bytes() == hub.repos[SDXL].entries[rel].file.read_bytes()
     hub.clear()
     assert fetch(settings, FAST).report["cache"] == "hit" and hub.log == []
+
+
+def test_a_damaged_file_of_a_commit_gone_from_its_branch_is_fetched_from_the_branch_again(
+        hub: HubServer, hub_repo_dirs: dict[str, Path], tmp_path: Path):
+    settings = hub_settings(hub, tmp_path)  # HF_MODEL_REVISION: main
+    old = fetch(settings, FAST)
+    new_commit = rewrite_history(hub, hub_repo_dirs["sdxl"], tmp_path)
+    damage(old.model_dir, "unet/diffusion_pytorch_model.safetensors")
+    result = fetch(settings, FAST)
+    assert result.report["commit"] == new_commit and result.report["cache"] == "partial"
+    assert result.model_dir.name == new_commit
+    hub.clear()
+    assert fetch(settings, FAST).report["cache"] == "hit" and hub.log == []
+
+
+def test_a_pinned_commit_gone_from_the_hub_is_named_as_such(hub: HubServer,
+                                                           hub_repo_dirs: dict[str, Path],
+                                                           tmp_path: Path):
+    commit = hub.repos[SDXL].commit
+    settings = hub_settings(hub, tmp_path, HF_MODEL_REVISION=commit)
+    cached = fetch(settings, FAST)
+    rewrite_history(hub, hub_repo_dirs["sdxl"], tmp_path)
+    damage(cached.model_dir, "unet/diffusion_pytorch_model.safetensors")
+    message = fetch_error(settings)
+    assert f"commit {commit[:12]} of {SDXL} is no longer on the hub" in message
 
 
 def test_a_partial_download_left_by_a_dead_worker_is_resumed(hub: HubServer, tmp_path: Path):
@@ -154,6 +193,38 @@ def test_a_partial_download_left_by_a_dead_worker_is_resumed(hub: HubServer, tmp
     assert [r.range for r in hub.requests(kind="cdn") if r.path == target] == [f"bytes={half}-"]
     assert (result.model_dir / target).read_bytes() == entry.file.read_bytes()
     assert not list(blobs.glob("*.part"))
+
+
+def test_a_stale_owner_still_writing_cannot_spoil_the_download_that_resumed_its_partial(
+        hub: HubServer, tmp_path: Path):
+    """A worker judged stale may be alive (stalled, or its PIDs not ours to see) with its partial
+    file open: what it writes after the takeover must not reach our download."""
+    target = "unet/diffusion_pytorch_model.safetensors"
+    entry = hub.repos[SDXL].entries[target]
+    blobs = repo_blobs(tmp_path, SDXL)
+    blobs.mkdir(parents=True)
+    half = entry.size // 2
+    theirs = blobs / f"{entry.sha256}.stalled.part"
+    theirs.write_bytes(entry.file.read_bytes()[:half])
+    locks = tmp_path / "hf" / "visgate" / "locks" / repo_folder(SDXL)
+    locks.mkdir(parents=True)
+    (locks / f"{entry.sha256}.lock").write_text(json.dumps({"host": "gone", "pid": 7, "token": "t"}))
+    hub.rate = 1_000_000  # the rest takes a while: the stalled owner wakes up meanwhile
+    stalled = open(theirs, "ab")
+
+    def wake_up_and_write() -> None:  # the moment its file is taken, it writes one more chunk
+        while theirs.exists():
+            time.sleep(0.001)
+        stalled.write(b"\xee" * 4096)
+        stalled.flush()
+
+    writer = threading.Thread(target=wake_up_and_write)
+    writer.start()
+    result = fetch(hub_settings(hub, tmp_path), FAST)
+    writer.join(5)
+    stalled.close()
+    assert (result.model_dir / target).read_bytes() == entry.file.read_bytes()
+    assert [r.range for r in hub.requests(kind="cdn") if r.path == target] == [f"bytes={half}-"]
 
 
 def test_a_partial_file_with_wrong_bytes_is_downloaded_again(hub: HubServer, tmp_path: Path):
@@ -260,6 +331,24 @@ def test_a_warmup_shape_the_family_refuses_stops_before_any_weight(hub: HubServe
     assert any(p.endswith(".safetensors") for p in again)
     assert not [p for p in again if p.endswith(".json")], again
     assert result.report["cache"] == "partial"
+
+
+def test_a_sharded_index_naming_a_shard_the_hub_lacks_fails_before_the_weights(
+        hub: HubServer, hub_repo_dirs: dict[str, Path], tmp_path: Path):
+    """Else the set would be marked complete and every boot would fail at load."""
+    repo = tmp_path / "repo"
+    shutil.copytree(hub_repo_dirs["sdxl"], repo)
+    unet = repo / "unet"
+    (unet / "diffusion_pytorch_model.safetensors").rename(
+        unet / "diffusion_pytorch_model-00001-of-00002.safetensors")
+    (unet / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({
+        "metadata": {}, "weight_map": {"a": "diffusion_pytorch_model-00001-of-00002.safetensors",
+                                       "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}}))
+    hub.add_repo(SDXL, repo)
+    message = fetch_error(hub_settings(hub, tmp_path / "cache", VISGATE_PRECISION="fp32"))
+    assert "missing shard unet/diffusion_pytorch_model-00002-of-00002.safetensors" in message
+    assert not [r for r in hub.downloads() if r.path.endswith(".safetensors")]
+    assert not list((tmp_path / "cache").rglob("manifests/**/*.json"))
 
 
 def test_a_file_that_never_arrives_fails_the_boot_clearly(hub: HubServer, tmp_path: Path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -115,3 +116,22 @@ def test_the_worker_boots_warm_with_the_hub_stopped_and_never_logs_the_token(hub
     for log in runs:
         assert TOKEN not in log
         assert "image_base64" in log or '"status": "COMPLETED"' in log or "COMPLETED" in log
+
+
+def test_a_verified_cache_on_a_read_only_volume_boots(hub: HubServer, tmp_path: Path):
+    """Stamps that no longer hold (a copied or restored volume moves mtimes) make the boot rehash
+    every file; on a volume mounted read-only it cannot record that, and must still boot."""
+    bind_ro = f"mount --bind -o ro {shlex.quote(str(tmp_path))} {shlex.quote(str(tmp_path))}"
+    if subprocess.run(["unshare", "--mount", "sh", "-c", bind_ro], capture_output=True).returncode:
+        pytest.skip("needs a mount namespace (root or user namespaces) for a read-only mount")
+    fetch(hub_settings(hub, tmp_path), FAST)
+    for blob in (tmp_path / "hf" / "hub" / repo_folder(SDXL) / "blobs").iterdir():
+        os.utime(blob)
+    env = process_env(hub, tmp_path, HF_HUB_OFFLINE="1")
+    hub.stop()
+    boot = f"{bind_ro} && exec {shlex.quote(sys.executable)} -m tests.support.fetch_and_load"
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", boot], cwd=ROOT, env=env,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()[-3000:]
+    assert json.loads(proc.stdout.decode().splitlines()[-1])["report"]["cache"] == "hit"
+    assert "Read-only file system" in proc.stderr.decode()

@@ -4,12 +4,13 @@ from dead or silent owners broken, a taken-over owner told so."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from runtime.hub.lock import BlobLock
 
@@ -74,15 +75,39 @@ def test_a_silent_lock_from_another_host_is_broken_after_the_timeout(tmp_path: P
     lock.release()
 
 
-def test_a_lock_of_a_dead_process_on_this_host_is_broken_at_once(tmp_path: Path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+def lock_of_a_dead_process(path: Path) -> dict:
+    """The lock a worker left when it was killed: taken for real, never released."""
+    take = ("import os, sys; from pathlib import Path; from runtime.hub.lock import BlobLock;"
+            "BlobLock(Path(sys.argv[1])).acquire(done=lambda: False); os._exit(0)")
+    subprocess.run([sys.executable, "-c", take, str(path)], check=True)
+    return json.loads(path.read_text())
+
+
+def test_a_lock_of_a_dead_process_in_our_pid_namespace_is_broken_at_once(tmp_path: Path):
     path = tmp_path / "blob.lock"
-    path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "token": "x"}))
+    lock_of_a_dead_process(path)
     lock = BlobLock(path, stale_after_s=60, poll_s=0.02)
     t0 = time.monotonic()
     assert lock.acquire(done=lambda: False)
     assert time.monotonic() - t0 < 2
+    lock.release()
+
+
+@pytest.mark.parametrize("where", ["another PID namespace", "another boot", "an older version"])
+def test_a_pid_we_cannot_see_is_left_to_the_heartbeat_rule(tmp_path: Path, where: str):
+    """Containers that share a hostname do not share PIDs: an owner whose PID is not ours to
+    check is judged by its heartbeat only, never broken at once while it may be alive."""
+    path = tmp_path / "blob.lock"
+    owner = lock_of_a_dead_process(path)  # a PID that means nothing here, our hostname
+    if where == "an older version":  # its lock did not say where its PID lives
+        del owner["boot"], owner["pidns"]
+    else:
+        owner["pidns" if where == "another PID namespace" else "boot"] = "elsewhere"
+    path.write_text(json.dumps(owner))
+    lock = BlobLock(path, stale_after_s=0.6, poll_s=0.02)
+    t0 = time.monotonic()
+    assert lock.acquire(done=lambda: False)
+    assert time.monotonic() - t0 >= 0.6, "broken at once: its owner may still be running"
     lock.release()
 
 
@@ -100,3 +125,21 @@ def test_an_owner_whose_lock_was_taken_over_knows_it(tmp_path: Path):
     owner.release()
     assert path.exists(), "releasing a lost lock must not remove the new owner's lock"
     other.release()
+
+
+def test_a_waiter_that_breaks_a_stale_lock_late_leaves_the_new_owners_lock(tmp_path: Path):
+    """Two waiters judge the same silent lock stale; one breaks it and takes the lock; the other
+    (its rename slower, on a network volume) acts only then: it must not remove the new lock."""
+    path = tmp_path / "blob.lock"
+    path.write_text(json.dumps({"host": "another-worker", "pid": 1, "token": "x", "beat": 0}))
+    judged_stale = path.read_bytes()
+    first = BlobLock(path, heartbeat_s=0.05, stale_after_s=0.2, poll_s=0.01)
+    assert first.acquire(done=lambda: False)
+    late = BlobLock(path)
+    assert not late._remove_if(lambda now: now == judged_stale)
+    assert json.loads(path.read_text())["token"] == first.token
+    time.sleep(0.2)  # a few heartbeats: the owner still holds it
+    assert not first.lost
+    assert list(tmp_path.iterdir()) == [path], "nothing left aside"
+    first.release()
+    assert not path.exists()
