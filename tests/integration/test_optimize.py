@@ -295,7 +295,8 @@ def test_compile_cache_hit_in_a_fresh_process_and_recovery_from_corruption(
     assert status["restored"] == "discarded" and status["saved_bytes"] > 0, status
     assert "discarded it, compiling from scratch" in log
     assert "compile" in record["stages"]["optimize"]["applied"]  # still compiled, not eager
-    assert np.array_equal(image, reference)
+    diff = int(np.abs(image.astype(int) - reference.astype(int)).max())
+    assert diff <= MAX_PIXEL_DIFF and psnr(image, reference) >= MIN_PSNR_DB, diff
     with tarfile.open(archive) as tar:
         assert all(tar.extractfile(m).read(5) != b"\x7fELF\0" for m in tar.getmembers() if m.name.endswith(".so"))
 
