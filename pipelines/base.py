@@ -263,8 +263,8 @@ def _invalid_casts() -> Iterator[list[str]]:
     """Yields a list that is non-empty after the block if numpy cast NaN/inf to an integer in it:
     how diffusers' "pil"/"np" post-processing turns a numerical overflow into black pixels
     (``(images * 255).round().astype("uint8")``), with only this warning to show for it. Every
-    other warning is passed on as it would have been. (Jobs run one at a time: the warning filters
-    are process-wide.)"""
+    other warning is passed on as it would have been. The warning filters are process-wide: jobs
+    run one at a time, and the boot waits for the job SDK's side import before warmup."""
     found: list[str] = []
     caught: list[warnings.WarningMessage] = []
     try:
@@ -282,9 +282,10 @@ def _pass_on(caught: list[warnings.WarningMessage], found: list[str]) -> None:
             continue
         # Shown once per text and place for the process, as Python's default filter would
         # (catching resets its registry, so a pipeline's per-call warning would repeat every job).
-        seen = (str(w.message), w.category, w.filename, w.lineno)
+        seen = (str(w.message)[:200], w.category, w.filename, w.lineno)
         if seen not in _SHOWN:
-            _SHOWN.add(seen)
+            if len(_SHOWN) < 1000:  # bounded: texts that vary per job would grow it forever
+                _SHOWN.add(seen)
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 

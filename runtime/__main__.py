@@ -37,7 +37,7 @@ def main() -> int:
     announcer = Announcer(settings)  # the one transition: ready or failed, announced once
     sdk = JobSdk()  # imported on a side thread while the weights load
     try:
-        service = boot(settings, record)  # fetch -> load -> optimize -> warmup
+        service = boot(settings, record, before_warmup=sdk.wait)  # fetch -> load -> optimize -> warmup
         with record.stage("serve"):  # the SDK is in before "ready": ready means able to take a job
             start = sdk.start_function()
         record.log_line()

@@ -62,6 +62,11 @@ BACKOFF_CAP_S = 10.0
 MAX_ATTEMPTS = 6
 # The body's fields that can carry foreign text, redacted before sending (see Announcer.body).
 FOREIGN_TEXT_FIELDS = ("error", "boot")
+# OpenSSL's reasons for a TLS failure that retrying cannot mend: the receiver's certificate is not
+# trusted, or what answers does not speak TLS (or not a version we share).
+FINAL_TLS_REASONS = ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "TLSV1_ALERT_UNKNOWN_CA",
+                     "UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "RECORD_LAYER_FAILURE",
+                     "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST")
 
 
 # ---- signing ------------------------------------------------------------------------------------
@@ -227,10 +232,14 @@ def _attempt(session: requests.Session, url: str, body: bytes, event: str, deliv
             status = response.status_code
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
     except requests.exceptions.SSLError as exc:  # before ConnectionError, its base class
-        # An untrusted certificate, or TLS spoken to a plain-HTTP port: neither mends itself
-        # within the budget, so retrying would only hold up serving (or exiting).
-        return None, None, (f"TLS failed: {_tls_reason(exc)}, not retried: is the receiver "
-                            "https://, and its CA in REQUESTS_CA_BUNDLE or SSL_CERT_FILE?"), True
+        reason = _tls_reason(exc)
+        if reason in FINAL_TLS_REASONS:
+            # An untrusted certificate, or TLS spoken to a plain-HTTP port: neither mends itself
+            # within the budget, so retrying would only hold up serving (or exiting).
+            return None, None, (f"TLS failed: {reason}, not retried: is the receiver https://, "
+                                "and its CA in REQUESTS_CA_BUNDLE or SSL_CERT_FILE?"), True
+        # The rest (an EOF mid-handshake while a load balancer restarts, ...) can pass.
+        return None, None, f"no answer: SSLError ({reason})", False
     except (requests.ConnectionError, requests.Timeout) as exc:
         # The exception's text can carry the URL (and a token in its query): name the kind only.
         return None, None, f"no answer: {exc.__class__.__name__}", False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from pipelines.registry import detect_family
 from runtime import compile_cache
@@ -32,7 +32,9 @@ def read_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings.from_env(os.environ if env is None else env)
 
 
-def boot(settings: Settings, record: BootRecord) -> Service:
+def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], None] | None = None) -> Service:
+    """``before_warmup``: waits for side work that must not overlap generation (the job SDK's
+    import: the image checks capture warnings, whose filters are process-wide)."""
     record.device = settings.device
     with record.stage("fetch") as report:
         fetched = fetch(settings)
@@ -53,6 +55,8 @@ def boot(settings: Settings, record: BootRecord) -> Service:
             report["compile_cache"] = dict(cache.activate())
         tuning = optimize(loaded, settings, aot_store=aot_store_for(cache))
         report.update(tuning.as_dict())
+    if before_warmup is not None:
+        before_warmup()
     with record.stage("warmup") as report:
         report["runs"] = warm_with_fallback(lambda: warmup(loaded.family, loaded.pipe, shapes), tuning,
                                             discard_restored=cache.discard if cache else None)

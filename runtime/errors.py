@@ -62,19 +62,13 @@ def brief(exc: BaseException, limit: int = 200) -> str:
     return f"{exc.__class__.__name__}: {lines[0][:limit]}" if lines else exc.__class__.__name__
 
 
-# Below this length a "secret" is too common a string to hide: replacing it would shred ordinary
-# text ("flux" in a model id, "ready" in a status) and hide nothing worth hiding. Settings refuse
-# a webhook secret this short; this is the last guard for whatever else reaches the list.
-MIN_REDACTED_LEN = 8
-
-
 def redact(text: str, secrets: tuple[str, ...]) -> str:
     """Replace every secret in ``text``; used wherever a foreign message may echo one back.
 
     Longest first: a secret that contains another (a hub URL's query holding HF_TOKEN) would
     no longer match once the shorter one inside it had been replaced."""
     for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= MIN_REDACTED_LEN:
+        if secret:
             text = text.replace(secret, "***")
     return text
 
@@ -111,3 +105,23 @@ def is_out_of_memory(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError) and any(marker in text for marker in (
         "cuda out of memory", "cuda error: out of memory",
         "cublas_status_alloc_failed", "cudnn_status_alloc_failed"))  # a library's workspace
+
+
+# Substrings of errors after which a CUDA context is unusable: only a new process recovers.
+FATAL_DEVICE_MARKERS = (
+    "illegal memory access", "device-side assert", "unspecified launch failure",
+    "cuda error: misaligned address", "an illegal instruction", "ecc error",
+    "uncorrectable", "cudaerrorlaunchfailure", "cublas_status_execution_failed",
+    "cuda driver error", "device not ready", "nvml", "gpu has fallen off the bus",
+    # A lost or hung GPU, or a corrupted kernel: the context is gone with it.
+    "cuda error: unknown error", "launch timed out", "hardware stack error",
+    "invalid program counter", "busy or unavailable",
+)
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    """The CUDA context is poisoned: only a new process recovers (the handler asks Runpod to
+    replace the worker)."""
+    text = str(exc).lower()
+    return ("cuda" in text or "cublas" in text or "gpu" in text) and any(
+        marker in text for marker in FATAL_DEVICE_MARKERS)

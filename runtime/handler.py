@@ -16,21 +16,12 @@ from typing import Any, Callable
 
 from pipelines.base import PipelineFamily
 from runtime.encode import PngEncoder
-from runtime.errors import JobInputError, WorkerError, is_out_of_memory, redact, sendable
+from runtime.errors import (JobInputError, WorkerError, is_fatal_device_error, is_out_of_memory,
+                           redact, sendable)
 from runtime.validate import validate
 
 log = logging.getLogger(__name__)
 
-# Substrings of errors after which a CUDA context is unusable: only a new process recovers.
-FATAL_DEVICE_MARKERS = (
-    "illegal memory access", "device-side assert", "unspecified launch failure",
-    "cuda error: misaligned address", "an illegal instruction", "ecc error",
-    "uncorrectable", "cudaerrorlaunchfailure", "cublas_status_execution_failed",
-    "cuda driver error", "device not ready", "nvml", "gpu has fallen off the bus",
-    # A lost or hung GPU, or a corrupted kernel: the context is gone with it.
-    "cuda error: unknown error", "launch timed out", "hardware stack error",
-    "invalid program counter", "busy or unavailable",
-)
 MAX_ERROR_CHARS = 500
 
 
@@ -100,7 +91,7 @@ def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) 
         return response
     detail = sendable(_one_line(redact(str(exc), secrets)))
     log.error("job failed: %s: %s", exc.__class__.__name__, detail)
-    if _is_fatal_device_error(exc):
+    if is_fatal_device_error(exc):
         # The CUDA context is poisoned: every later job would fail too. Runpod replaces us.
         response["refresh_worker"] = True
         response["error"] = f"unrecoverable GPU error, the worker will be replaced: {detail}"
@@ -113,12 +104,6 @@ def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) 
 def _one_line(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else "no details"
     return line[:MAX_ERROR_CHARS]
-
-
-def _is_fatal_device_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return ("cuda" in text or "cublas" in text or "gpu" in text) and any(
-        marker in text for marker in FATAL_DEVICE_MARKERS)
 
 
 def _free_device_memory() -> None:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from runtime.errors import brief
+from runtime.errors import brief, is_fatal_device_error, is_out_of_memory
 from runtime.load import Loaded
 from runtime.settings import Settings
 
@@ -334,7 +334,10 @@ def warm_with_fallback(run: Callable[[], Any], report: OptimizationReport,
             raise
         import torch
 
-        if discard_restored is not None and discard_restored():
+        # Not after running out of memory or losing the GPU: those say nothing about the
+        # archive, which other workers share, and a second compile would meet them again.
+        if (discard_restored is not None and not is_out_of_memory(exc)
+                and not is_fatal_device_error(exc) and discard_restored()):
             log.warning("compiled warmup failed with the restored compile cache (%s); discarded "
                         "it, compiling from scratch", brief(exc))
             torch._dynamo.reset()

@@ -53,8 +53,15 @@ class JobSdk:
 
         return runpod.serverless.start
 
-    def start_function(self) -> Callable[[dict[str, Any]], None]:
+    def wait(self) -> None:
+        """Until the side import is over (its result, or its error, is for ``start_function``).
+        Before warmup: the libraries it imports set warning filters, which are process-wide,
+        while generating captures warnings (pipelines/base.py); the import is normally over by
+        then anyway (1.3 s beside seconds of loading)."""
         self._thread.join()
+
+    def start_function(self) -> Callable[[dict[str, Any]], None]:
+        self.wait()
         if self._start is None:  # a failed side import is tried once more, here, alone
             log.warning("job SDK import on the side thread failed (%s); importing it again",
                         brief(self._error) if self._error else "no result")

@@ -150,23 +150,26 @@ def webhook_settings(env: Mapping[str, str]) -> Settings | None:
     # bad HF_TOKEN (its only use here is redaction, and it is not text) is left out.
     lenient = {k: v for k, v in env.items()
                if k not in ("VISGATE_WEBHOOK_TIMEOUT", "VISGATE_WEBHOOK_BUDGET")}
-    for candidate in (env, lenient, {k: v for k, v in lenient.items() if k != "HF_TOKEN"}):
+    # Last, a webhook secret too short to accept: it still signs the "failed" event that says
+    # so (the receiver holds that key), instead of leaving the orchestrator with no event at all.
+    candidates = (env, lenient, {k: v for k, v in lenient.items() if k != "HF_TOKEN"})
+    for strict, candidate in ((strict, c) for strict in (True, False) for c in candidates):
         try:
             settings = Settings(model_id=_text(candidate, "HF_MODEL_ID") or "",
-                                **_identity_and_webhook(candidate))
+                                **_identity_and_webhook(candidate, strict_secret=strict))
         except SettingsError:
             continue
         return settings
     return None
 
 
-def _identity_and_webhook(env: Mapping[str, str]) -> dict[str, Any]:
+def _identity_and_webhook(env: Mapping[str, str], strict_secret: bool = True) -> dict[str, Any]:
     """The fields the webhook needs: read by from_env, and alone after a failed from_env."""
     return dict(
         revision=_text(env, "HF_MODEL_REVISION") or "main",
         hf_token=_secret(env, "HF_TOKEN", "ascii"),  # an HTTP header: a Hugging Face token is ASCII
         webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
-        webhook_secret=_webhook_secret(env),
+        webhook_secret=_webhook_secret(env, strict_secret),
         webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
         webhook_budget=_seconds(env, "VISGATE_WEBHOOK_BUDGET", WEBHOOK_BUDGET_S),
         webhook_ca_bundle=_ca_bundle(env),
@@ -197,9 +200,9 @@ def _secret(env: Mapping[str, str], name: str, encoding: str) -> str | None:
     return value
 
 
-def _webhook_secret(env: Mapping[str, str]) -> str | None:
+def _webhook_secret(env: Mapping[str, str], strict: bool = True) -> str | None:
     secret = _secret(env, "VISGATE_WEBHOOK_SECRET", "utf-8")
-    if secret is not None and len(secret) < MIN_WEBHOOK_SECRET_LEN:
+    if strict and secret is not None and len(secret) < MIN_WEBHOOK_SECRET_LEN:
         raise SettingsError(f"VISGATE_WEBHOOK_SECRET is shorter than {MIN_WEBHOOK_SECRET_LEN} "
                             "characters: a short key is easy to guess; make a random one, e.g. "
                             "with `openssl rand -hex 32`")

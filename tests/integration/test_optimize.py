@@ -402,6 +402,30 @@ def test_a_failure_with_a_restored_cache_discards_it_and_compiles_once_more(seco
         torch.compiler.set_stance("default")
 
 
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("CUDA error: an illegal memory access was encountered")])
+def test_a_device_failure_at_warmup_keeps_the_shared_compile_cache(error):
+    """Out of memory, a poisoned GPU: this worker's trouble, not the archive other workers use."""
+    from runtime.optimize import OptimizationReport, warm_with_fallback
+
+    report = OptimizationReport(applied={"compile": "FluxTransformer2DModel repeated blocks"})
+    calls, discarded = [], []
+
+    def run() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return "warm"
+
+    try:
+        assert warm_with_fallback(run, report, discard_restored=lambda: discarded.append(1) or True) == "warm"
+        assert discarded == [] and len(calls) == 2 and "compile" not in report.applied  # eager
+    finally:
+        import torch
+
+        torch.compiler.set_stance("default")
+
+
 def test_without_compile_a_warmup_failure_is_a_boot_failure():
     from runtime.optimize import OptimizationReport, warm_with_fallback
 

@@ -38,3 +38,13 @@ def test_the_token_is_a_secret():
     s = build(HF_TOKEN="hf_secret_value")
     assert "hf_secret_value" in s.secrets
     assert "hf_secret_value" not in repr(s)
+
+
+def test_a_short_mirror_password_is_redacted_too():
+    # Credentials in a URL count from 4 characters: redaction hides every secret settings list,
+    # whatever its length (a 6-character password went out in clear for a while).
+    from runtime.errors import redact
+
+    s = build(HF_ENDPOINT="https://mirror:s3cr3t@hub.internal")
+    assert "s3cr3t" in s.secrets
+    assert redact("GET https://mirror:s3cr3t@hub.internal/api", s.secrets) == "GET https://mirror:***@hub.internal/api"
