@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -14,6 +15,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -243,72 +245,64 @@ def test_receiver_that_never_answers_is_bounded_by_the_budget():
 def test_a_receiver_trickling_its_answer_is_bounded_by_the_budget():
     """requests' timeouts bound each read, not their sum: a receiver (or a proxy) sending its
     answer a byte every 0.2 s never trips them, and would hold the worker's readiness."""
-    import socket
-    import threading
-
-    server = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def trickle() -> None:
-        while not stop.is_set():
+    def trickle(conn: socket.socket, _number: int, stop: threading.Event) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 200:
+            if stop.wait(0.2):
+                return
             try:
-                conn, _ = server.accept()
+                conn.sendall(bytes([byte]))
             except OSError:
                 return
-            with conn:
-                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 200:
-                    if stop.wait(0.2):
-                        return
-                    try:
-                        conn.sendall(bytes([byte]))
-                    except OSError:
-                        break
 
-    threading.Thread(target=trickle, daemon=True).start()
     policy = RetryPolicy(attempt_timeout=0.5, budget=1.5, backoff_base=0.05, backoff_cap=0.1)
-    try:
+    with raw_receiver(trickle) as port:
         t0 = time.monotonic()
-        result = post(f"http://127.0.0.1:{server.getsockname()[1]}/hook", policy=policy)
+        result = post(f"http://127.0.0.1:{port}/hook", policy=policy)
         elapsed = time.monotonic() - t0
-    finally:
-        stop.set()
-        server.close()
     assert not result.delivered and "Timeout" in result.reason
     assert elapsed < policy.budget + 0.5, elapsed
 
 
-def test_an_attempt_given_up_on_that_is_answered_2xx_late_counts_as_delivered():
-    import socket
-    import threading
-
+@contextlib.contextmanager
+def raw_receiver(answer: Callable[[socket.socket, int, threading.Event], None]) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that hands each connection (and its number, from 1) to
+    ``answer``, for receivers no HTTP server would be: trickling, late, cut mid-handshake."""
     server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
     def serve() -> None:
-        connections = 0
+        number = 0
         while not stop.is_set():
             try:
                 conn, _ = server.accept()
             except OSError:
                 return
-            connections += 1
+            number += 1
             with conn:
-                conn.recv(65536)
-                if connections == 1:  # 200, a byte every 25 ms: past the attempt's 0.6 s limit
-                    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
-                        if stop.wait(0.025):
-                            return
-                        conn.sendall(bytes([byte]))
-                else:
-                    conn.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+                answer(conn, number, stop)
 
     threading.Thread(target=serve, daemon=True).start()
-    policy = RetryPolicy(attempt_timeout=0.3, budget=4.0, backoff_base=0.2, backoff_cap=0.4)
     try:
-        result = post(f"http://127.0.0.1:{server.getsockname()[1]}/hook", policy=policy)
+        yield server.getsockname()[1]
     finally:
         stop.set()
         server.close()
+
+
+def test_an_attempt_given_up_on_that_is_answered_2xx_late_counts_as_delivered():
+    def answer(conn: socket.socket, number: int, stop: threading.Event) -> None:
+        conn.recv(65536)
+        if number == 1:  # 200, a byte every 25 ms: past the attempt's 0.6 s limit
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                if stop.wait(0.025):
+                    return
+                conn.sendall(bytes([byte]))
+        else:
+            conn.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+
+    policy = RetryPolicy(attempt_timeout=0.3, budget=4.0, backoff_base=0.2, backoff_cap=0.4)
+    with raw_receiver(answer) as port:
+        result = post(f"http://127.0.0.1:{port}/hook", policy=policy)
     assert result.delivered and result.status == 200 and "answered late" in result.reason, result
 
 
@@ -336,26 +330,9 @@ def test_tls_error_is_final_not_retried_until_the_budget_is_spent():
 def test_a_tls_handshake_cut_short_is_retried():
     # A receiver behind a load balancer that is restarting: the connection closes mid-handshake
     # (an EOF, not a certificate problem), which the next attempt can get past.
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            conn.close()  # before any TLS byte
-
-    threading.Thread(target=serve, daemon=True).start()
     policy = RetryPolicy(attempt_timeout=0.5, budget=1.5, backoff_base=0.1, backoff_cap=0.2)
-    try:
-        result = post(f"https://127.0.0.1:{server.getsockname()[1]}/hook", policy=policy)
-    finally:
-        stop.set()
-        server.close()
+    with raw_receiver(lambda conn, number, stop: None) as port:  # closed before any TLS byte
+        result = post(f"https://127.0.0.1:{port}/hook", policy=policy)
     assert not result.delivered and result.attempts >= 2, result
     assert "not retried" not in result.reason
 
