@@ -221,26 +221,26 @@ class PipelineFamily(ABC):
     def _run(self, pipe: Any, request: GenerationRequest, generator: Any) -> Any:
         import torch
 
-        with torch.inference_mode(), _invalid_casts() as cast_nan:
-            out = pipe(
-                prompt=request.prompt,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance,
-                height=request.height,
-                width=request.width,
-                generator=generator,
-                output_type=self.output_type,
-                **self.call_kwargs(request),
-            )
-        if cast_nan:  # a "pil"/"np" pipeline already turned NaN/inf pixels into 0 on the way
-            raise ImageRejected(NON_FINITE)
-        # SD 1.x-style repositories ship a safety checker; diffusers replaces a flagged image
-        # with zeros and says so only in this flag (DeepFloyd IF: nsfw_detected).
-        flags = getattr(out, "nsfw_content_detected", None) or getattr(out, "nsfw_detected", None)
-        if flags and flags[0]:
-            raise ImageRejected("the model's safety checker flagged this image (it was blacked "
-                                "out, so none is returned); try another prompt or seed")
         with torch.inference_mode():
+            with _invalid_casts() as cast_nan:  # filled as the block ends
+                out = pipe(
+                    prompt=request.prompt,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.guidance,
+                    height=request.height,
+                    width=request.width,
+                    generator=generator,
+                    output_type=self.output_type,
+                    **self.call_kwargs(request),
+                )
+            if cast_nan:  # a "pil"/"np" pipeline already turned NaN/inf pixels into 0 on the way
+                raise ImageRejected(NON_FINITE)
+            # SD 1.x-style repositories ship a safety checker; diffusers replaces a flagged image
+            # with zeros and says so only in this flag (DeepFloyd IF: nsfw_detected).
+            flags = getattr(out, "nsfw_content_detected", None) or getattr(out, "nsfw_detected", None)
+            if flags and flags[0]:
+                raise ImageRejected("the model's safety checker flagged this image (it was blacked "
+                                    "out, so none is returned); try another prompt or seed")
             return self.to_uint8(out.images[0])
 
     def to_uint8(self, image: Any) -> Any:

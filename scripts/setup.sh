@@ -13,7 +13,8 @@ PYTHON="${PYTHON:-python3}"
 # before building anything, rather than leave pip to fail on the first pin.
 PY_VERSION_CODE='import sys; print("%d.%d.%d" % sys.version_info[:3])'
 py_version="$("$PYTHON" -c "$PY_VERSION_CODE" 2>/dev/null || true)"
-if [ -z "$py_version" ] || ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+IFS=. read -r py_major py_minor _ <<< "${py_version:-0.0.0}"
+if [ -z "$py_version" ] || [ "$py_major" -lt 3 ] || { [ "$py_major" -eq 3 ] && [ "$py_minor" -lt 11 ]; }; then
   {
     if [ -z "$py_version" ]; then
       echo "setup.sh: error: cannot run '$PYTHON' (PYTHON): this project needs Python 3.11 or newer."

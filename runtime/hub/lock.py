@@ -96,8 +96,9 @@ class BlobLock:
                 seen, seen_sig, unchanged_since = content, sig, time.monotonic()
             owner = _parse(content)
             idle = time.monotonic() - unchanged_since
-            if _dead_here(owner) or idle > self.stale_after_s:
-                reason = "its process is gone" if _dead_here(owner) else f"no heartbeat for {idle:.0f}s"
+            dead = _dead_here(owner)
+            if dead or idle > self.stale_after_s:
+                reason = "its process is gone" if dead else f"no heartbeat for {idle:.0f}s"
                 if self._remove_if(lambda now: now == content):
                     log.warning("took over the lock %s from %s (pid %s): %s", self.path.name,
                                 owner.get("host", "?"), owner.get("pid", "?"), reason)

@@ -7,8 +7,9 @@
     size and hash match  -> fsync, rename to blobs/<blob>, stamp it, release the lock
 
 Partial files carry their owner's token, so a worker never appends to a file another live
-worker is writing (a previous owner's partial is copied, never renamed: see ``_adopt_partial``); they are opened in append mode, so an owner that lost its lock and kept
-writing makes the file too long, which the final size check catches. A blob is only ever
+worker is writing (a previous owner's partial is copied, never renamed: see ``_adopt_partial``);
+they are opened in append mode, so an owner that lost its lock and kept writing makes the file
+too long, which the final size check catches. A blob is only ever
 created by ``rename`` of a file whose size and hash matched: a killed worker leaves a
 ``.part`` that the next boot resumes, never a blob that looks complete.
 """
