@@ -723,6 +723,21 @@ def test_hub_json_options_and_defaults_are_the_codes() -> None:
         Settings.from_env({"HF_MODEL_ID": "m", "VISGATE_COMPILE": "sometimes"})
 
 
+def test_webhook_secret_minimum_is_stated_as_the_code_enforces_it() -> None:
+    """A shorter secret stops the boot: the Hub's form and the README must say so, with the
+    code's number, or a user learns it from a failed first boot."""
+    minimum = settings_module.MIN_WEBHOOK_SECRET_LEN
+    entries = {entry["key"]: entry for entry in hub()["config"]["env"]}
+    texts = {"hub.json": entries["VISGATE_WEBHOOK_SECRET"]["input"]["description"],
+             "README.md": (ROOT / "README.md").read_text()}
+    for where, text in texts.items():
+        stated = [int(n) for n in re.findall(r"at least (\d+) characters", text)]
+        assert stated and set(stated) == {minimum}, f"{where} states {stated}, the code needs {minimum}"
+    with pytest.raises(SettingsError, match=f"shorter than {minimum}"):
+        Settings.from_env({"HF_MODEL_ID": "m", "VISGATE_WEBHOOK_SECRET": "k" * (minimum - 1)})
+    Settings.from_env({"HF_MODEL_ID": "m", "VISGATE_WEBHOOK_SECRET": "k" * minimum})
+
+
 # ---- jobs the repository ships ---------------------------------------------------------------------
 def family_for(tmp_path: Path, family: type[PipelineFamily], configs: dict[str, dict[str, Any]],
                class_name: str) -> PipelineFamily:
