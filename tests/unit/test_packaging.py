@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 SCRIPT = ROOT / "build-and-push.sh"
 HUB_JSON = ROOT / ".runpod" / "hub.json"
+README = ROOT / "README.md"
 TESTS_JSON = ROOT / ".runpod" / "tests.json"
 TEST_INPUT = ROOT / "test_input.json"
 CODE_DIRS = ("runtime", "pipelines")
@@ -639,18 +640,65 @@ def test_hf_home_agrees_with_the_worker_cache_on_the_volume(tmp_path: Path) -> N
     assert "TORCHINDUCTOR_CACHE_DIR" not in dockerfile_env(), "the worker points inductor itself"
 
 
+def deploy_section() -> str:
+    """The README's "Deploy on Runpod" part, where the environment variables are documented."""
+    return README.read_text().split("<!-- deploy:start -->")[1].split("<!-- deploy:end -->")[0]
+
+
 def test_every_documented_name_is_read_by_the_code() -> None:
     read = code_env_reads()
     # Read by Runpod itself (the endpoint's start timeout), or the client's own shell variable.
     platform_names = {"RUNPOD_INIT_TIMEOUT", "RUNPOD_API_KEY"}
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- deploy:start -->")[1].split("<!-- deploy:end -->")[0]
-    documented = set(re.findall(r"\b(?:VISGATE|HF|RUNPOD)_[A-Z0-9_]+\b", DOCKERFILE.read_text() + block))
+    documented = set(re.findall(r"\b(?:VISGATE|HF|RUNPOD)_[A-Z0-9_]+\b",
+                                DOCKERFILE.read_text() + deploy_section()))
     documented |= {e["key"] for e in json.loads(HUB_JSON.read_text())["config"]["env"]}
     documented |= {e["key"] for e in json.loads(TESTS_JSON.read_text())["config"]["env"]}
     # HF_HOME is the libraries' (checked above); RUNPOD_DEBUG_LEVEL is in `read` via __main__.
     unknown = documented - read - platform_names - {"HF_HOME"}
     assert not unknown, f"documented but read by nothing: {sorted(unknown)}"
+
+
+def readme_env_defaults() -> dict[str, str]:
+    """The deploy section's environment table: each variable's "default" cell (a row naming two
+    variables, "`A`, `B` | `1`, `2`", gives each its own value)."""
+    defaults = {}
+    for names, cell in re.findall(r"^\| (`[A-Z][A-Z0-9_]*`(?:, `[A-Z][A-Z0-9_]*`)*) \| ([^|]+) \|",
+                                  deploy_section(), re.MULTILINE):
+        keys = re.findall(r"`([A-Z0-9_]+)`", names)
+        values = cell.strip().split(", ") if len(keys) > 1 else [cell.strip()]
+        assert len(values) == len(keys), f"one default per variable: {names} | {cell}"
+        defaults.update(zip(keys, values))
+    return defaults
+
+
+def test_readme_env_defaults_are_the_codes(tmp_path: Path) -> None:
+    """A documented default is what the worker does when the variable is unset: setting the
+    variable to it changes nothing, on a GPU and on the CPU alike (or the cell says per device)."""
+    documented = readme_env_defaults()
+    assert {"VISGATE_COMPILE", "DEVICE", "VISGATE_CACHE_DIR"} <= set(documented)
+    per_device = re.compile(r"^`([^`]+)` on CUDA, `([^`]+)` on CPU$")
+    checked = set()
+    for name, cell in documented.items():
+        if match := per_device.match(cell):
+            wanted = {"cuda": match.group(1), "cpu": match.group(2)}
+        elif match := re.fullmatch(r"`([^`]+)`", cell):
+            wanted = {device: match.group(1) for device in ("cuda", "cpu") if name != "DEVICE"}
+            wanted = wanted or {None: match.group(1)}  # DEVICE's own default: with DEVICE unset
+        else:
+            continue  # "none", "required", or a sentence (the cache directory: below)
+        for device, value in wanted.items():
+            env = {"HF_MODEL_ID": "m", **({"DEVICE": device} if device else {})}
+            assert Settings.from_env({**env, name: value}) == Settings.from_env(env), (
+                f"README: {name} defaults to {cell}; the code differs on {device or 'the default device'}")
+        checked.add(name)
+    assert {"VISGATE_COMPILE", "DEVICE", "VISGATE_PRECISION", "VISGATE_WEBHOOK_BUDGET"} <= checked
+    # The cache directory depends on the volume, not the device.
+    with_volume, without = re.fullmatch(r"`([^`]+)` with a volume, else `([^`]+)`",
+                                        documented["VISGATE_CACHE_DIR"]).groups()
+    on_volume = Settings.from_env({"HF_MODEL_ID": "m"}, volume_root=tmp_path).cache_dir
+    assert settings_module.RUNPOD_VOLUME / on_volume.relative_to(tmp_path) == Path(with_volume)
+    assert Settings.from_env({"HF_MODEL_ID": "m"}, volume_root=tmp_path / "absent").cache_dir == (
+        Path(without).expanduser())
 
 
 # ---- Runpod Hub ------------------------------------------------------------------------------------
@@ -729,7 +777,7 @@ def test_webhook_secret_minimum_is_stated_as_the_code_enforces_it() -> None:
     minimum = settings_module.MIN_WEBHOOK_SECRET_LEN
     entries = {entry["key"]: entry for entry in hub()["config"]["env"]}
     texts = {"hub.json": entries["VISGATE_WEBHOOK_SECRET"]["input"]["description"],
-             "README.md": (ROOT / "README.md").read_text()}
+             "README.md": README.read_text()}
     for where, text in texts.items():
         stated = [int(n) for n in re.findall(r"at least (\d+) characters", text)]
         assert stated and set(stated) == {minimum}, f"{where} states {stated}, the code needs {minimum}"
