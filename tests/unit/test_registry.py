@@ -3,7 +3,9 @@ defaults; anything that is not a text-to-image pipeline is refused with the supp
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +18,7 @@ from pipelines.generic import GenericFamily
 from pipelines.registry import detect_family, family_class_for
 from pipelines.sdxl import SDXLFamily
 from runtime.errors import BootError, UnsupportedModelError
+from runtime.validate import validate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -187,40 +190,49 @@ def test_broken_model_index_is_refused(tmp_path: Path, content: str, message: st
 
 
 # ---- adding a family = one class + one registry line ------------------------------------------------
-class SanaLikeFamily(PipelineFamily):
-    """What the README asks of a new family: the facts, and the diffusers class."""
+README = Path(__file__).resolve().parents[2] / "README.md"
 
-    name = "sana"
-    pipeline_classes = ("SanaPipeline",)
-    denoiser_attr = "transformer"
 
-    @property
-    def defaults(self) -> Defaults:
-        return Defaults(steps=20, guidance=4.5, height=1024, width=1024)
-
-    @property
-    def size_rules(self) -> SizeRules:
-        return SizeRules(factor=32, min_side=256, max_side=4096, max_pixels=4096 * 4096)
-
-    def pipeline_class(self) -> type:
-        from diffusers import SanaPipeline
-
-        return SanaPipeline
+def readme_adding_a_family() -> tuple[str, type[PipelineFamily], tuple[type[PipelineFamily], ...]]:
+    """The README's "Adding a family", run as written (a contributor will copy it): its text, its
+    class, and the registry its one line makes."""
+    section = README.read_text().split("### Adding a family")[1].split("\n## ")[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    namespace: dict[str, Any] = {"__name__": "pipelines.readme_example"}
+    exec(code, namespace)  # noqa: S102 - our own README
+    [family] = [value for value in namespace.values() if isinstance(value, type)
+                and issubclass(value, PipelineFamily) and value.__module__ == namespace["__name__"]]
+    [line] = re.findall(r"`(FAMILIES = \(.*?\))`", section)
+    scope = {**vars(registry), family.__name__: family}
+    exec(line, scope)  # noqa: S102 - our own README
+    return section, family, scope["FAMILIES"]
 
 
 def test_adding_a_family_is_one_class_and_one_registry_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    repo = write_repo(tmp_path, {"_class_name": "SanaPipeline"})
-    # Before: the generic fallback serves it (AutoPipelineForText2Image knows SanaPipeline).
+    section, new_family, families = readme_adding_a_family()
+    [class_name] = new_family.pipeline_classes
+    repo = write_repo(tmp_path, {"_class_name": class_name})
+    # Before: the generic fallback serves it (AutoPipelineForText2Image knows the class).
     assert type(detect_family(repo)) is GenericFamily
-    # The one line: placed before the generic fallback, as the registry's order requires.
-    families = list(registry.FAMILIES)
-    monkeypatch.setattr(registry, "FAMILIES", tuple(families[:-1] + [SanaLikeFamily, families[-1]]))
+    # The one line: today's registry, the new family placed before the generic fallback.
+    assert families == (*registry.FAMILIES[:-1], new_family, registry.FAMILIES[-1])
+    monkeypatch.setattr(registry, "FAMILIES", families)
     family = detect_family(repo)
-    assert type(family) is SanaLikeFamily
-    assert family.defaults.steps == 20 and family.size_rules.factor == 32
-    assert family.describe()["family"] == "sana"
-    assert "sana (SanaPipeline)" in registry.supported_summary()
+    assert type(family) is new_family
+    assert family.describe()["family"] == new_family.name
+    assert f"{new_family.name} ({class_name})" in registry.supported_summary()
+    # Its facts hold: the limits every family shares (the job contract's pixel limit), its own
+    # factor; defaults a job can take; a denoiser the diffusers class really has.
+    assert family.size_rules == SizeRules.with_factor(family.size_rules.factor)
+    request = validate({"prompt": "a cat"}, family.defaults, family.size_rules, family.limits)
+    assert (request.height, request.width) == (family.defaults.height, family.defaults.width)
+    pipeline = family.pipeline_class()
+    assert pipeline.__name__ == class_name
+    assert new_family.denoiser_attr in inspect.signature(pipeline.__init__).parameters
+    # The optional overrides it names are the base class's.
+    overrides = re.findall(r"`(\w+)`", re.search(r"Optional overrides:(.*?)\.\n", section, re.DOTALL)[1])
+    assert overrides and [name for name in overrides if not hasattr(PipelineFamily, name)] == []
     # The others are unaffected.
     assert family_class_for(FLUX_INDEX) is FluxFamily
     assert family_class_for(SDXL_INDEX) is SDXLFamily
