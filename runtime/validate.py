@@ -113,8 +113,9 @@ def _number(data: Mapping[str, Any], name: str, default: float, lo: float, hi: f
     if isinstance(value, float) and not math.isfinite(value):
         raise JobInputError(f"'{name}' must be a finite number from {lo:g} to {hi:g}, got {value!r}")
     if not lo <= value <= hi:
-        shown = _shown(value) if isinstance(value, int) else f"{value:g}"
-        raise JobInputError(f"'{name}' must be from {lo:g} to {hi:g}, got {shown}")
+        # Not :g, which rounds to 6 digits: 20.0000001 would read "got 20", as if the bound
+        # itself were refused.
+        raise JobInputError(f"'{name}' must be from {lo:g} to {hi:g}, got {_shown(value)}")
     return float(value)
 
 

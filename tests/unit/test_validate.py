@@ -173,6 +173,13 @@ SHOWN = [
     pytest.param(job(seed=1e100), "'seed' must be from 0 to 4294967295, got 1e+100", id="seed-float-1e100"),
     pytest.param(job(height=1e40), "'height' must be from 256 to 2048, got 1e+40", id="height-float-1e40"),
     pytest.param(job(width=4096.0), "'width' must be from 256 to 2048, got 4096.0", id="width-float"),
+    # all its digits: rounded, 20.0000001 would read "got 20", as if the bound itself were refused
+    pytest.param(job(guidance_scale=20.0000001), "'guidance_scale' must be from 0 to 20, got 20.0000001",
+                 id="guidance-just-over"),
+    pytest.param(job(guidance_scale=-0.0001), "'guidance_scale' must be from 0 to 20, got -0.0001",
+                 id="guidance-just-under"),
+    pytest.param(job(guidance_scale=1234567.5), "'guidance_scale' must be from 0 to 20, got 1234567.5",
+                 id="guidance-seven-digits"),
 ]
 
 
