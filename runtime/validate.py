@@ -18,6 +18,9 @@ SEED_MAX = 2**32 - 1
 PROMPT_MAX_CHARS = 10_000
 SHOWN_UNKNOWN = 5  # unknown field names echoed in an error, at most
 SHOWN_NAME_CHARS = 40
+# An out-of-range integer this long is named, not echoed: no bound here has more than 10 digits,
+# and the full number only makes the message long (and str() refuses ints over 4300 digits).
+SHOWN_INT_DIGITS = 30
 
 
 def validate(job_input: Any, defaults: Defaults, rules: SizeRules,
@@ -93,13 +96,11 @@ def _integer(data: Mapping[str, Any], name: str, default: int | None, lo: int, h
     # bool is a subclass of int in Python, but true is not a step count.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise JobInputError(f"'{name}' must be an integer from {lo} to {hi}, got {_json_type(value)}")
-    if isinstance(value, float):
-        if not math.isfinite(value) or not value.is_integer():
-            raise JobInputError(f"'{name}' must be an integer from {lo} to {hi}, got {value!r}")
-        value = int(value)
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise JobInputError(f"'{name}' must be an integer from {lo} to {hi}, got {_shown(value)}")
     if not lo <= value <= hi:
-        raise JobInputError(f"'{name}' must be from {lo} to {hi}, got {value}")
-    return value
+        raise JobInputError(f"'{name}' must be from {lo} to {hi}, got {_shown(value)}")
+    return int(value)
 
 
 def _number(data: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
@@ -112,9 +113,18 @@ def _number(data: Mapping[str, Any], name: str, default: float, lo: float, hi: f
     if isinstance(value, float) and not math.isfinite(value):
         raise JobInputError(f"'{name}' must be a finite number from {lo:g} to {hi:g}, got {value!r}")
     if not lo <= value <= hi:
-        shown = f"{value:g}" if abs(value) < 1e300 else "a number too large"
-        raise JobInputError(f"'{name}' must be from {lo:g} to {hi:g}, got {shown}")
+        # Not :g, which rounds to 6 digits: 20.0000001 would read "got 20", as if the bound
+        # itself were refused.
+        raise JobInputError(f"'{name}' must be from {lo:g} to {hi:g}, got {_shown(value)}")
     return float(value)
+
+
+def _shown(value: int | float) -> str:
+    """A refused number as the client sent it: a float by its repr (1e+100, not the 101 digits
+    int() would make of it), an int in full unless it is too long to be worth echoing."""
+    if isinstance(value, int) and abs(value) >= 10 ** (SHOWN_INT_DIGITS - 1):
+        return "a number too large" if value > 0 else "a number too small"
+    return repr(value)
 
 
 def _side(data: Mapping[str, Any], name: str, default: int, rules: SizeRules) -> int:

@@ -103,6 +103,12 @@ BAD = [
     pytest.param({"prompt": "x", "seed": -1}, "'seed' must be from 0 to 4294967295, got -1", id="seed"),
     pytest.param({"prompt": "x", "width": 4096}, "'width' must be from 256 to 2048, got 4096",
                  id="width-range"),
+    pytest.param({"prompt": "x", "height": 10**40},
+                 "'height' must be from 256 to 2048, got a number too large", id="height-40-digits"),
+    pytest.param({"prompt": "x", "seed": 1e100}, "'seed' must be from 0 to 4294967295, got 1e+100",
+                 id="seed-float"),
+    pytest.param({"prompt": "x", "guidance_scale": 20.0000001},
+                 "'guidance_scale' must be from 0 to 20, got 20.0000001", id="guidance-just-over"),
     pytest.param({"prompt": "x", "negative_prompt": "blur"},
                  "unknown field(s) in input: negative_prompt; allowed: prompt, num_inference_steps, "
                  "guidance_scale, height, width, seed", id="unknown-field"),

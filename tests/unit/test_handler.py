@@ -202,6 +202,19 @@ def test_bad_input_never_raises(handle: Callable, job: Any, message: str) -> Non
     assert isinstance(response["error"], str) and message in response["error"]
 
 
+@pytest.mark.parametrize("job_input, error", [
+    ({"prompt": "x", "height": 10**40}, "'height' must be from 256 to 2048, got a number too large"),
+    ({"prompt": "x", "seed": 10**100}, "'seed' must be from 0 to 4294967295, got a number too large"),
+    ({"prompt": "x", "seed": 1e100}, "'seed' must be from 0 to 4294967295, got 1e+100"),
+    ({"prompt": "x", "seed": 4294967296}, "'seed' must be from 0 to 4294967295, got 4294967296"),
+    ({"prompt": "x", "guidance_scale": 20.0000001},
+     "'guidance_scale' must be from 0 to 20, got 20.0000001"),
+], ids=["height-40-digits", "seed-101-digits", "seed-float", "seed-quoted", "guidance-just-over"])
+def test_refused_number_in_the_error_response(handle: Callable, job_input: dict, error: str) -> None:
+    """A huge integer is named, not echoed digit by digit; others are quoted as sent."""
+    assert handle({"input": job_input}) == {"error": error, "model_id": MODEL_ID}
+
+
 @pytest.mark.parametrize("component, exc, expected", [
     ("transformer", ValueError(f"corrupt weights near {SECRET}"),
      {"error": "generation failed: ValueError: corrupt weights near ***", "model_id": MODEL_ID}),

@@ -104,8 +104,8 @@ BAD = [
                  id="guidance-negative"),
     pytest.param(job(guidance_scale=20.5), "'guidance_scale' must be from 0 to 20, got 20.5",
                  id="guidance-over"),
-    pytest.param(job(guidance_scale=10**400), "'guidance_scale' must be from 0 to 20",
-                 id="guidance-huge-int"),
+    pytest.param(job(guidance_scale=10**400),
+                 "'guidance_scale' must be from 0 to 20, got a number too large", id="guidance-huge-int"),
     pytest.param(job(seed=-1), "'seed' must be from 0 to 4294967295, got -1", id="seed-negative"),
     pytest.param(job(seed=SEED_MAX + 1), "'seed' must be from 0 to 4294967295, got 4294967296",
                  id="seed-over"),
@@ -147,6 +147,47 @@ def test_messages_are_one_short_line() -> None:
             flux(case.values[0])
         text = str(info.value)
         assert "\n" not in text and len(text) < 300, case.id
+
+
+# A refused number is shown as sent, except an integer of 30 digits or more, which is named: echoed
+# in full it only makes the message long (and str() refuses an int of over 4300 digits outright).
+SHOWN = [
+    pytest.param(job(height=10**40), "'height' must be from 256 to 2048, got a number too large",
+                 id="height-40-digits"),
+    pytest.param(job(seed=10**100), "'seed' must be from 0 to 4294967295, got a number too large",
+                 id="seed-101-digits"),
+    pytest.param(job(seed=10**29), "'seed' must be from 0 to 4294967295, got a number too large",
+                 id="seed-30-digits"),
+    pytest.param(job(seed=10**29 - 1), f"'seed' must be from 0 to 4294967295, got {10**29 - 1}",
+                 id="seed-29-digits-quoted"),
+    pytest.param(job(num_inference_steps=-10**35),
+                 "'num_inference_steps' must be from 1 to 100, got a number too small",
+                 id="steps-36-digits-negative"),
+    pytest.param(job(width=10**5000), "'width' must be from 256 to 2048, got a number too large",
+                 id="width-5001-digits"),
+    pytest.param(job(guidance_scale=10**40),
+                 "'guidance_scale' must be from 0 to 20, got a number too large", id="guidance-40-digits"),
+    pytest.param(job(guidance_scale=123456789),
+                 "'guidance_scale' must be from 0 to 20, got 123456789", id="guidance-int-not-1e8"),
+    # floats: their repr, not the digits int() makes of them, nor an int's spelling
+    pytest.param(job(seed=1e100), "'seed' must be from 0 to 4294967295, got 1e+100", id="seed-float-1e100"),
+    pytest.param(job(height=1e40), "'height' must be from 256 to 2048, got 1e+40", id="height-float-1e40"),
+    pytest.param(job(width=4096.0), "'width' must be from 256 to 2048, got 4096.0", id="width-float"),
+    # all its digits: rounded, 20.0000001 would read "got 20", as if the bound itself were refused
+    pytest.param(job(guidance_scale=20.0000001), "'guidance_scale' must be from 0 to 20, got 20.0000001",
+                 id="guidance-just-over"),
+    pytest.param(job(guidance_scale=-0.0001), "'guidance_scale' must be from 0 to 20, got -0.0001",
+                 id="guidance-just-under"),
+    pytest.param(job(guidance_scale=1234567.5), "'guidance_scale' must be from 0 to 20, got 1234567.5",
+                 id="guidance-seven-digits"),
+]
+
+
+@pytest.mark.parametrize("job_input, message", SHOWN)
+def test_refused_number_is_shown_as_sent(job_input: object, message: str) -> None:
+    with pytest.raises(JobInputError) as info:
+        flux(job_input)
+    assert str(info.value) == message
 
 
 def test_size_factor_is_the_family_s() -> None:
