@@ -73,9 +73,10 @@ class Settings:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never appear in logs, outputs or errors."""
-        return tuple(s for s in (self.hf_token, self.webhook_secret, *_url_credentials(self.webhook_url),
-                                 *_url_credentials(self.hub_endpoint)) if s)
+        """Values that must never appear in logs, outputs or errors (see ``secrets_in``)."""
+        return secrets_in({name: value for name, value in (
+            ("HF_TOKEN", self.hf_token), ("VISGATE_WEBHOOK_SECRET", self.webhook_secret),
+            ("VISGATE_WEBHOOK", self.webhook_url), ("HF_ENDPOINT", self.hub_endpoint)) if value})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], volume_root: Path = RUNPOD_VOLUME) -> "Settings":
@@ -104,6 +105,17 @@ class Settings:
             quantize=_choice(env, "VISGATE_QUANTIZE", QUANTIZE_MODES, "none"),
             warmup_shapes=_shapes(_text(env, "VISGATE_WARMUP_SHAPES")),
         )
+
+
+def secrets_in(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The values in ``env`` that must never appear in logs, outputs or errors: the hub token, the
+    webhook's key, and the credentials in the webhook's and the hub's URLs. The one rule for what
+    is secret: the worker's own list (``Settings.secrets``) and what a benchmark records of the
+    environment it ran with both come from here."""
+    values = (_text(env, "HF_TOKEN"), _text(env, "VISGATE_WEBHOOK_SECRET"),
+              *_url_credentials(_text(env, "VISGATE_WEBHOOK")),
+              *_url_credentials(_text(env, "HF_ENDPOINT")))
+    return tuple(s for s in values if s)
 
 
 # What --test_input must look like: the job Runpod's SDK runs once, locally, then exits.
