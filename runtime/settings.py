@@ -55,7 +55,8 @@ class Settings:
     cache_dir: Path = Path(".cache/visgate")
     # The hub (HF_ENDPOINT: a mirror, or the tests' local server), whether it may be contacted at
     # all (HF_HUB_OFFLINE), and Runpod's read-only model cache, tried before our own cache.
-    hub_endpoint: str = "https://huggingface.co"
+    # repr=False: like the webhook's, the URL may carry a token in its password or query.
+    hub_endpoint: str = field(default="https://huggingface.co", repr=False)
     hub_offline: bool = False
     runpod_model_cache: Path = RUNPOD_VOLUME / "huggingface-cache" / "hub"
     precision: str = "auto"

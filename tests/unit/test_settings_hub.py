@@ -62,3 +62,10 @@ def test_secrets_in_an_environment_are_what_its_settings_hide():
     assert secrets_in(env) == build(**env).secrets == (
         "hf_tok3n", "whsec-0123456789abcdef", "hookpass", "token=qtoken", "mirrorpass")
     assert secrets_in({"HF_MODEL_ID": "org/model", "HF_ENDPOINT": "http://127.0.0.1:8080"}) == ()
+
+
+def test_a_mirror_password_is_not_in_repr():
+    # Logging a Settings must not leak HF_ENDPOINT's credentials, as for the other secrets.
+    s = build(HF_ENDPOINT="https://mirror:mirrorReprPass@hub.internal", DEVICE="cpu")
+    assert "mirrorReprPass" not in repr(s) and "mirrorReprPass" not in str(s)
+    assert "org/model" in repr(s) and "device='cpu'" in repr(s)  # the repr is still useful
