@@ -160,7 +160,7 @@ def webhook_settings(env: Mapping[str, str]) -> Settings | None:
     honouring them.
     """
     # Then without what the webhook can do without: bad timings fall back to the defaults, and a
-    # bad HF_TOKEN (its only use here is redaction, and it is not text) is left out.
+    # bad HF_TOKEN (its only use here is redaction, and it is not one line of text) is left out.
     lenient = {k: v for k, v in env.items()
                if k not in ("VISGATE_WEBHOOK_TIMEOUT", "VISGATE_WEBHOOK_BUDGET")}
     # Last, a webhook secret too short to accept: it still signs the "failed" event that says
@@ -180,7 +180,7 @@ def _identity_and_webhook(env: Mapping[str, str], strict_secret: bool = True) ->
     """The fields the webhook needs: read by from_env, and alone after a failed from_env."""
     return dict(
         revision=_text(env, "HF_MODEL_REVISION") or "main",
-        hf_token=_secret(env, "HF_TOKEN", "ascii"),  # an HTTP header: a Hugging Face token is ASCII
+        hf_token=_header_secret(env, "HF_TOKEN"),
         webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
         webhook_secret=_webhook_secret(env, strict_secret),
         webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
@@ -210,6 +210,18 @@ def _secret(env: Mapping[str, str], name: str, encoding: str) -> str | None:
         except UnicodeEncodeError:
             raise SettingsError(f"{name} holds characters that are not {encoding.upper()} text: "
                                 "set it again") from None
+    return value
+
+
+def _header_secret(env: Mapping[str, str], name: str) -> str | None:
+    """A secret sent as an HTTP header (``Authorization: Bearer``): ASCII, on one line. requests
+    refuses a line break or another control character in a header only as the fetch sends it,
+    and each retry fails the same until the boot ends blaming an unavailable hub. The message
+    never quotes the value."""
+    value = _secret(env, name, "ascii")
+    if value is not None and not value.isprintable():  # ASCII: \x00-\x1f and \x7f
+        raise SettingsError(f"{name} holds a line break or another control character: set it "
+                            "again, on one line")
     return value
 
 
