@@ -74,9 +74,16 @@ class Settings:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never appear in logs, outputs or errors (see ``secrets_in``)."""
+        """Values that must never appear in logs, outputs or errors (see ``secrets_in``).
+
+        A webhook secret too short to accept is held only after a settings failure, to sign the
+        failed event (``webhook_settings``). It is left out: the refusal never quotes it, and
+        redacting so short a string would garble the very message that says why the boot stopped
+        ("boot fail***d at s***ttings" for a secret "e")."""
+        webhook_key = (self.webhook_secret
+                       if len(self.webhook_secret or "") >= MIN_WEBHOOK_SECRET_LEN else None)
         return secrets_in({name: value for name, value in (
-            ("HF_TOKEN", self.hf_token), ("VISGATE_WEBHOOK_SECRET", self.webhook_secret),
+            ("HF_TOKEN", self.hf_token), ("VISGATE_WEBHOOK_SECRET", webhook_key),
             ("VISGATE_WEBHOOK", self.webhook_url), ("HF_ENDPOINT", self.hub_endpoint)) if value})
 
     @classmethod
@@ -164,7 +171,8 @@ def webhook_settings(env: Mapping[str, str]) -> Settings | None:
     lenient = {k: v for k, v in env.items()
                if k not in ("VISGATE_WEBHOOK_TIMEOUT", "VISGATE_WEBHOOK_BUDGET")}
     # Last, a webhook secret too short to accept: it still signs the "failed" event that says
-    # so (the receiver holds that key), instead of leaving the orchestrator with no event at all.
+    # so (the receiver holds that key), instead of leaving the orchestrator with no event at all;
+    # it is not redacted (see Settings.secrets).
     candidates = (env, lenient, {k: v for k, v in lenient.items() if k != "HF_TOKEN"})
     for strict, candidate in ((strict, c) for strict in (True, False) for c in candidates):
         try:
