@@ -34,7 +34,7 @@ from typing import Any, Callable
 import requests
 
 from runtime.boot_report import BootRecord
-from runtime.errors import redact, safe_target
+from runtime.errors import redact_values, safe_target
 from runtime.retry_after import parse_retry_after
 from runtime.settings import Settings
 
@@ -345,18 +345,8 @@ class Announcer:
         # literal (true, a number) or miss one that JSON escapes.
         for name in FOREIGN_TEXT_FIELDS:
             if name in clean:
-                clean[name] = _redact_values(clean[name], settings.secrets)
+                clean[name] = redact_values(clean[name], settings.secrets)
         return json.dumps(clean).encode()  # insertion order: stages in boot order
-
-
-def _redact_values(value: Any, secrets: tuple[str, ...]) -> Any:
-    if isinstance(value, str):
-        return redact(value, secrets)
-    if isinstance(value, dict):
-        return {k: _redact_values(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_values(v, secrets) for v in value]
-    return value
 
 
 def _record_dict(record: BootRecord) -> dict[str, Any]:

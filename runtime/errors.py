@@ -6,6 +6,7 @@ no secrets). Job errors carry a message for the client and whether the worker mu
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -71,6 +72,19 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def redact_values(value: Any, secrets: tuple[str, ...]) -> Any:
+    """``redact`` every string in a JSON-like value (dicts, lists), keys left as written: value by
+    value, since replacing in the JSON text could hit a secret that equals a literal (true, a
+    number) or miss one that JSON escapes."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {k: redact_values(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_values(v, secrets) for v in value]
+    return value
 
 
 def sendable(text: str) -> str:

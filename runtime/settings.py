@@ -55,7 +55,8 @@ class Settings:
     cache_dir: Path = Path(".cache/visgate")
     # The hub (HF_ENDPOINT: a mirror, or the tests' local server), whether it may be contacted at
     # all (HF_HUB_OFFLINE), and Runpod's read-only model cache, tried before our own cache.
-    hub_endpoint: str = "https://huggingface.co"
+    # repr=False: like the webhook's, the URL may carry a token in its password or query.
+    hub_endpoint: str = field(default="https://huggingface.co", repr=False)
     hub_offline: bool = False
     runpod_model_cache: Path = RUNPOD_VOLUME / "huggingface-cache" / "hub"
     precision: str = "auto"
@@ -73,9 +74,17 @@ class Settings:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never appear in logs, outputs or errors."""
-        return tuple(s for s in (self.hf_token, self.webhook_secret, *_url_credentials(self.webhook_url),
-                                 *_url_credentials(self.hub_endpoint)) if s)
+        """Values that must never appear in logs, outputs or errors (see ``secrets_in``).
+
+        A webhook secret too short to accept is held only after a settings failure, to sign the
+        failed event (``webhook_settings``). It is left out: the refusal never quotes it, and
+        redacting so short a string would garble the very message that says why the boot stopped
+        ("boot fail***d at s***ttings" for a secret "e")."""
+        webhook_key = (self.webhook_secret
+                       if len(self.webhook_secret or "") >= MIN_WEBHOOK_SECRET_LEN else None)
+        return secrets_in({name: value for name, value in (
+            ("HF_TOKEN", self.hf_token), ("VISGATE_WEBHOOK_SECRET", webhook_key),
+            ("VISGATE_WEBHOOK", self.webhook_url), ("HF_ENDPOINT", self.hub_endpoint)) if value})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], volume_root: Path = RUNPOD_VOLUME) -> "Settings":
@@ -104,6 +113,17 @@ class Settings:
             quantize=_choice(env, "VISGATE_QUANTIZE", QUANTIZE_MODES, "none"),
             warmup_shapes=_shapes(_text(env, "VISGATE_WARMUP_SHAPES")),
         )
+
+
+def secrets_in(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The values in ``env`` that must never appear in logs, outputs or errors: the hub token, the
+    webhook's key, and the credentials in the webhook's and the hub's URLs. The one rule for what
+    is secret: the worker's own list (``Settings.secrets``) and what a benchmark records of the
+    environment it ran with both come from here."""
+    values = (_text(env, "HF_TOKEN"), _text(env, "VISGATE_WEBHOOK_SECRET"),
+              *_url_credentials(_text(env, "VISGATE_WEBHOOK")),
+              *_url_credentials(_text(env, "HF_ENDPOINT")))
+    return tuple(s for s in values if s)
 
 
 # What --test_input must look like: the job Runpod's SDK runs once, locally, then exits.
@@ -147,11 +167,12 @@ def webhook_settings(env: Mapping[str, str]) -> Settings | None:
     honouring them.
     """
     # Then without what the webhook can do without: bad timings fall back to the defaults, and a
-    # bad HF_TOKEN (its only use here is redaction, and it is not text) is left out.
+    # bad HF_TOKEN (its only use here is redaction, and it is not one line of text) is left out.
     lenient = {k: v for k, v in env.items()
                if k not in ("VISGATE_WEBHOOK_TIMEOUT", "VISGATE_WEBHOOK_BUDGET")}
     # Last, a webhook secret too short to accept: it still signs the "failed" event that says
-    # so (the receiver holds that key), instead of leaving the orchestrator with no event at all.
+    # so (the receiver holds that key), instead of leaving the orchestrator with no event at all;
+    # it is not redacted (see Settings.secrets).
     candidates = (env, lenient, {k: v for k, v in lenient.items() if k != "HF_TOKEN"})
     for strict, candidate in ((strict, c) for strict in (True, False) for c in candidates):
         try:
@@ -167,7 +188,7 @@ def _identity_and_webhook(env: Mapping[str, str], strict_secret: bool = True) ->
     """The fields the webhook needs: read by from_env, and alone after a failed from_env."""
     return dict(
         revision=_text(env, "HF_MODEL_REVISION") or "main",
-        hf_token=_secret(env, "HF_TOKEN", "ascii"),  # an HTTP header: a Hugging Face token is ASCII
+        hf_token=_header_secret(env, "HF_TOKEN"),
         webhook_url=_webhook_url(_text(env, "VISGATE_WEBHOOK")),
         webhook_secret=_webhook_secret(env, strict_secret),
         webhook_timeout=_seconds(env, "VISGATE_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_S),
@@ -197,6 +218,18 @@ def _secret(env: Mapping[str, str], name: str, encoding: str) -> str | None:
         except UnicodeEncodeError:
             raise SettingsError(f"{name} holds characters that are not {encoding.upper()} text: "
                                 "set it again") from None
+    return value
+
+
+def _header_secret(env: Mapping[str, str], name: str) -> str | None:
+    """A secret sent as an HTTP header (``Authorization: Bearer``): ASCII, on one line. requests
+    refuses a line break or another control character in a header only as the fetch sends it,
+    and each retry fails the same until the boot ends blaming an unavailable hub. The message
+    never quotes the value."""
+    value = _secret(env, name, "ascii")
+    if value is not None and not value.isprintable():  # ASCII: \x00-\x1f and \x7f
+        raise SettingsError(f"{name} holds a line break or another control character: set it "
+                            "again, on one line")
     return value
 
 

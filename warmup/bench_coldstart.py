@@ -47,7 +47,8 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.settings import COMPILE_MODES  # noqa: E402
+from runtime.errors import redact_values  # noqa: E402
+from runtime.settings import COMPILE_MODES, secrets_in  # noqa: E402
 from warmup.bench_latency import p95  # noqa: E402
 from warmup.local_worker import LocalWorker, worker_env  # noqa: E402
 from warmup.machine import machine_info, result_path  # noqa: E402
@@ -355,6 +356,14 @@ def summarize(args: argparse.Namespace, source: Source,
             "parts": list(PARTS), "machine": machine_info(args.device), "scenarios": scenarios}
 
 
+def recorded_secrets(args: argparse.Namespace, source: Source) -> tuple[str, ...]:
+    """The secrets of every environment the boots were given (this process's, the model source's,
+    ``--env``): the record's command line holds ``--env`` and ``--endpoint`` as typed, and a
+    failed boot's error can echo its environment."""
+    return tuple(dict.fromkeys(secret for env in (os.environ, source.env(), args.extra_env)
+                               for secret in secrets_in(env)))
+
+
 def render(result: dict[str, Any]) -> str:
     return "\n".join([f"## cold start: {result['mode']} {result['model']} on "
                       f"{machine_label(result['machine'])} (median of {result['repeat']})", "",
@@ -433,11 +442,15 @@ def main(argv: list[str] | None = None) -> int:
         slug = args.model.replace("/", "_") + (f"-{args.compile}" if args.compile else "")
         out = args.out or result_path(f"coldstart-{record_mode(args.mode)}-{slug}", args.device)
         out.parent.mkdir(parents=True, exist_ok=True)
+        secrets = recorded_secrets(args, source)
 
         def write(runs: dict[str, list[dict[str, Any]]], partial: bool) -> dict[str, Any]:
             # Written after every boot too: a run killed at its time limit keeps what it measured.
             result = {**summarize(args, source, runs), **({"partial": True} if partial else {})}
-            out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+            # The file is kept (and may be committed): every value is cleaned, after a JSON round
+            # trip so that what is cleaned is what is written.
+            result = redact_values(json.loads(json.dumps(result, default=str)), secrets)
+            out.write_text(json.dumps(result, indent=1) + "\n")
             return result
 
         try:
@@ -447,14 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     result = write(runs, partial=False)
     print(render(result))
     print(f"wrote {out}")
-    failed = [f"{r['scenario']}#{r['repeat']}" for items in runs.values() for r in items if "error" in r]
+    failed = [r for entry in result["scenarios"].values() for r in entry["runs"] if "error" in r]
     if failed:
-        print(f"FAILED boots: {', '.join(failed)}", file=sys.stderr)
-        for items in runs.values():
-            for r in items:
-                if "error" in r:
-                    print(f"--- {r['scenario']}#{r['repeat']}: {r['error']}\n{r.get('log_tail', '')}",
-                          file=sys.stderr)
+        print("FAILED boots: " + ", ".join(f"{r['scenario']}#{r['repeat']}" for r in failed),
+              file=sys.stderr)
+        for r in failed:
+            print(f"--- {r['scenario']}#{r['repeat']}: {r['error']}\n{r.get('log_tail', '')}",
+                  file=sys.stderr)
         return 1
     return 0
 

@@ -214,6 +214,48 @@ def test_invalid_setting_still_posts_failed(cache_dir):
     assert_no_secrets(done.stdout + done.stderr, failed.body.decode())
 
 
+def test_a_token_with_a_line_break_fails_at_settings_without_quoting_it(tmp_path):
+    # Sent as an HTTP header, it used to pass settings and fail the fetch after every retry,
+    # blaming an unavailable hub; now the boot stops before fetching and says what is wrong.
+    token = "hf_lifecycleLineOne\nhf_lifecycleLineTwo"
+    with WebhookReceiver() as hook:
+        done = run_worker_to_exit(env_for(tmp_path / "cache", hook, HF_TOKEN=token), timeout=60)
+        received = hook.wait_for(1, timeout=5)
+    log = done.stdout + done.stderr
+    assert done.returncode == 2, log
+    assert "boot failed at settings: HF_TOKEN holds a line break or another control character" in log
+    assert "fetch" not in log and "Traceback" not in log, log
+    [failed] = received
+    body = failed.json()
+    assert (body["status"], body["stage"]) == ("failed", "settings")
+    assert body["error"].startswith("HF_TOKEN holds a line break")
+    assert_signed(failed)
+    for text in (log, failed.body.decode()):
+        assert "lifecycleLine" not in text and "***" not in text  # not quoted, so nothing to hide
+    assert_no_secrets(log, failed.body.decode())
+
+@pytest.mark.parametrize("short", ["e", "Zq7-short"])
+def test_a_refused_short_webhook_secret_leaves_the_failure_readable(tmp_path, short):
+    # The refusal never quotes the secret, which still signs the failed event; registered for
+    # redaction it garbled that very message ("boot fail***d at s***ttings" for "e").
+    with WebhookReceiver() as hook:
+        done = run_worker_to_exit(env_for(tmp_path / "cache", hook, VISGATE_WEBHOOK_SECRET=short),
+                                  timeout=60)
+        received = hook.wait_for(1, timeout=5)
+    log = done.stdout + done.stderr
+    assert done.returncode == 2, log
+    message = "VISGATE_WEBHOOK_SECRET is shorter than 16 characters: a short key is easy to guess"
+    assert f"boot failed at settings: {message}" in log
+    assert "failed webhook delivered" in log and "***" not in log, log
+    [failed] = received
+    body = failed.json()
+    assert (body["status"], body["stage"]) == ("failed", "settings")
+    assert body["error"].startswith(message) and "***" not in failed.body.decode()
+    assert verify_signature(short, failed.header(announce.TIMESTAMP_HEADER), failed.body,
+                            failed.header(announce.SIGNATURE_HEADER))
+    if len(short) > 1:  # a string that ordinary text does not hold: truly never quoted
+        assert short not in log and short not in failed.body.decode()
+
 def test_malformed_test_input_fails_at_settings_before_loading_or_ready(tmp_path):
     # Runpod's SDK parses --test_input only as serving starts: without the settings check the
     # worker would load, warm up and announce "ready", then die on the JSON.

@@ -599,6 +599,7 @@ def test_a_refused_short_secret_still_signs_the_failure_that_says_so():
             Settings.from_env(env)
         fallback = webhook_settings(env)
         assert fallback is not None and fallback.webhook_secret == short
+        assert short not in fallback.secrets  # never quoted; redacted, it garbled the message
         Announcer(fallback).failed("settings", str(refused.value), BootRecord())
         [req] = hook.wait_for(1, timeout=10)
     assert req.json()["status"] == "failed" and "shorter than 16" in req.json()["error"]

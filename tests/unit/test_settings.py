@@ -235,6 +235,19 @@ def test_a_secret_that_is_not_text_is_refused_without_quoting_it(name: str, no_v
 
 
 
+
+@pytest.mark.parametrize("separator", ["\n", "\r\n", "\x00", "\t", "\x7f"])
+def test_a_token_with_a_line_break_or_control_character_is_refused_without_quoting_it(
+        separator: str, no_volume: Path) -> None:
+    # It goes out as an HTTP header: requests refuses it only as the fetch sends it, and the boot
+    # then ended after its retries blaming an unavailable hub.
+    with pytest.raises(SettingsError) as info:
+        settings({**MODEL, "HF_TOKEN": f"hf_partOne{separator}partTwo"}, no_volume)
+    message = str(info.value)
+    assert message.startswith("HF_TOKEN holds a line break or another control character")
+    assert "partOne" not in message and "partTwo" not in message
+    assert settings({**MODEL, "HF_TOKEN": "\n hf_oneLine \n"}, no_volume).hf_token == "hf_oneLine"
+
 @pytest.mark.parametrize("secret", ["ready", "flux", "s3cret", "fifteen-chars-x"])
 def test_a_short_webhook_secret_is_refused_without_quoting_it(secret: str, no_volume: Path) -> None:
     # A short key is guessable, and redacting a common string ("ready", "flux") would mangle the

@@ -48,3 +48,24 @@ def test_a_short_mirror_password_is_redacted_too():
     s = build(HF_ENDPOINT="https://mirror:s3cr3t@hub.internal")
     assert "s3cr3t" in s.secrets
     assert redact("GET https://mirror:s3cr3t@hub.internal/api", s.secrets) == "GET https://mirror:***@hub.internal/api"
+
+
+def test_secrets_in_an_environment_are_what_its_settings_hide():
+    # One rule for what is secret: the benchmarks clean their records of an environment with
+    # secrets_in, the worker its logs and webhooks with Settings.secrets.
+    from runtime.settings import secrets_in
+
+    env = {"HF_MODEL_ID": "org/model", "HF_TOKEN": " hf_tok3n ",
+           "VISGATE_WEBHOOK_SECRET": "whsec-0123456789abcdef",
+           "VISGATE_WEBHOOK": "https://hook:hookpass@hooks.example/x?token=qtoken",
+           "HF_ENDPOINT": "https://mirror:mirrorpass@hub.internal", "DEVICE": "cpu"}
+    assert secrets_in(env) == build(**env).secrets == (
+        "hf_tok3n", "whsec-0123456789abcdef", "hookpass", "token=qtoken", "mirrorpass")
+    assert secrets_in({"HF_MODEL_ID": "org/model", "HF_ENDPOINT": "http://127.0.0.1:8080"}) == ()
+
+
+def test_a_mirror_password_is_not_in_repr():
+    # Logging a Settings must not leak HF_ENDPOINT's credentials, as for the other secrets.
+    s = build(HF_ENDPOINT="https://mirror:mirrorReprPass@hub.internal", DEVICE="cpu")
+    assert "mirrorReprPass" not in repr(s) and "mirrorReprPass" not in str(s)
+    assert "org/model" in repr(s) and "device='cpu'" in repr(s)  # the repr is still useful
