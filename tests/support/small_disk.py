@@ -7,6 +7,8 @@ with the child, and the rest of the machine never sees it.
 
     run_on_small_disk(mount, "size=64k", [sys.executable, "-c", code])   # few blocks
     run_on_small_disk(mount, "nr_inodes=40", [...])                      # few files
+
+In the child, ``fill(mount)`` takes every free block: a file can still be created, not written.
 """
 
 from __future__ import annotations
@@ -48,3 +50,14 @@ def require_small_disk() -> None:
     """Skip the calling test where a private tmpfs cannot be mounted."""
     if not _available():
         pytest.skip("cannot mount a private tmpfs here (unshare --map-root-user --mount refused)")
+
+
+def fill(disk: Path) -> None:
+    """Take every free block of ``disk`` (run in the child, on its small disk)."""
+    try:
+        with open(disk / "filler", "wb") as filler:
+            while True:
+                filler.write(bytes(4096))
+                filler.flush()
+    except OSError:
+        pass

@@ -153,14 +153,9 @@ TAKE_ON_A_FULL_DISK = """
 import json, sys
 from pathlib import Path
 from runtime.hub.lock import BlobLock
+from tests.support.small_disk import fill
 disk = Path(sys.argv[1])
-try:
-    with open(disk / "filler", "wb") as filler:
-        while True:
-            filler.write(bytes(4096))
-            filler.flush()
-except OSError:
-    pass
+fill(disk)
 lock = disk / "locks" / "blob.lock"
 try:
     BlobLock(lock).acquire(done=lambda: False)
