@@ -16,15 +16,18 @@ The result names the weight ``variant`` that load must pass to ``from_pretrained
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
 import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from pipelines.files import MODEL_INDEX, FileSelection, RepoFile, components_without_weights
 from pipelines.registry import family_class_for, read_model_index
@@ -91,7 +94,23 @@ def fetch(settings: Settings, options: FetchOptions | None = None) -> FetchResul
     if found is not None:
         found.report["seconds"] = round(time.perf_counter() - started, 3)
         return found
-    return _from_hub(settings, options, started)
+    with _disk_full_reported(settings):
+        return _from_hub(settings, options, started)
+
+
+@contextlib.contextmanager
+def _disk_full_reported(settings: Settings) -> Iterator[None]:
+    """Out of space or quota anywhere in our cache (a download, a resumed partial file, a lock, a
+    stamp, a snapshot link, the marker): one BootError that says where and what to do, not a
+    traceback from whichever write happened to come first."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise BootError(f"disk full while fetching {settings.model_id} into "
+                        f"{settings.cache_dir / 'hf'} ({os.strerror(exc.errno)}): free space "
+                        "there or set VISGATE_CACHE_DIR to a larger disk", stage="fetch") from None
 
 
 def fetch_precision(settings: Settings, family_cls: type, model_dir: Path,

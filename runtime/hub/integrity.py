@@ -88,11 +88,20 @@ def stamp_valid(stamp: Path, blob: Path, f: RemoteFile) -> bool:
     sig = _signature(blob)
     if sig is None or sig[0] != f.size:
         return False
+    return _recorded(stamp) == sig
+
+
+def _recorded(stamp: Path) -> list[int] | None:
+    """The signature a stamp records; None when it is missing or is not a stamp (any other JSON:
+    a list, a number, a torn or hand-edited file): the blob is then rehashed, as if unstamped."""
     try:
-        recorded = json.loads(stamp.read_text())
+        data = json.loads(stamp.read_text())
     except (OSError, ValueError):
-        return False
-    return [recorded.get("size"), recorded.get("mtime_ns")] == sig
+        return None
+    if not isinstance(data, dict):
+        return None
+    sig = [data.get("size"), data.get("mtime_ns")]
+    return sig if all(type(v) is int for v in sig) else None  # not True, not 1.0
 
 
 def trusted(blob: Path, stamp: Path, f: RemoteFile, rehash: bool) -> bool:

@@ -48,8 +48,12 @@ def write_atomic(path: Path, text: str) -> None:
     """Readers (other workers) see the old content or the new one, never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: no temp file left that nothing would remove
+        raise
 
 
 def resolve_ref(folder: Path, revision: str) -> str | None:

@@ -127,9 +127,17 @@ class BlobLock:
         except FileExistsError:
             return False
         try:
-            os.write(fd, self._content())
-        finally:
-            os.close(fd)
+            try:
+                _write_all(fd, self._content())
+            finally:
+                os.close(fd)  # a network filesystem may report a full disk or quota only here
+        except OSError as exc:
+            # A lock without its owner's content names no owner and no heartbeat: every worker
+            # would wait ``stale_after_s`` for it, at this boot and the next. Nobody else can
+            # have taken this file over yet (that takes ``stale_after_s``): it is simply removed.
+            self.path.unlink(missing_ok=True)
+            raise OSError(exc.errno, f"could not write the lock file ({exc.strerror})",
+                          str(self.path)) from None
         return True
 
     def _read(self) -> tuple[bytes | None, tuple[int, int] | None]:
@@ -188,6 +196,14 @@ class BlobLock:
                 log.warning("lost the lock %s (taken over as stale)", self.path.name)
                 self._lost.set()
                 return
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` may write only part of ``data`` (a disk filling up): the next write of the
+    rest then raises the real error, instead of a torn lock that names no owner."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _parse(content: bytes | None) -> dict:

@@ -13,6 +13,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from runtime.errors import brief
 from runtime.hub.integrity import trusted
 from runtime.hub.layout import RemoteFile, RepoCache, write_atomic
 
@@ -38,18 +39,26 @@ class Manifest:
 
     @classmethod
     def load(cls, cache: RepoCache, commit: str, precision: str) -> "Manifest | None":
+        """The marker of a complete set; None when there is none, or none this version wrote for
+        this repository, commit and precision. One that is not a valid marker (any JSON of another
+        shape: a list, a number, keys missing or of the wrong type) counts as none: the cold path
+        then checks what is cached and fetches the rest, where trusting it would fail later."""
         path = cache.manifest_path(commit, precision)
         try:
-            data: dict[str, Any] = json.loads(path.read_text())
+            data: Any = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
             if data.get("version") != VERSION or data.get("repo_id") != cache.repo_id:
-                return None
-            return cls(repo_id=data["repo_id"], commit=data["commit"], precision=data["precision"],
-                       variant=data.get("variant"), totals=dict(data.get("totals") or {}),
-                       files=[RemoteFile(**f) for f in data["files"]])
+                return None  # written by another version, or for another repository
+            if (data.get("commit"), data.get("precision")) != (commit, precision):
+                raise ValueError("commit or precision differ from its name")
+            return cls(repo_id=cache.repo_id, commit=commit, precision=precision,
+                       variant=_optional_str(data.get("variant")), totals=_totals(data.get("totals")),
+                       files=_files(data.get("files")))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable cache manifest %s (%s)", path.name, exc.__class__.__name__)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("ignoring cache manifest %s: not a valid manifest (%s)", path.name, brief(exc))
             return None
 
     def damaged(self, cache: RepoCache) -> list[RemoteFile]:
@@ -70,3 +79,39 @@ class Manifest:
     def unique_size(self) -> int:
         """Bytes on disk: identical files (two tokenizers) share one blob."""
         return sum({f.blob_name: f.size for f in self.files}.values())
+
+
+# ---- what load accepts: exactly what save writes -------------------------------------------------
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0  # not True, not 1.0
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _totals(value: Any) -> dict[str, int]:
+    totals = value or {}
+    if not isinstance(totals, dict) or not all(_is_count(n) for n in totals.values()):
+        raise TypeError("totals are not counts")
+    return dict(totals)
+
+
+def _files(value: Any) -> list[RemoteFile]:
+    """The complete set: never empty (a marker with no files would serve an empty snapshot)."""
+    if not isinstance(value, list) or not value:
+        raise TypeError("files is not a non-empty list")
+    return [_file(item) for item in value]
+
+
+def _file(item: Any) -> RemoteFile:
+    if not isinstance(item, dict):
+        raise TypeError(f"file entry {item!r:.40} is not an object")
+    f = RemoteFile(**item)  # TypeError: a key missing or unknown
+    if not (isinstance(f.path, str) and f.path and _is_count(f.size)):
+        raise TypeError(f"file entry {item!r:.60} lacks a valid path or size")
+    _optional_str(f.blob_id)
+    _optional_str(f.sha256)
+    return f

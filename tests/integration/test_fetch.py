@@ -153,6 +153,26 @@ def test_a_corrupted_or_truncated_cached_file_is_detected_and_replaced(hub: HubS
     assert fetch(settings, FAST).report["cache"] == "hit" and hub.log == []
 
 
+def test_state_files_of_another_shape_mean_check_again_not_a_crash(hub: HubServer, tmp_path: Path):
+    """A marker and stamps that parse as JSON but are not ours (a list, a number): the cache is
+    listed and rehashed again, nothing is downloaded again, and the state is written anew."""
+    settings = hub_settings(hub, tmp_path)
+    cold = fetch(settings, FAST)
+    state = tmp_path / "hf" / "visgate"
+    [marker] = (state / "manifests").rglob("*.json")
+    marker.write_text(json.dumps([cold.report["commit"]]))
+    stamps = sorted((state / "verified").rglob("*.json"))
+    for stamp in stamps:
+        stamp.write_text("3")
+    hub.clear()
+    again = fetch(settings, FAST)
+    assert again.model_dir == cold.model_dir and again.report["bytes_downloaded"] == 0
+    assert not hub.downloads() and len(hub.requests(kind="api")) == 1
+    assert all(isinstance(json.loads(stamp.read_text()), dict) for stamp in stamps)
+    hub.clear()
+    assert fetch(settings, FAST).report["cache"] == "hit" and hub.log == []
+
+
 def test_a_damaged_file_of_a_commit_gone_from_its_branch_is_fetched_from_the_branch_again(
         hub: HubServer, hub_repo_dirs: dict[str, Path], tmp_path: Path):
     settings = hub_settings(hub, tmp_path)  # HF_MODEL_REVISION: main

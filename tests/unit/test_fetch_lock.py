@@ -3,6 +3,7 @@ from dead or silent owners broken, a taken-over owner told so."""
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from runtime.hub.lock import BlobLock
+from tests.support.small_disk import require_small_disk, run_on_small_disk
 
 
 def test_one_owner_and_a_waiter_that_returns_when_the_work_is_done(tmp_path: Path):
@@ -143,3 +145,36 @@ def test_a_waiter_that_breaks_a_stale_lock_late_leaves_the_new_owners_lock(tmp_p
     assert list(tmp_path.iterdir()) == [path], "nothing left aside"
     first.release()
     assert not path.exists()
+
+
+# Fills the small disk, then takes a lock on it: the lock file is created (a free inode) but its
+# owner's content cannot be written (no free block).
+TAKE_ON_A_FULL_DISK = """
+import json, sys
+from pathlib import Path
+from runtime.hub.lock import BlobLock
+from tests.support.small_disk import fill
+disk = Path(sys.argv[1])
+fill(disk)
+lock = disk / "locks" / "blob.lock"
+try:
+    BlobLock(lock).acquire(done=lambda: False)
+    outcome = {"taken": True}
+except OSError as exc:
+    outcome = {"errno": exc.errno, "error": str(exc)}
+outcome["left"] = sorted(p.name for p in lock.parent.iterdir())
+print(json.dumps(outcome))
+"""
+
+
+def test_a_lock_whose_content_cannot_be_written_is_not_left_behind(tmp_path: Path):
+    """An empty lock names no owner and never beats: every worker would wait it out."""
+    require_small_disk()
+    disk = tmp_path / "disk"
+    done = run_on_small_disk(disk, "size=64k", [sys.executable, "-c", TAKE_ON_A_FULL_DISK, str(disk)])
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["left"] == [], "a half-made lock file was left for the others to wait on"
+    assert outcome["errno"] == errno.ENOSPC
+    assert "could not write the lock file" in outcome["error"]
+    assert str(disk / "locks" / "blob.lock") in outcome["error"]

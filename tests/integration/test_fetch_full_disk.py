@@ -1,0 +1,96 @@
+"""A disk that fills up during the fetch: one clear boot error, wherever the first write fails.
+
+The cache is a real tmpfs of a few blocks or a few inodes (tests/support/small_disk.py), so the
+kernel answers ENOSPC at whichever write comes first: a directory, a lock, a partial download,
+a stamp, a snapshot link, a ref, the complete-set marker. The fetch's own free-space check is told
+the disk is large (``disk_free``), so the writes themselves find it full.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+from pathlib import Path
+
+from tests.support.hub_fixtures import *  # noqa: F403 - fixtures
+from tests.support.hub_fixtures import SDXL
+from tests.support.hub_server import HubServer
+from tests.support.small_disk import require_small_disk, run_on_small_disk
+from warmup.local_worker import worker_env
+
+# One fetch in the child; one JSON line: its outcome, and what it left that nobody would remove.
+FETCH = """
+import json, os
+from runtime.errors import BootError
+from runtime.fetch import FetchOptions, fetch
+from runtime.settings import Settings
+settings = Settings.from_env(os.environ)
+try:
+    fetch(settings, FetchOptions(disk_free=lambda path: 1 << 40))
+    outcome = {"fetched": True}
+except BootError as exc:
+    outcome = {"error": str(exc), "stage": exc.stage}
+hf = settings.cache_dir / "hf"
+outcome["litter"] = sorted(str(p.relative_to(hf)) for p in [*hf.rglob("*.lock"), *hf.rglob(".*.tmp")])
+print(json.dumps(outcome))
+"""
+
+
+def fetch_on_small_disk(hub: HubServer, cache: Path, disk: str) -> dict:
+    env = worker_env({"HF_MODEL_ID": SDXL, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+                      "VISGATE_CACHE_DIR": str(cache)})
+    done = run_on_small_disk(cache, disk, [sys.executable, "-c", FETCH], env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def assert_disk_full(outcome: dict, cache: Path) -> None:
+    assert outcome.get("stage") == "fetch", outcome
+    assert outcome["error"].startswith(f"disk full while fetching {SDXL} into {cache / 'hf'} ("), outcome
+    assert "set VISGATE_CACHE_DIR to a larger disk" in outcome["error"]
+    assert outcome["litter"] == [], "a failed write left a lock or a temp file behind"
+
+
+def test_blocks_running_out_mid_download_is_one_clear_error(hub: HubServer, tmp_path: Path):
+    require_small_disk()
+    cache = tmp_path / "cache"
+    assert_disk_full(fetch_on_small_disk(hub, cache, "size=1m"), cache)  # the model needs 2 MB
+
+
+def test_inodes_running_out_at_any_write_is_one_clear_error(hub: HubServer, tmp_path: Path):
+    """Each inode budget stops the fetch at another write; the last one is enough for it all."""
+    require_small_disk()
+    outcomes = {}
+    for inodes in [*range(2, 62, 4), 200]:
+        cache = tmp_path / f"inodes-{inodes}"
+        outcomes[inodes] = fetch_on_small_disk(hub, cache, f"size=400m,nr_inodes={inodes}")
+        if not outcomes[inodes].get("fetched"):
+            assert_disk_full(outcomes[inodes], cache)
+    assert outcomes[2].get("error") and outcomes[200].get("fetched"), outcomes
+
+
+
+# A stamp (or ref, or marker) written on a full disk: its temp file is created, not written.
+WRITE_ON_A_FULL_DISK = """
+import json, sys
+from pathlib import Path
+from runtime.hub.layout import write_atomic
+from tests.support.small_disk import fill
+disk = Path(sys.argv[1])
+(disk / "verified").mkdir()
+fill(disk)
+try:
+    write_atomic(disk / "verified" / "blob.json", json.dumps({"size": 1, "mtime_ns": 2}))
+except OSError as exc:
+    print(json.dumps({"errno": exc.errno, "left": sorted(p.name for p in (disk / "verified").iterdir())}))
+"""
+
+
+def test_a_file_that_cannot_be_written_leaves_no_temp_file(tmp_path: Path):
+    """Temp files have random names: one left on a shared volume is never removed by anyone."""
+    require_small_disk()
+    disk = tmp_path / "disk"
+    done = run_on_small_disk(disk, "size=64k", [sys.executable, "-c", WRITE_ON_A_FULL_DISK, str(disk)])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"errno": errno.ENOSPC, "left": []}
