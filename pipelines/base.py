@@ -250,7 +250,10 @@ class PipelineFamily(ABC):
 
         if not bool(torch.isfinite(image).all()):  # NaN would cast to 0: a black "success"
             raise ImageRejected(NON_FINITE)
-        return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        # HWC in memory order, not a transposed view of the CHW tensor: fpng takes twice the time on
+        # the view (6.9 vs 3.2 ms at 1024² on this project's CPU). torch's copy is the cheaper one
+        # (numpy's strided copy ate the gain here), and on a GPU it runs there, before the transfer.
+        return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         d = self.defaults

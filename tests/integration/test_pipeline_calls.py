@@ -161,6 +161,15 @@ def test_a_size_the_pipeline_does_not_make_fails_the_warmup(flux_schnell, monkey
                   "supported by this model")
 
 
+@pytest.mark.parametrize("model", ["flux_schnell", "sdxl", "generic_sd"])
+def test_a_generated_image_is_contiguous_for_the_png_encoder(model, request):
+    """The "pt" conversion returned a transposed view of the CHW tensor: fpng took 6.9 ms on a
+    1024² one against 3.2 ms on the same pixels in HWC order."""
+    family, pipe = request.getfixturevalue(model)
+    image = family.generate(pipe, _request(steps=1))
+    assert image.flags["C_CONTIGUOUS"] and image.shape == (256, 256, 3) and image.dtype == np.uint8
+
+
 # ---- the execution device ------------------------------------------------------------------------
 def test_the_execution_device_is_looked_up_once_per_pipeline(built_tiny_repo, monkeypatch):
     """diffusers' _execution_device walks every module (7.6 ms for FLUX.1-dev, 10.7 ms for SDXL on
