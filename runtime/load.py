@@ -26,9 +26,10 @@ class Loaded:
     device: str  # where the pipeline serves
     # Where the weights are now: "cpu" while they wait to be quantized on their way to the GPU.
     placed_on: str = ""
-    # Of the load stage: importing torch/diffusers/transformers, creating the CUDA context (0 on
-    # a CPU), and building the pipeline from its files onto ``placed_on`` (the CPU when the
-    # weights wait there to be quantized: their move to the GPU is then the optimize stage's).
+    # Of the load stage: importing torch/diffusers/transformers and the pipeline class's module,
+    # creating the CUDA context (0 on a CPU), and building the pipeline from its files onto
+    # ``placed_on`` (the CPU when the weights wait there to be quantized: their move to the GPU
+    # is then the optimize stage's).
     imports_seconds: float = 0.0
     device_init_seconds: float = 0.0
     weights_seconds: float = 0.0
@@ -100,6 +101,10 @@ def load(settings: Settings, model_dir: Path, variant: str | None = None,
     import torch
 
     quiet_libraries()  # the first diffusers and transformers imports
+    # diffusers imports a pipeline's module (and the transformers models it names) on its first
+    # use: 1.3-1.4 s for tiny SDXL/FLUX on this project's CPU. Left to from_pretrained, it counted
+    # as weights (full-size SDXL's weights_seconds read 2.8-3.1 s for a true 0.5-1.1 s).
+    family.pipeline_class()
     imports_seconds = round(time.perf_counter() - t0, 3)
     device_init_seconds = init_device(settings.device)
     dtype = getattr(torch, DTYPE_NAMES[precision])

@@ -104,16 +104,18 @@ def stage_split(loaded: Any, request: Any, encoder: Any, image: Any) -> dict[str
     """Seconds of text encoding, VAE decode and PNG encode, each alone; denoise is the rest."""
     import torch
 
+    from pipelines.base import execution_device
+
     pipe, device, family = loaded.pipe, loaded.device, loaded.family
     out: dict[str, float] = {}
     with torch.inference_mode():
         if family.name == "flux":
             out["text_encode_s"] = timed(lambda: pipe.encode_prompt(
-                request.prompt, prompt_2=None, device=pipe._execution_device,
+                request.prompt, prompt_2=None, device=execution_device(pipe),
                 max_sequence_length=family.max_sequence_length), device)[0]
         elif family.name == "sdxl":
             out["text_encode_s"] = timed(lambda: pipe.encode_prompt(
-                request.prompt, device=pipe._execution_device,
+                request.prompt, device=execution_device(pipe),
                 do_classifier_free_guidance=request.guidance > 1), device)[0]
         vae = pipe.vae
         # Decode as the pipeline does: an fp16 VAE with force_upcast (SDXL) decodes in fp32, and

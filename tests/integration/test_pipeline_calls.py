@@ -161,6 +161,42 @@ def test_a_size_the_pipeline_does_not_make_fails_the_warmup(flux_schnell, monkey
                   "supported by this model")
 
 
+@pytest.mark.parametrize("model", ["flux_schnell", "sdxl", "generic_sd"])
+def test_a_generated_image_is_contiguous_for_the_png_encoder(model, request):
+    """The "pt" conversion returned a transposed view of the CHW tensor: fpng took 6.9 ms on a
+    1024² one against 3.2 ms on the same pixels in HWC order."""
+    family, pipe = request.getfixturevalue(model)
+    image = family.generate(pipe, _request(steps=1))
+    assert image.flags["C_CONTIGUOUS"] and image.shape == (256, 256, 3) and image.dtype == np.uint8
+
+
+# ---- the execution device ------------------------------------------------------------------------
+def test_the_execution_device_is_looked_up_once_per_pipeline(built_tiny_repo, monkeypatch):
+    """diffusers' _execution_device walks every module (7.6 ms for FLUX.1-dev, 10.7 ms for SDXL on
+    a CPU); generate() asked it on every job. Now once per pipeline, and each pipeline has its own.
+    (The pipeline's own __call__ still asks once per call: those walks are diffusers'.)"""
+    from pipelines.base import execution_device
+
+    family, pipe = _loaded(built_tiny_repo, "visgate/tiny-flux")
+    walks: list[Any] = []
+    walk = type(pipe)._execution_device.fget
+    monkeypatch.setattr(type(pipe), "_execution_device", property(lambda p: walks.append(p) or walk(p)))
+
+    def walks_in(job: Callable[[], Any]) -> int:
+        before = len(walks)
+        job()
+        return len(walks) - before
+
+    first = walks_in(lambda: family.generate(pipe, _request(steps=1, seed=1)))
+    second = walks_in(lambda: family.generate(pipe, _request(steps=1, seed=2)))
+    assert second == first - 1 and execution_device(pipe) == torch.device("cpu")
+    # Another pipeline of the same class, elsewhere (the meta device), gets its own answer.
+    _, other = _loaded(built_tiny_repo, "visgate/tiny-flux")
+    other.to("meta")
+    assert walks_in(lambda: execution_device(other)) == 1 and execution_device(other) == torch.device("meta")
+    assert walks_in(lambda: execution_device(pipe)) == 0 and execution_device(pipe) == torch.device("cpu")
+
+
 # ---- images that must not come back as a success ------------------------------------------------
 def _job(family: Any, pipe: Any, **fields: Any) -> dict[str, Any]:
     """One job through the real handler (validate -> generate -> encode -> job_error)."""
