@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from runtime.errors import redact_values  # noqa: E402
 from runtime.settings import COMPILE_MODES, secrets_in  # noqa: E402
 from warmup.bench_latency import p95  # noqa: E402
+from warmup.check_args import comma_choices  # noqa: E402
 from warmup.local_worker import LocalWorker, worker_env  # noqa: E402
 from warmup.machine import machine_info, result_path  # noqa: E402
 from warmup.report import coldstart_section, machine_label  # noqa: E402
@@ -410,11 +411,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     elif args.scenarios == "all":
         scenarios = list(SCENARIOS)
     else:
-        scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-        unknown = [s for s in scenarios if s not in SCENARIOS]
-        if unknown:
-            parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+        scenarios = comma_choices(parser, "--scenarios", args.scenarios, SCENARIOS)
     args.scenarios = [s for s in SCENARIOS if s in scenarios]  # always in boot order
+    if not all("=" in item for item in args.env):  # not echoed: the item may be a pasted token
+        parser.error("--env takes NAME=VALUE; an item has no '='")
     args.extra_env = dict(item.split("=", 1) for item in args.env)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")

@@ -74,12 +74,16 @@ def rewrite(archive: Path, keep_inductor: bool, keep_mega: bool) -> None:
     archive.write_bytes(buffer.getvalue())
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="visgate/tiny-flux")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -69,14 +69,18 @@ def candidates() -> dict[str, Callable[[Any], bytes]]:
     return found
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=5)
+    return parser.parse_args(argv)
+
+
 def main() -> int:
     import numpy as np
     from PIL import Image
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args()
     image = photo_like(args.size)
     rows = {}
     for name, encode in candidates().items():

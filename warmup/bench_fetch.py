@@ -136,13 +136,17 @@ def print_table(summary: list[dict[str, Any]], needed: int, total: int) -> None:
               f"{row['bytes'] / 1e6:>7.2f} {row['files']:>5} {row['requests']:>8}")
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="visgate/tiny-sdxl", help="built-in tiny model to serve")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rates", default="0,5000000",
                         help="per-connection bytes/s to throttle the server to; 0: unthrottled")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     from tests.support.hub_repos import build_repo
 

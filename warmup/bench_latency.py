@@ -26,10 +26,13 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from runtime.settings import ATTENTIONS, COMPILE_MODES, PRECISIONS, QUANTIZE_MODES  # noqa: E402
+from warmup.check_args import comma_choices  # noqa: E402
 from warmup.machine import machine_info, result_path  # noqa: E402
 from warmup.synthetic import record_mode  # noqa: E402
 from warmup.targets import CACHE_HIT_RATIO, LATENCY  # noqa: E402
 
+VARIANTS = ("eager", "tuned")
 
 
 def _sync(device: str) -> None:
@@ -182,7 +185,7 @@ def tune(loaded: Any, settings: Any, request: Any, fresh_local: bool) -> dict[st
             "compile_timers_s": compile_cache.compile_seconds(every_timer=True, minimum=0.05)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("tiny", "synthetic", "real"), default="tiny")
     parser.add_argument("--model", default="visgate/tiny-flux")
@@ -190,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None, help="default: the family's")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--compile", default="regional")
-    parser.add_argument("--quantize", default="none")
-    parser.add_argument("--attention", default="auto")
+    # The worker's own option names (runtime/settings.py), checked here, before minutes of loading.
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="regional")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none")
+    parser.add_argument("--attention", choices=ATTENTIONS, default="auto")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "bench")
     parser.add_argument("--variants", default="eager,tuned")
     parser.add_argument("--cache-phases", action=argparse.BooleanOptionalAction, default=False,
@@ -201,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # A misspelt variant would measure nothing and still write a result: refused here instead.
+    comma_choices(parser, "--variants", args.variants, VARIANTS)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     from pipelines.base import GenerationRequest
     from runtime.encode import PngEncoder

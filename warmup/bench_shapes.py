@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from warmup.bench_latency import build, summary, timed  # noqa: E402
+from warmup.check_args import comma_choices  # noqa: E402
 from warmup.machine import machine_info, result_path  # noqa: E402
 from warmup.report import shapes_tables  # noqa: E402
 from warmup.synthetic import record_mode  # noqa: E402
@@ -116,7 +117,7 @@ def run_strategy(strategy: str, argv: list[str]) -> dict[str, Any]:
     raise RuntimeError(f"strategy {strategy} failed ({proc.returncode}): {proc.stderr[-3000:]}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("tiny", "synthetic", "real"), default="tiny")
     parser.add_argument("--model", default="visgate/tiny-flux")
@@ -130,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", choices=STRATEGIES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    comma_choices(parser, "--strategies", args.strategies, STRATEGIES)
+    try:
+        parse_shape(args.new)
+    except ValueError:
+        parser.error(f"--new {args.new!r} is not HxW, e.g. 832x1216")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     # What bench_latency.build reads beside these: the worker's tuned defaults.
     args.precision, args.compile, args.quantize, args.attention = "auto", "regional", "none", "auto"
     if args.child:

@@ -199,7 +199,7 @@ def _read(paths: list[Path]) -> list[tuple[str, dict[str, Any]]]:
     return [(str(p), json.loads(p.read_text())) for p in paths]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--baseline", type=Path, default=BASELINE)
@@ -207,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="print a baseline built from the results, merged into --baseline if it exists")
     parser.add_argument("--update", action="store_true",
                         help="the same, written into --baseline (after a deliberate change of speed)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     results = _read(args.results)
     if args.build or args.update:
         previous = json.loads(args.baseline.read_text()) if args.baseline.is_file() else None

@@ -8,7 +8,68 @@
 #      GPU_TESTS_K, a pytest -k expression, runs part of it, to split it across calls).
 # Expects wheels missing on that machine (diffusers, torchao, fpng) in .whl/ and writes to $OUT.
 set -uo pipefail
-OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
+OUT="${OUT:-out/gpu}"
+# The end of a benchmark's output, without library warnings, shown and kept in $OUT/NAME.
+summary() {  # summary LINES NAME
+  grep -vE "Warning|warn\(|_pytree" | tail -"$1" | tee "$OUT/$2"
+}
+# bench KIND LIMIT LINES NAME BENCH ARGS...: with KIND=check, only parse the command line
+# (warmup/check_args.py); with KIND=run, run it for at most LIMIT seconds and keep its summary.
+bench() {
+  local kind=$1 limit=$2 lines=$3 name=$4 module=$5
+  shift 5
+  if [ "$kind" = check ]; then
+    # Not the arguments themselves: an --env among them may carry a secret.
+    python3 -m warmup.check_args "$module" "$@" || { echo "refused: a $module spec; nothing has run" >&2; return 1; }
+  else
+    timeout "$limit" python3 -m "warmup.$module" "$@" 2>&1 | summary "$lines" "$name"
+    return 0  # a failed benchmark leaves the next ones their time; its output says why
+  fi
+}
+# tag MODEL EXTRA: the result files' name for a spec line.
+tag() {
+  echo "$1${2:+-$(echo "$2" | tr -c 'a-z0-9' '-' | sed 's/-*$//')}"
+}
+# Every spec line's benchmark: each_bench check parses them all, each_bench run runs them.
+# shellcheck disable=SC2086  # extra holds several flags on purpose
+each_bench() {
+  local kind=$1 model steps repeat limit extra size new t
+  # "model steps timeout [extra bench_latency flags]" per line; override with BENCH_SPECS.
+  # Set but empty (BENCH_SPECS=) runs none.
+  while read -r model steps limit extra; do
+    [ -n "$model" ] || continue
+    t=$(tag "$model" "$extra")
+    bench "$kind" "$limit" 30 "bench-$t.txt" bench_latency --mode synthetic --model "$model" --device cuda \
+      --size 1024 --steps "$steps" --runs 3 --cache-phases --cache-dir /tmp/bench-cache $extra \
+      --out "$OUT/latency-synthetic-$t-1024.json" || return 1
+  done <<< "${BENCH_SPECS-flux-dev 28 270
+sdxl 30 170}"
+  # Optional: "model repeat timeout [extra bench_coldstart flags]" per line, the synthetic cold
+  # start to the ready webhook by stage (warmup/bench_coldstart.py; weights written once to
+  # /tmp/visgate-volume); e.g. COLDSTART_SPECS='sdxl 2 330 --compile aot'.
+  while read -r model repeat limit extra; do
+    [ -n "$model" ] || continue
+    t=$(tag "$model" "$extra")
+    bench "$kind" "$limit" 20 "coldstart-$t.txt" bench_coldstart --mode synthetic --model "$model" \
+      --device cuda --volume /tmp/visgate-volume --repeat "$repeat" \
+      --out "$OUT/coldstart-synthetic-$t.json" $extra || return 1
+  done <<< "${COLDSTART_SPECS:-}"
+  # Optional: "model size new-shape steps timeout" per line, the unwarmed-shape strategies
+  # (warmup/bench_shapes.py); e.g. SHAPES_SPECS='sdxl 1024 832x1216 30 300'.
+  while read -r model size new steps limit; do
+    [ -n "$model" ] || continue
+    bench "$kind" "$limit" 12 "shapes-$model.txt" bench_shapes --mode synthetic --model "$model" \
+      --device cuda --size "$size" --new "$new" --steps "$steps" --runs 3 --cache-dir /tmp/bench-cache \
+      --out "$OUT/shapes-synthetic-$model-$size.json" || return 1
+  done <<< "${SHAPES_SPECS:-}"
+}
+# GPU_CHECK_ARGS_ONLY=1: only parse every spec's command line, with no GPU, wheels or $OUT
+# output (the tests do, for each command BENCHMARKS.md gives).
+if [ "${GPU_CHECK_ARGS_ONLY:-0}" = 1 ]; then
+  each_bench check
+  exit
+fi
+mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/site:$PWD"
@@ -43,41 +104,8 @@ for name in ("transformers", "accelerate", "torchao.quantization", "runpod",
 print("\n".join(["preflight: ok"] if not missing else ["preflight FAILED:", *missing]))
 sys.exit(1 if missing else 0)
 PY
-# The end of a benchmark's output, without library warnings, shown and kept in $OUT/NAME.
-summary() {  # summary LINES NAME
-  grep -vE "Warning|warn\(|_pytree" | tail -"$1" | tee "$OUT/$2"
-}
-# "model steps timeout [extra bench_latency flags]" per line; override with BENCH_SPECS.
-# Set but empty (BENCH_SPECS=) runs none.
-BENCH_SPECS="${BENCH_SPECS-flux-dev 28 270
-sdxl 30 170}"
-while read -r model steps limit extra; do
-  [ -n "$model" ] || continue
-  tag="$model${extra:+-$(echo "$extra" | tr -c 'a-z0-9' '-' | sed 's/-*$//')}"
-  # shellcheck disable=SC2086  # extra holds several flags on purpose
-  timeout "$limit" python3 -m warmup.bench_latency --mode synthetic --model "$model" --device cuda \
-    --size 1024 --steps "$steps" --runs 3 --cache-phases --cache-dir /tmp/bench-cache $extra \
-    --out "$OUT/latency-synthetic-$tag-1024.json" 2>&1 | summary 30 "bench-$tag.txt"
-done <<< "$BENCH_SPECS"
-# Optional: "model repeat timeout [extra bench_coldstart flags]" per line, the synthetic cold
-# start to the ready webhook by stage (warmup/bench_coldstart.py; weights written once to
-# /tmp/visgate-volume); e.g. COLDSTART_SPECS='sdxl 2 330 --compile aot'.
-while read -r model repeat limit extra; do
-  [ -n "$model" ] || continue
-  tag="$model${extra:+-$(echo "$extra" | tr -c 'a-z0-9' '-' | sed 's/-*$//')}"
-  # shellcheck disable=SC2086  # extra holds several flags on purpose
-  timeout "$limit" python3 -m warmup.bench_coldstart --mode synthetic --model "$model" --device cuda \
-    --volume /tmp/visgate-volume --repeat "$repeat" --out "$OUT/coldstart-synthetic-$tag.json" $extra 2>&1 \
-    | summary 20 "coldstart-$tag.txt"
-done <<< "${COLDSTART_SPECS:-}"
-# Optional: "model size new-shape steps timeout" per line, the unwarmed-shape strategies
-# (warmup/bench_shapes.py); e.g. SHAPES_SPECS='sdxl 1024 832x1216 30 300'.
-while read -r model size new steps limit; do
-  [ -n "$model" ] || continue
-  timeout "$limit" python3 -m warmup.bench_shapes --mode synthetic --model "$model" --device cuda \
-    --size "$size" --new "$new" --steps "$steps" --runs 3 --cache-dir /tmp/bench-cache \
-    --out "$OUT/shapes-synthetic-$model-$size.json" 2>&1 | summary 12 "shapes-$model.txt"
-done <<< "${SHAPES_SPECS:-}"
+each_bench check || exit 1  # a refused spec stops the call before any benchmark has run
+each_bench run
 if [ "${GPU_TESTS:-1}" = "1" ]; then
   timeout "${GPU_TESTS_TIMEOUT:-140}" python3 -m pytest tests/gpu -q -p no:cacheprovider --noconftest \
     -o addopts="" --disable-warnings --tb=short -rfE ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} 2>&1 | tee "$OUT/gpu-tests.txt" | tail -40
