@@ -137,7 +137,7 @@ def print_table(summary: list[dict[str, Any]], needed: int, total: int) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="visgate/tiny-sdxl", help="built-in tiny model to serve")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rates", default="0,5000000",

@@ -200,7 +200,7 @@ def _read(paths: list[Path]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--baseline", type=Path, default=BASELINE)
     parser.add_argument("--build", action="store_true",
