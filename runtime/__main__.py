@@ -1,8 +1,9 @@
 """Worker entry point: ``python -m runtime``. Boots every stage, then serves Runpod jobs.
 
 Runpod's own flags (``--test_input``, ``--rp_serve_api``, ...) are read by the SDK at serve time;
-``--test_input`` is checked at the settings stage too, so a malformed one stops the boot before
-any loading and before a ready webhook.
+the job they would run (``--test_input``, or ``test_input.json`` in local mode) is checked at the
+settings stage too, so a missing or malformed one stops the boot before any loading and before a
+ready webhook.
 """
 
 from __future__ import annotations

@@ -130,29 +130,59 @@ def secrets_in(env: Mapping[str, str]) -> tuple[str, ...]:
 TEST_INPUT_EXAMPLE = """--test_input '{"input": {"prompt": "a red fox"}}'"""
 
 
-def check_runpod_flags(argv: Sequence[str]) -> None:
-    """Refuse a ``--test_input`` Runpod's SDK could not use. The SDK parses its flags only as
-    serving starts, after the whole boot and the ready webhook: a bad one would fail only then.
-    Read as the SDK reads it (argparse, unknown flags left alone); the message never quotes it."""
-    value = _RunpodFlags().parse_known_args(list(argv))[0].test_input
-    if not value:  # absent or empty: the SDK ignores it too
-        return
+def check_runpod_flags(argv: Sequence[str], env: Mapping[str, str] | None = None,
+                       cwd: Path | None = None) -> None:
+    """Refuse a job Runpod's SDK could not run. The SDK parses its flags only as serving starts,
+    after the whole boot and the ready webhook: a bad ``--test_input`` would fail only then. So
+    would local mode (no ``--rp_serve_api``, not on Runpod) with no ``--test_input`` and a
+    missing or malformed ``test_input.json`` in the working directory, which the SDK reads then.
+    Read as the SDK reads them (argparse, its own flags, unknown ones left alone); the messages
+    never quote the job."""
+    env = os.environ if env is None else env
+    flags = _RunpodFlags().parse_known_args(list(argv))[0]
+    if flags.test_input:  # an empty one: the SDK ignores it too
+        _check_local_job(flags.test_input, "--test_input")
+    elif not flags.rp_serve_api and not any(env.get(name) for name in _RUNPOD_SERVING):
+        path = (Path.cwd() if cwd is None else cwd) / "test_input.json"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SettingsError(f"no job to run: outside Runpod the worker runs one local job, from "
+                                f"--test_input or {path}, which does not exist; give "
+                                f"{TEST_INPUT_EXAMPLE}, or --rp_serve_api to serve HTTP jobs") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read {path} ({exc.__class__.__name__}), the local job "
+                                f"the SDK would run") from None
+        _check_local_job(text, str(path))
+
+
+# Set on Runpod (its job queue), or for a realtime endpoint: the SDK then never reads a local job.
+_RUNPOD_SERVING = ("RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_REALTIME_PORT")
+
+
+def _check_local_job(text: str, where: str) -> None:
     try:
-        job = json.loads(value)
+        job = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SettingsError(f"--test_input is not valid JSON ({exc.msg}): give one job, e.g. "
+        raise SettingsError(f"{where} is not valid JSON ({exc.msg}): give one job, e.g. "
                             f"{TEST_INPUT_EXAMPLE}") from None
     if not isinstance(job, dict) or job.get("input") is None:
-        raise SettingsError('--test_input must be a JSON object with an "input": e.g. '
+        raise SettingsError(f'{where} must be a JSON object with an "input": e.g. '
                             f"{TEST_INPUT_EXAMPLE}")
 
 
 class _RunpodFlags(argparse.ArgumentParser):
-    """The SDK's one flag that holds data; its errors become settings errors, not an exit."""
+    """The SDK's flags, all of them so that a prefix (``--rp_serve``) resolves as the SDK's own
+    parser resolves it; its errors become settings errors, not an exit."""
 
     def __init__(self) -> None:
         super().__init__(prog="runtime", add_help=False)
-        self.add_argument("--test_input", type=str, default=None)
+        for flag in ("--rp_log_level", "--rp_api_host", "--test_input"):
+            self.add_argument(flag, type=str, default=None)
+        for flag in ("--rp_api_port", "--rp_api_concurrency"):  # a non-number fails the SDK too
+            self.add_argument(flag, type=int, default=None)
+        for flag in ("--rp_debugger", "--rp_serve_api"):
+            self.add_argument(flag, action="store_true", default=None)
 
     def error(self, message: str) -> NoReturn:
         raise SettingsError(f"Runpod flags: {message}; e.g. {TEST_INPUT_EXAMPLE}")

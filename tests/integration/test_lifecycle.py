@@ -71,9 +71,11 @@ def assert_signed(request) -> None:
     assert not verify_signature(SECRET, ts, request.body, signature, now=int(ts) + 301, tolerance=300)
 
 
-def run_worker_to_exit(env: dict[str, str], timeout: float = 300,
-                       args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=ROOT, env=worker_env(env),
+def run_worker_to_exit(env: dict[str, str], timeout: float = 300, args: tuple[str, ...] = (),
+                       cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    # PYTHONPATH: from another working directory `python -m runtime` still finds the project.
+    return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=cwd,
+                          env={**worker_env(env), "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -256,23 +258,32 @@ def test_a_refused_short_webhook_secret_leaves_the_failure_readable(tmp_path, sh
     if len(short) > 1:  # a string that ordinary text does not hold: truly never quoted
         assert short not in log and short not in failed.body.decode()
 
-def test_malformed_test_input_fails_at_settings_before_loading_or_ready(tmp_path):
-    # Runpod's SDK parses --test_input only as serving starts: without the settings check the
-    # worker would load, warm up and announce "ready", then die on the JSON.
+@pytest.mark.parametrize("args, local_job, said", [
+    (("--test_input", '{"input": {"prompt": "a"'), None, "--test_input is not valid JSON"),
+    ((), '{"input": {"prompt": "a"', "test_input.json is not valid JSON"),
+    ((), None, "no job to run: outside Runpod the worker runs one local job"),
+])
+def test_an_unusable_local_job_fails_at_settings_before_loading_or_ready(tmp_path, args, local_job, said):
+    # Runpod's SDK parses --test_input, or reads test_input.json in local mode, only as serving
+    # starts: without the settings check the worker would load, warm up and announce "ready",
+    # then die on the JSON (or exit 1 with "test_input.json not found").
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    if local_job is not None:
+        (workdir / "test_input.json").write_text(local_job)
     with WebhookReceiver() as hook:
         t0 = time.monotonic()
-        done = run_worker_to_exit(env_for(tmp_path / "cache", hook), timeout=60,
-                                  args=("--test_input", '{"input": {"prompt": "a"'))
+        done = run_worker_to_exit(env_for(tmp_path / "cache", hook), timeout=60, args=args, cwd=workdir)
         seconds = time.monotonic() - t0
         received = hook.wait_for(1, timeout=5)
     log = done.stdout + done.stderr
     assert done.returncode == 2, log
-    assert "boot failed at settings: --test_input is not valid JSON" in log
+    assert "boot failed at settings: " in log and said in log  # the file is named by its path
     assert seconds < 30 and "fetch" not in log and "Traceback" not in log, log
     [failed] = received
     body = failed.json()
     assert (body["status"], body["stage"]) == ("failed", "settings")
-    assert "--test_input is not valid JSON" in body["error"]
+    assert said in body["error"]
     assert list(body["boot"]["stages"]) == ["settings"]
     assert_signed(failed)
 

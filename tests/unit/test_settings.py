@@ -312,11 +312,22 @@ def test_from_env_reads_only_the_mapping(no_volume: Path, monkeypatch: pytest.Mo
 
 
 # ---- Runpod's flags -----------------------------------------------------------------------------
+ON_RUNPOD = {"RUNPOD_WEBHOOK_GET_JOB": "https://api.runpod.example/v2/x/job-take/$ID"}
+LOCAL_JOB = '{"input": {"prompt": "a"}}'
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path) -> Path:
+    """A working directory with a usable test_input.json (the SDK's local job)."""
+    (tmp_path / "test_input.json").write_text(LOCAL_JOB)
+    return tmp_path
+
+
 @pytest.mark.parametrize("argv", [[], ["--rp_serve_api", "--rp_api_port", "8000"],
-                                  ["--test_input", '{"input": {"prompt": "a"}}'],
-                                  ['--test_input={"input": {"prompt": "a"}}'], ["--test_input", ""]])
-def test_usable_runpod_flags_pass(argv: list[str]) -> None:
-    check_runpod_flags(argv)
+                                  ["--test_input", LOCAL_JOB], [f"--test_input={LOCAL_JOB}"],
+                                  ["--test_input", ""], ["--rp_serve", "--rp_api_port", "8000"]])
+def test_usable_runpod_flags_pass(argv: list[str], job_dir: Path) -> None:
+    check_runpod_flags(argv, env={}, cwd=job_dir)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -325,9 +336,36 @@ def test_usable_runpod_flags_pass(argv: list[str]) -> None:
     (["--test_input", '["a"]'], '--test_input must be a JSON object with an "input"'),
     (["--test_input", '{"prompt": "a"}'], '--test_input must be a JSON object with an "input"'),
     (["--rp_serve_api", "--test_input"], "argument --test_input: expected one argument"),
+    (["--rp_serve_api", "--rp_api_port", "eighty"], "argument --rp_api_port: invalid int value"),
 ])
-def test_a_test_input_the_sdk_cannot_run_is_a_settings_error(argv: list[str], message: str) -> None:
+def test_a_test_input_the_sdk_cannot_run_is_a_settings_error(argv: list[str], message: str,
+                                                             job_dir: Path) -> None:
     # The SDK parses its flags only when serving starts: after the boot and the ready webhook.
     with pytest.raises(SettingsError, match=re.escape(message)) as info:
-        check_runpod_flags(argv)
-    assert """--test_input '{"input": {"prompt": "a red fox"}}'""" in str(info.value)
+        check_runpod_flags(argv, env={}, cwd=job_dir)
+    if "--rp_api_port" not in argv:
+        assert """--test_input '{"input": {"prompt": "a red fox"}}'""" in str(info.value)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no job to run: outside Runpod the worker runs one local job"),
+    ('{"input": {"prompt": "a"', "test_input.json is not valid JSON"),
+    ('{"prompt": "a secret-ish prompt"}', 'test_input.json must be a JSON object with an "input"'),
+    (b"\xff\xfe{", "cannot read"),
+])
+def test_local_mode_needs_a_usable_test_input_json(content: str | bytes | None, message: str,
+                                                   tmp_path: Path) -> None:
+    """No --test_input, no --rp_serve_api, not on Runpod: the SDK runs test_input.json after the
+    boot, and a missing or malformed one failed only then (a traceback, or "not found, exiting")."""
+    if isinstance(content, bytes):
+        (tmp_path / "test_input.json").write_bytes(content)
+    elif content is not None:
+        (tmp_path / "test_input.json").write_text(content)
+    with pytest.raises(SettingsError, match=re.escape(message)) as info:
+        check_runpod_flags([], env={}, cwd=tmp_path)
+    assert "secret-ish" not in str(info.value)
+    # Where the SDK never reads it, the file does not matter: on Runpod, or serving HTTP jobs.
+    check_runpod_flags([], env=ON_RUNPOD, cwd=tmp_path)
+    check_runpod_flags([], env={"RUNPOD_REALTIME_PORT": "8080"}, cwd=tmp_path)
+    check_runpod_flags(["--rp_serve_api"], env={}, cwd=tmp_path)
+    check_runpod_flags(["--test_input", LOCAL_JOB], env={}, cwd=tmp_path)
