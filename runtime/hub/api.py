@@ -19,9 +19,10 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
+import requests.auth
 
 from runtime.errors import BootError, safe_target
 from runtime.hub.layout import RemoteFile
@@ -69,9 +70,27 @@ class HubOptions:
     wait_budget_s: float = 600.0
 
 
+class _BearerToken(requests.auth.AuthBase):
+    """``Authorization: Bearer <token>``. Its repr does not show the token."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_BearerToken(***)"
+
+
 class HubClient:
     def __init__(self, endpoint: str, repo_id: str, token: str | None,
                  options: HubOptions | None = None) -> None:
+        if token and urlsplit(endpoint).netloc.rpartition("@")[1]:
+            log.warning("HF_ENDPOINT holds a user name or password and HF_TOKEN is set: HF_TOKEN "
+                        "is sent to the hub, the URL's credentials are not (one Authorization "
+                        "header per request)")
         self.endpoint = endpoint.rstrip("/")
         self.repo_id = repo_id
         self.options = options or HubOptions()
@@ -92,7 +111,12 @@ class HubClient:
             session = requests.Session()
             session.headers["User-Agent"] = "visgate-worker (+requests)"
             if self._token:
-                session.headers["Authorization"] = f"Bearer {self._token}"
+                # As the session's auth, not a default header: requests replaces the header with
+                # Basic credentials when it finds some itself (the endpoint URL's user-info, a
+                # .netrc entry for the hub), and the hub would then never see HF_TOKEN. A
+                # redirect to another host (the CDN) still drops it: requests strips the header
+                # there and does not apply the session's auth again.
+                session.auth = _BearerToken(self._token)
             self._local.session = session
         return session
 
