@@ -194,10 +194,10 @@ class HubClient:
         response.close()
         code = response.headers.get("X-Error-Code", "")
         message = response.headers.get("X-Error-Message", "")
+        # The CDN a download was redirected to may be the one answering (without our token).
+        host = safe_target(response.url) if response.url else self.host
         if status in TRANSIENT_STATUS:
             wait = reset_seconds(status, response.headers)
-            # The CDN a download was redirected to may be the one answering (without our token).
-            host = safe_target(response.url) if response.url else self.host
             text = f"{host} answered {status}"
             if status == 429:
                 shown = f", resets in {min(wait, self.options.max_wait_s):.0f}s" if wait is not None else ""
@@ -205,8 +205,21 @@ class HubClient:
                 if not self._token and host == self.host:
                     text += "; anonymous requests get the hub's lowest rate limits: set HF_TOKEN"
             raise TransientHubError(text, retry_after=wait)
+        if path is not None and host != self.host:  # a download the hub redirected elsewhere
+            raise BootError(self.describe_redirect(status, host, path), stage="fetch")
         error = RevisionNotFound if code == "RevisionNotFound" else BootError
         raise error(self.describe(status, code, message, revision, path), stage="fetch")
+
+    def describe_redirect(self, status: int, host: str, path: str) -> str:
+        """An error from the host the hub redirected a download to (its CDN): not the hub's word
+        on the repository, which the hub gave by redirecting, so never "gated" or "not found"."""
+        text = (f"{host}, where the hub sent the download of {path} of "
+                f"{self.repo_id}, answered {status}")
+        if status in (401, 403):
+            text += (": not a refusal of the repository by the hub (HF_TOKEN is not sent there); "
+                     "an expired download link (is this machine's clock right?), or a proxy or "
+                     "firewall refusing that host")
+        return text
 
     def describe(self, status: int, code: str, message: str, revision: str,
                  path: str | None) -> str:
@@ -214,7 +227,8 @@ class HubClient:
         if status == 401 and "invalid credentials" in message.lower():
             return (f"the hub rejected HF_TOKEN (invalid or expired) while reading {repo}: "
                     "set HF_TOKEN to a valid read token")
-        if code == "GatedRepo" or (status == 403 and has_token):
+        # Gated only when the hub says so, as huggingface_hub reads it: its X-Error-Code.
+        if code == "GatedRepo":
             if not has_token:
                 return (f"{repo} is gated and HF_TOKEN is not set: accept its license at "
                         f"https://huggingface.co/{repo} and set HF_TOKEN to a read token of that account")
@@ -230,6 +244,10 @@ class HubClient:
             hint = ("or HF_TOKEN has no access to it" if has_token
                     else "or it is private or gated: then set HF_TOKEN")
             return f"model {repo} was not found on {self.host}: check HF_MODEL_ID, {hint}"
+        if status == 403 and has_token:
+            return (f"the hub refused HF_TOKEN access to {repo} (403): the token may lack the "
+                    "permission (a fine-grained token needs read access to this repository), or "
+                    "use another token")
         if status == 403:
             return f"the hub refused access to {repo} (403): set HF_TOKEN to a token with access"
         return f"the hub answered {status} for {repo}{f' ({path})' if path else ''}"
