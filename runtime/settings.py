@@ -32,6 +32,9 @@ WEBHOOK_BUDGET_S = (30.0, 0.1, 600.0)
 # The webhook's HMAC key: a short one can be guessed, and is common enough to occur in ordinary
 # text that the redaction of secrets would then mangle (logs, job errors, the webhook's error).
 MIN_WEBHOOK_SECRET_LEN = 16
+# A URL's user name beside a password is taken for a token (and redacted) from this length: the
+# dummy names that go with a token in the password (x-access-token, oauth2) are shorter.
+MIN_URL_USER_TOKEN_LEN = 16
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _SHAPE_RE = re.compile(r"^(\d+)x(\d+)$")
@@ -334,16 +337,22 @@ def _seconds(env: Mapping[str, str], name: str, bounds: tuple[float, float, floa
 
 
 def _url_credentials(url: str | None) -> tuple[str, ...]:
-    """A URL's password and query string often carry a token (``?token=...``), and so does a
-    user name given alone (``https://<token>@mirror``): HTTP libraries log the request line at
-    DEBUG and put URLs in their errors, so these are redacted like the other secrets."""
+    """A URL's password and query string often carry a token (``?token=...``), and so does its
+    user name: given alone (``https://<token>@mirror``), or with a dummy password
+    (``https://<token>:x-oauth-basic@mirror``). HTTP libraries log the request line at DEBUG and
+    put URLs in their errors, so these are redacted like the other secrets.
+
+    From 4 characters, except a user name beside a password: that is usually a plain name
+    (``mirror``, ``oauth2``, ``x-access-token``) that ordinary text holds too ("hook" in
+    "webhook"), so it counts only from ``MIN_URL_USER_TOKEN_LEN`` characters, as a token would."""
     if not url:
         return ()
     try:
         parts = urlsplit(url)
     except ValueError:  # invalid URLs never get this far (_split_url refuses them)
         return ()
-    user = parts.username if parts.password is None else None
+    user_floor = 4 if parts.password is None else MIN_URL_USER_TOKEN_LEN
+    user = parts.username if parts.username and len(parts.username) >= user_floor else None
     return tuple(s for s in (parts.password, parts.query, user) if s and len(s) >= 4)
 
 

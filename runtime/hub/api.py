@@ -19,9 +19,10 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
+import requests.auth
 
 from runtime.errors import BootError, safe_target
 from runtime.hub.layout import RemoteFile
@@ -69,9 +70,27 @@ class HubOptions:
     wait_budget_s: float = 600.0
 
 
+class _BearerToken(requests.auth.AuthBase):
+    """``Authorization: Bearer <token>``. Its repr does not show the token."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_BearerToken(***)"
+
+
 class HubClient:
     def __init__(self, endpoint: str, repo_id: str, token: str | None,
                  options: HubOptions | None = None) -> None:
+        if token and urlsplit(endpoint).netloc.rpartition("@")[1]:
+            log.warning("HF_ENDPOINT holds a user name or password and HF_TOKEN is set: HF_TOKEN "
+                        "is sent to the hub, the URL's credentials are not (one Authorization "
+                        "header per request)")
         self.endpoint = endpoint.rstrip("/")
         self.repo_id = repo_id
         self.options = options or HubOptions()
@@ -92,7 +111,12 @@ class HubClient:
             session = requests.Session()
             session.headers["User-Agent"] = "visgate-worker (+requests)"
             if self._token:
-                session.headers["Authorization"] = f"Bearer {self._token}"
+                # As the session's auth, not a default header: requests replaces the header with
+                # Basic credentials when it finds some itself (the endpoint URL's user-info, a
+                # .netrc entry for the hub), and the hub would then never see HF_TOKEN. A
+                # redirect to another host (the CDN) still drops it: requests strips the header
+                # there and does not apply the session's auth again.
+                session.auth = _BearerToken(self._token)
             self._local.session = session
         return session
 
@@ -170,10 +194,10 @@ class HubClient:
         response.close()
         code = response.headers.get("X-Error-Code", "")
         message = response.headers.get("X-Error-Message", "")
+        # The CDN a download was redirected to may be the one answering (without our token).
+        host = safe_target(response.url) if response.url else self.host
         if status in TRANSIENT_STATUS:
             wait = reset_seconds(status, response.headers)
-            # The CDN a download was redirected to may be the one answering (without our token).
-            host = safe_target(response.url) if response.url else self.host
             text = f"{host} answered {status}"
             if status == 429:
                 shown = f", resets in {min(wait, self.options.max_wait_s):.0f}s" if wait is not None else ""
@@ -181,8 +205,21 @@ class HubClient:
                 if not self._token and host == self.host:
                     text += "; anonymous requests get the hub's lowest rate limits: set HF_TOKEN"
             raise TransientHubError(text, retry_after=wait)
+        if path is not None and host != self.host:  # a download the hub redirected elsewhere
+            raise BootError(self.describe_redirect(status, host, path), stage="fetch")
         error = RevisionNotFound if code == "RevisionNotFound" else BootError
         raise error(self.describe(status, code, message, revision, path), stage="fetch")
+
+    def describe_redirect(self, status: int, host: str, path: str) -> str:
+        """An error from the host the hub redirected a download to (its CDN): not the hub's word
+        on the repository, which the hub gave by redirecting, so never "gated" or "not found"."""
+        text = (f"{host}, where the hub sent the download of {path} of "
+                f"{self.repo_id}, answered {status}")
+        if status in (401, 403):
+            text += (": not a refusal of the repository by the hub (HF_TOKEN is not sent there); "
+                     "an expired download link (is this machine's clock right?), or a proxy or "
+                     "firewall refusing that host")
+        return text
 
     def describe(self, status: int, code: str, message: str, revision: str,
                  path: str | None) -> str:
@@ -190,7 +227,8 @@ class HubClient:
         if status == 401 and "invalid credentials" in message.lower():
             return (f"the hub rejected HF_TOKEN (invalid or expired) while reading {repo}: "
                     "set HF_TOKEN to a valid read token")
-        if code == "GatedRepo" or (status == 403 and has_token):
+        # Gated only when the hub says so, as huggingface_hub reads it: its X-Error-Code.
+        if code == "GatedRepo":
             if not has_token:
                 return (f"{repo} is gated and HF_TOKEN is not set: accept its license at "
                         f"https://huggingface.co/{repo} and set HF_TOKEN to a read token of that account")
@@ -206,6 +244,10 @@ class HubClient:
             hint = ("or HF_TOKEN has no access to it" if has_token
                     else "or it is private or gated: then set HF_TOKEN")
             return f"model {repo} was not found on {self.host}: check HF_MODEL_ID, {hint}"
+        if status == 403 and has_token:
+            return (f"the hub refused HF_TOKEN access to {repo} (403): the token may lack the "
+                    "permission (a fine-grained token needs read access to this repository), or "
+                    "use another token")
         if status == 403:
             return f"the hub refused access to {repo} (403): set HF_TOKEN to a token with access"
         return f"the hub answered {status} for {repo}{f' ({path})' if path else ''}"

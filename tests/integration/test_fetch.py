@@ -287,6 +287,62 @@ def test_gated_model_with_its_token(hub: HubServer, tmp_path: Path):
     assert hub.requests(kind="cdn") and not any(r.authorized for r in hub.requests(kind="cdn"))
 
 
+def test_hf_token_is_what_the_hub_gets_beside_credentials_in_the_endpoint_url(
+        hub: HubServer, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # requests puts Basic credentials it finds itself (the URL's user-info) in place of a
+    # default Authorization header: the gated repository then answered "no access" for a token
+    # that has it. HF_TOKEN is sent, the URL's credentials are not, and the log says so.
+    endpoint = hub.url.replace("http://", "http://mirror:pw_MirrorSecret@")
+    result = fetch(hub_settings(hub, tmp_path, GATED, HF_TOKEN=TOKEN, HF_ENDPOINT=endpoint), FAST)
+    assert result.report["cache"] == "miss"
+    assert all(r.authorized for r in hub.requests() if r.kind != "cdn")
+    assert not any(r.authorized for r in hub.requests(kind="cdn"))
+    assert "HF_TOKEN is sent to the hub" in caplog.text and "pw_MirrorSecret" not in caplog.text
+    # Without HF_TOKEN, the URL's credentials are what a mirror behind Basic auth gets.
+    hub.clear()
+    fetch(hub_settings(hub, tmp_path / "basic", SDXL, HF_ENDPOINT=endpoint), FAST)
+    assert all(r.authorized for r in hub.requests() if r.kind != "cdn")
+
+
+def test_hf_token_is_what_the_hub_gets_beside_a_netrc_entry_for_it(
+        hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # A .netrc entry for the hub's host (a base image's, another tool's) replaced HF_TOKEN too.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password pw_NetrcSecret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    result = fetch(hub_settings(hub, tmp_path / "cache", GATED, HF_TOKEN=TOKEN), FAST)
+    assert result.report["cache"] == "miss"
+
+
+@pytest.mark.parametrize("model_id, token", [(SDXL, None), (GATED, TOKEN)])
+def test_a_403_from_the_host_a_download_is_redirected_to_is_not_called_gated(
+        hub: HubServer, tmp_path: Path, model_id: str, token: str | None):
+    # An expired signed link, or a proxy refusing the CDN's host: the hub itself granted access
+    # by redirecting, so the message names the host that refused, not a gated repository nor
+    # a token to set (with a token, a 403 from anywhere used to read "is gated ... no access").
+    hub.inject(Fault(kind="cdn", status=403, times=None))  # every LFS file
+    env = {"HF_TOKEN": token} if token else {}
+    message = fetch_error(hub_settings(hub, tmp_path, model_id, **env))
+    cdn = hub.url.replace("127.0.0.1", "localhost")
+    assert f"{cdn}, where the hub sent the download of " in message and "answered 403" in message
+    assert "expired download link" in message
+    assert "is gated" not in message and "set HF_TOKEN" not in message
+    assert (TOKEN not in message) and "/cdn/" not in message  # the link itself may be signed
+
+
+def test_a_403_from_the_hub_is_gated_only_when_the_hub_says_so(hub: HubServer, tmp_path: Path):
+    # A 403 with no GatedRepo code (a fine-grained token without this repository) is a refusal
+    # of the token, not a gated model whose license to accept.
+    hub.inject(Fault(kind="api", status=403, times=None))
+    message = fetch_error(hub_settings(hub, tmp_path, SDXL, HF_TOKEN=TOKEN))
+    assert "refused HF_TOKEN access to acme/tiny-sdxl (403)" in message and "gated" not in message
+    hub.clear()
+    hub.inject(Fault(kind="api", status=403, error_code="GatedRepo", times=None))
+    message = fetch_error(hub_settings(hub, tmp_path / "gated", SDXL, HF_TOKEN=TOKEN))
+    assert "is gated and the account of HF_TOKEN has no access" in message
+
+
 def test_unknown_model_and_revision(hub: HubServer, tmp_path: Path):
     message = fetch_error(hub_settings(hub, tmp_path, "acme/no-such-model"))
     assert "acme/no-such-model was not found" in message and "HF_MODEL_ID" in message

@@ -486,6 +486,46 @@ def test_secrets_appear_in_no_log_line_or_body(caplog):
         assert "url-token-xyz" not in r.getMessage() and HF_TOKEN not in r.getMessage()
 
 
+def test_a_token_in_a_urls_user_name_reaches_no_log_job_error_or_boot_record(capsys):
+    # https://<token>:x-oauth-basic@host: the password is a fixed word and the token is the user
+    # name. Wherever a URL is echoed (a library's error, a careless stage report, a log line), the
+    # token is removed: from the log, a job's error, and the failed event's error and boot record.
+    from runtime.errors import register_secrets
+    from runtime.handler import job_error
+    from runtime.logs import setup_logging
+
+    hub_token, hook_token = "tok_HubUserToken0123456789", "tok_HookUserToken0123456789"
+    factory, root = logging.getLogRecordFactory(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with WebhookReceiver() as hook:
+            url = hook.url.replace("http://", f"http://{hook_token}:x-oauth-basic@")
+            settings = Settings.from_env({
+                "HF_MODEL_ID": "visgate/tiny-flux", "DEVICE": "cpu", "VISGATE_WEBHOOK": url,
+                "HF_ENDPOINT": f"https://{hub_token}:x@hub.internal"})
+            setup_logging(settings.secrets)
+            echo = f"could not reach {settings.hub_endpoint}/api and {url}"
+            logging.getLogger("some.library").warning("retrying %s", echo)
+            error = job_error(RuntimeError(echo), settings.model_id, settings.secrets)["error"]
+            record = BootRecord()
+            with contextlib.suppress(BootError), record.stage("fetch") as report:
+                report["endpoint"] = settings.hub_endpoint
+                raise BootError(echo)
+            stage, message = failure_message(BootError(echo), settings.secrets, "fetch")
+            Announcer(settings).failed(stage, message, record)
+            [req] = hook.received
+        body = req.body.decode()
+    finally:
+        register_secrets(())
+        logging.setLogRecordFactory(factory)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    logged = capsys.readouterr().err
+    assert "retrying could not reach" in logged and "hub.internal" in body
+    for text in (logged, error, message, body):
+        assert hub_token not in text and hook_token not in text, text
+
+
 def test_undeliverable_ready_is_logged_as_error_and_does_not_raise(caplog):
     with WebhookReceiver() as hook:
         url = hook.url

@@ -69,3 +69,17 @@ def test_a_mirror_password_is_not_in_repr():
     s = build(HF_ENDPOINT="https://mirror:mirrorReprPass@hub.internal", DEVICE="cpu")
     assert "mirrorReprPass" not in repr(s) and "mirrorReprPass" not in str(s)
     assert "org/model" in repr(s) and "device='cpu'" in repr(s)  # the repr is still useful
+
+
+@pytest.mark.parametrize("name", ["HF_ENDPOINT", "VISGATE_WEBHOOK"])
+def test_a_token_in_the_user_name_beside_a_dummy_password_is_a_secret(name: str):
+    # The common https://<token>:x-oauth-basic@host form: the token is the user name, and the
+    # password is a fixed word. Both are redacted; a plain user name beside a password (mirror,
+    # oauth2, x-access-token) is not, or "hook" would be cut out of every "webhook".
+    token = "tok_InUserName0123456789"
+    s = build(**{name: f"https://{token}:x-oauth-basic@host.example/x", "DEVICE": "cpu"})
+    assert token in s.secrets and "x-oauth-basic" in s.secrets
+    s = build(**{name: "https://x-access-token:pw_InPassword01@host.example/x", "DEVICE": "cpu"})
+    assert s.secrets == ("pw_InPassword01",)
+    s = build(**{name: "https://hook:hookpass@host.example/x", "DEVICE": "cpu"})
+    assert s.secrets == ("hookpass",)
