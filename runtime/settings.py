@@ -209,7 +209,9 @@ def webhook_settings(env: Mapping[str, str]) -> Settings | None:
     candidates = (env, lenient, {k: v for k, v in lenient.items() if k != "HF_TOKEN"})
     for strict, candidate in ((strict, c) for strict in (True, False) for c in candidates):
         try:
+            # hub_endpoint as given, unchecked: here it only names credentials to redact.
             settings = Settings(model_id=_text(candidate, "HF_MODEL_ID") or "",
+                                hub_endpoint=_text(candidate, "HF_ENDPOINT") or Settings.hub_endpoint,
                                 **_identity_and_webhook(candidate, strict_secret=strict))
         except SettingsError:
             continue

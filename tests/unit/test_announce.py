@@ -569,6 +569,11 @@ def test_webhook_settings_survive_another_bad_setting():
         Settings.from_env(bad_token)
     partial = webhook_settings(bad_token)
     assert partial is not None and partial.hf_token is None and SECRET in partial.secrets
+    # The hub URL's credentials stay secret after a settings failure too (the fallback used to
+    # drop HF_ENDPOINT, so they were not in its redaction list), even when the URL is refused.
+    for endpoint in ("https://mirror-user:mirror-pass-77@hub.example", "ftp://mirror-user:mirror-pass-77@x"):
+        partial = webhook_settings({**env, "HF_ENDPOINT": endpoint})
+        assert partial is not None and "mirror-pass-77" in partial.secrets
 
 
 @pytest.mark.parametrize("secret", ["1234567890123456", 'se"cret\\x-0123456789', "clé-secrète-0123456"])
