@@ -217,7 +217,7 @@ class HubClient:
                 f"{self.repo_id}, answered {status}")
         if status in (401, 403):
             text += (": not a refusal of the repository by the hub (HF_TOKEN is not sent there); "
-                     "an expired download link (is this machine's clock right?), or a proxy or "
+                     "an expired download link (the hub signs a fresh one on the next boot), or a proxy or "
                      "firewall refusing that host")
         return text
 
