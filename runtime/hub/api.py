@@ -217,8 +217,8 @@ class HubClient:
                 f"{self.repo_id}, answered {status}")
         if status in (401, 403):
             text += (": not a refusal of the repository by the hub (HF_TOKEN is not sent there); "
-                     "an expired download link (the hub signs a fresh one on the next boot), or a proxy or "
-                     "firewall refusing that host")
+                     "an expired download link (the hub signs a fresh one on the next boot), or a "
+                     "proxy or firewall refusing that host")
         return text
 
     def describe(self, status: int, code: str, message: str, revision: str,
