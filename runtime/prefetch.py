@@ -29,7 +29,8 @@ log = logging.getLogger("runtime.prefetch")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m runtime.prefetch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m runtime.prefetch", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="hub id or built-in tiny model (HF_MODEL_ID)")
     parser.add_argument("--revision", default="main", help="branch, tag or commit (HF_MODEL_REVISION)")
     parser.add_argument("--cache-dir", required=True, type=Path, help="cache root (VISGATE_CACHE_DIR)")

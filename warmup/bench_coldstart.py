@@ -372,7 +372,8 @@ def render(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("tiny", "synthetic", "real"), default="tiny")
     parser.add_argument("--model", default=None,
                         help="tiny: visgate/tiny-flux (default) or visgate/tiny-sdxl; synthetic: "

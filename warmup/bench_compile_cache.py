@@ -75,7 +75,8 @@ def rewrite(archive: Path, keep_inductor: bool, keep_mega: bool) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="visgate/tiny-flux")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)

@@ -186,7 +186,8 @@ def tune(loaded: Any, settings: Any, request: Any, fresh_local: bool) -> dict[st
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("tiny", "synthetic", "real"), default="tiny")
     parser.add_argument("--model", default="visgate/tiny-flux")
     parser.add_argument("--device", default="cpu")
