@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.hub_fixtures import *  # noqa: F403 - fixtures
 from tests.support.hub_fixtures import SDXL
 from tests.support.hub_server import HubServer
@@ -94,3 +96,59 @@ def test_a_file_that_cannot_be_written_leaves_no_temp_file(tmp_path: Path):
     done = run_on_small_disk(disk, "size=64k", [sys.executable, "-c", WRITE_ON_A_FULL_DISK, str(disk)])
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"errno": errno.ENOSPC, "left": []}
+
+
+# A previous owner (a killed worker) left most of the UNet as a partial file on a disk with room
+# for the rest of the model but not for a second copy of that partial. Two boots, one after the
+# other; for each, its outcome and the partial files it left.
+TAKE_OVER_ON_A_TIGHT_DISK = """
+import json, os, sys
+from pathlib import Path
+from runtime.errors import BootError
+from runtime.fetch import FetchOptions, fetch
+from runtime.hub.layout import repo_folder
+from runtime.settings import Settings
+settings = Settings.from_env(os.environ)
+source, blob, kept = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+options = FetchOptions(disk_reserve_bytes=0)
+if sys.argv[4] == "large":
+    options = FetchOptions(disk_reserve_bytes=0, disk_free=lambda path: 1 << 40)
+blobs = settings.cache_dir / "hf" / "hub" / repo_folder(settings.model_id) / "blobs"
+blobs.mkdir(parents=True)
+(blobs / f"{blob}.previous.part").write_bytes(source.read_bytes()[:kept])
+boots = []
+for _ in range(2):
+    try:
+        fetch(settings, options)
+        outcome = {"fetched": True}
+    except BootError as exc:
+        outcome = {"error": str(exc)}
+    outcome["parts"] = sorted(p.stat().st_size for p in blobs.glob("*.part"))
+    boots.append(outcome)
+print(json.dumps(boots))
+"""
+
+
+@pytest.mark.parametrize("disk_says", ["its free space", "large"])
+def test_a_partial_download_too_large_to_copy_is_still_taken_over(hub: HubServer, tmp_path: Path,
+                                                                  disk_says: str):
+    """Resuming a previous owner's partial file copies it; on a disk without room for the copy
+    the copy failed halfway, unnoticed: both files stayed, the download then hit a full disk, and
+    every later boot did the same, though the disk had room for the model."""
+    require_small_disk()
+    target = "unet/diffusion_pytorch_model.safetensors"
+    entry = hub.repos[SDXL].entries[target]
+    kept = entry.size * 9 // 10
+    cache = tmp_path / "cache"
+    env = worker_env({"HF_MODEL_ID": SDXL, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+                      "VISGATE_CACHE_DIR": str(cache)})
+    # The model needs about 2.1 MB; the partial holds 1.4 MB of it.
+    done = run_on_small_disk(cache, "size=2600k", [sys.executable, "-c", TAKE_OVER_ON_A_TIGHT_DISK,
+                                                   str(entry.file), entry.sha256, str(kept),
+                                                   "large" if disk_says == "large" else "real"], env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    boots = json.loads(done.stdout.strip().splitlines()[-1])
+    assert boots[0] == {"fetched": True, "parts": []}, boots
+    assert boots[1] == {"fetched": True, "parts": []}, boots
+    ranges = [r.range for r in hub.requests(kind="cdn") if r.path == target]
+    assert ranges == [f"bytes={kept}-"], "the partial file was not resumed"
