@@ -3,7 +3,8 @@
 The cache is a real tmpfs of a few blocks or a few inodes (tests/support/small_disk.py), so the
 kernel answers ENOSPC at whichever write comes first: a directory, a lock, a partial download,
 a stamp, a snapshot link, a ref, the complete-set marker. The fetch's own free-space check is told
-the disk is large (``disk_free``), so the writes themselves find it full.
+the disk is large (``disk_free``) and its inode check that it does not count inodes
+(``inodes_free``), so the writes themselves find it full, unless a test asks for the inode check.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from warmup.local_worker import worker_env
 
 # One fetch in the child; one JSON line: its outcome, and what it left that nobody would remove.
 FETCH = """
-import json, os
+import json, os, sys
 from runtime.errors import BootError
 from runtime.fetch import FetchOptions, fetch
 from runtime.settings import Settings
 settings = Settings.from_env(os.environ)
+options = FetchOptions(disk_free=lambda path: 1 << 40, inodes_free=lambda path: None)
+if "count-inodes" in sys.argv:
+    options = FetchOptions(disk_free=lambda path: 1 << 40)
 try:
-    fetch(settings, FetchOptions(disk_free=lambda path: 1 << 40))
+    fetch(settings, options)
     outcome = {"fetched": True}
 except BootError as exc:
     outcome = {"error": str(exc), "stage": exc.stage}
@@ -39,10 +43,10 @@ print(json.dumps(outcome))
 """
 
 
-def fetch_on_small_disk(hub: HubServer, cache: Path, disk: str) -> dict:
+def fetch_on_small_disk(hub: HubServer, cache: Path, disk: str, *args: str) -> dict:
     env = worker_env({"HF_MODEL_ID": SDXL, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
                       "VISGATE_CACHE_DIR": str(cache)})
-    done = run_on_small_disk(cache, disk, [sys.executable, "-c", FETCH], env=env)
+    done = run_on_small_disk(cache, disk, [sys.executable, "-c", FETCH, *args], env=env)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -70,6 +74,21 @@ def test_inodes_running_out_at_any_write_is_one_clear_error(hub: HubServer, tmp_
         if not outcomes[inodes].get("fetched"):
             assert_disk_full(outcomes[inodes], cache)
     assert outcomes[2].get("error") and outcomes[200].get("fetched"), outcomes
+
+
+def test_a_volume_out_of_inodes_is_refused_before_the_weights_are_downloaded(hub: HubServer,
+                                                                            tmp_path: Path):
+    """Blocks to spare, inodes not: the writes failed only at the stamps and links, after every
+    weight was downloaded, with an error that named no inodes (``df -h`` shows free space)."""
+    require_small_disk()
+    cache = tmp_path / "few-inodes"
+    outcome = fetch_on_small_disk(hub, cache, "size=400m,nr_inodes=50", "count-inodes")
+    assert_disk_full(outcome, cache)
+    assert "(out of inodes: acme/tiny-sdxl needs " in outcome["error"], outcome
+    weights = [r.path for r in hub.downloads() if r.path.endswith(".safetensors")]
+    assert weights == [], f"weights downloaded before the fetch found it could not finish: {weights}"
+    roomy = tmp_path / "inodes-to-spare"
+    assert fetch_on_small_disk(hub, roomy, "size=400m,nr_inodes=200", "count-inodes").get("fetched")
 
 
 
