@@ -59,6 +59,13 @@ def _disk_free(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def _inodes_free(path: Path) -> int | None:
+    """How many more files ``path``'s filesystem lets us create; None where it does not count
+    them (btrfs, some network and FUSE filesystems report no inodes at all)."""
+    st = os.statvfs(path)
+    return st.f_favail if st.f_files else None
+
+
 @dataclass(frozen=True)
 class FetchOptions:
     """Knobs with production defaults; tests shorten the waits."""
@@ -69,6 +76,7 @@ class FetchOptions:
     hub: HubOptions = HubOptions()
     transfer: TransferOptions = TransferOptions()
     disk_free: Callable[[Path], int] = _disk_free
+    inodes_free: Callable[[Path], int | None] = _inodes_free
 
 
 def hub_cache_dir(settings: Settings) -> Path:
@@ -109,8 +117,9 @@ def _disk_full_reported(settings: Settings) -> Iterator[None]:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise BootError(f"disk full while fetching {settings.model_id} into "
-                        f"{settings.cache_dir / 'hf'} ({os.strerror(exc.errno)}): free space "
-                        "there or set VISGATE_CACHE_DIR to a larger disk", stage="fetch") from None
+                        f"{settings.cache_dir / 'hf'} ({exc.strerror or os.strerror(exc.errno)}): "
+                        "free space there or set VISGATE_CACHE_DIR to a larger disk",
+                        stage="fetch") from None
 
 
 def fetch_precision(settings: Settings, family_cls: type, model_dir: Path,
@@ -239,7 +248,7 @@ def _cold(settings: Settings, cache: RepoCache, client: HubClient, options: Fetc
     downloaded = _download(cache, client, listing.commit, [index_file], options)
     snapshot = cache.link(listing.commit, index_file).parent
     precision, selection, files = _select(settings, snapshot, listing)
-    _check_disk(cache, files, options)
+    _check_disk(cache, files, options, snapshot)
     reused = _cached_bytes(cache, files) - downloaded  # what was there before this boot's own bytes
     # The configurations first (a few MB at most): with them the family knows its size rules,
     # and a warmup shape it refuses (1000x1000 for FLUX, whose sides are multiples of 16) stops
@@ -252,7 +261,7 @@ def _cold(settings: Settings, cache: RepoCache, client: HubClient, options: Fetc
     shards = _shards_left_out(settings, snapshot, listing, files)
     if shards:
         files += shards
-        _check_disk(cache, files, options)
+        _check_disk(cache, files, options, snapshot)
     downloaded += _download(cache, client, listing.commit, files, options)
     for f in files:
         cache.link(listing.commit, f)
@@ -344,13 +353,16 @@ def _checked_files(settings: Settings, listing: Listing, index: dict[str, Any],
     return [listing.files[p] for p in selection.paths]
 
 
-def _check_disk(cache: RepoCache, files: list[RemoteFile], options: FetchOptions) -> None:
-    """Fail before downloading rather than with a full disk halfway through."""
+def _check_disk(cache: RepoCache, files: list[RemoteFile], options: FetchOptions,
+                snapshot: Path | None = None) -> None:
+    """Fail before downloading rather than with a full disk halfway through (``snapshot``: the
+    folder the files will be linked into)."""
     cache.blobs.mkdir(parents=True, exist_ok=True)
     missing = {f.blob_name: f for f in _unique(files)
                if not stamp_valid(cache.stamp_path(f), cache.blob(f), f)}
+    parts = {name: list(cache.blobs.glob(f"{name}.*.part")) for name in missing}
     # Other workers rename and remove partial files at any moment: one gone counts for nothing.
-    partial = sum(max(0, part_size(p)) for name in missing for p in cache.blobs.glob(f"{name}.*.part"))
+    partial = sum(max(0, part_size(p)) for found in parts.values() for p in found)
     need = max(0, sum(f.size for f in missing.values()) - partial)
     free = options.disk_free(cache.blobs)
     if need and need + options.disk_reserve_bytes > free:
@@ -359,6 +371,21 @@ def _check_disk(cache: RepoCache, files: list[RemoteFile], options: FetchOptions
                         f"{human_bytes(options.disk_reserve_bytes)} headroom, and "
                         f"{human_bytes(free)} is free: free space there or set VISGATE_CACHE_DIR "
                         "to a larger disk", stage="fetch")
+    # A volume out of inodes answers ENOSPC too, with bytes to spare, and may do so only at the
+    # stamps and links, after the weights were downloaded. Counted here is no more than the
+    # fetch will create: a file for each missing blob (unless a partial one is there to take
+    # over) and its stamp, a snapshot link for each of its paths, the snapshot's folders not
+    # made yet, one lock at a time and the marker.
+    inodes = options.inodes_free(cache.blobs)
+    if not missing or inodes is None:
+        return
+    folders = {Path(f.path).parents[i] for f in files for i in range(len(Path(f.path).parents) - 1)}
+    creates = (sum(1 if parts[name] else 2 for name in missing)
+               + sum(1 for f in files if f.blob_name in missing)
+               + (sum(not (snapshot / d).is_dir() for d in folders) if snapshot else 0) + 2)
+    if creates > inodes:
+        raise OSError(errno.ENOSPC, f"out of inodes: {cache.repo_id} needs {creates} more files "
+                      f"({len(missing)} to download) and {inodes} can be created")
 
 
 def _log_plan(settings: Settings, listing: Listing, files: list[RemoteFile],
@@ -392,7 +419,7 @@ def _download(cache: RepoCache, client: HubClient, commit: str, files: list[Remo
     pending = sum(f.size for f in unique) - _cached_bytes(cache, unique)
     progress = Progress(cache.repo_id, pending, options.progress_interval_s)
     abort = threading.Event()
-    transfer = Transfer(cache, client, commit, progress, options.transfer, abort)
+    transfer = Transfer(cache, client, commit, progress, options.transfer, abort, options.disk_free)
     workers = max(1, min(options.workers, len(unique)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
         try:

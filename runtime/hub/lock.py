@@ -5,8 +5,11 @@ some never release a dead client's lock, some do not lock across hosts at all. T
 only operations that are atomic there:
 
 - acquire: ``open(O_CREAT | O_EXCL)``, which exactly one creator wins;
-- heartbeat: the owner rewrites the file (token + beat counter) every ``heartbeat_s``, so its
-  content and mtime move while it lives;
+- heartbeat: the owner sets the file's mtime every ``heartbeat_s`` (``futimens`` on the file it
+  opened and found its token in), so its mtime moves while it lives. The content, written once
+  at acquire, is never rewritten: a rewrite (truncate, then write) on a full volume can fail
+  after the truncate and leave an empty lock that names no owner, and an mtime needs no free
+  block or quota; a beat that fails for any other reason than a lost lock is tried again;
 - staleness is judged by a waiter on its *own* monotonic clock: "the lock has not changed for
   ``stale_after_s``" (no comparison of clocks across hosts), or at once when the owner is a dead
   process that provably ran where our PIDs mean the same thing (same host, boot and PID
@@ -62,7 +65,6 @@ class BlobLock:
         self.stale_after_s = stale_after_s
         self.poll_s = poll_s
         self.token = uuid.uuid4().hex[:16]
-        self._beat = 0
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,7 +121,7 @@ class BlobLock:
     # ---- internals ---------------------------------------------------------------------------
     def _content(self) -> bytes:
         return json.dumps({"host": _HOST, "boot": _BOOT, "pidns": _PIDNS, "pid": os.getpid(),
-                           "token": self.token, "beat": self._beat, "time": time.time()}).encode()
+                           "token": self.token, "time": time.time()}).encode()
 
     def _try_create(self) -> bool:
         try:
@@ -183,19 +185,27 @@ class BlobLock:
         self._thread.start()
 
     def _heartbeat(self) -> None:
+        failing = False
         while not self._stop.wait(self.heartbeat_s):
             try:
                 with open(self.path, "r+b") as f:
                     if _parse(f.read()).get("token") != self.token:
                         raise FileNotFoundError
-                    self._beat += 1
-                    f.seek(0)
-                    f.truncate()
-                    f.write(self._content())
-            except OSError:
+                    os.utime(f.fileno())  # the inode we read our token in, not a successor's
+            except FileNotFoundError:
                 log.warning("lost the lock %s (taken over as stale)", self.path.name)
                 self._lost.set()
                 return
+            except OSError as exc:
+                # The lock is still ours and still whole: beat again next time. Should the beats
+                # keep failing past ``stale_after_s``, a waiter takes the lock over and the token
+                # check above tells us.
+                if not failing:
+                    log.warning("could not renew the lock %s (%s): trying again every %gs",
+                                self.path.name, exc.strerror or exc, self.heartbeat_s)
+                failing = True
+            else:
+                failing = False
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -16,12 +16,14 @@ created by ``rename`` of a file whose size and hash matched: a killed worker lea
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from runtime.errors import BootError
 from runtime.hub.api import HubClient, TransientHubError, iter_body
@@ -50,13 +52,16 @@ class Transfer:
     """Downloads for one repository at one commit; ``ensure`` is safe to call from threads."""
 
     def __init__(self, cache: RepoCache, client: HubClient, commit: str, progress: Progress,
-                 options: TransferOptions | None = None, abort: threading.Event | None = None) -> None:
+                 options: TransferOptions | None = None, abort: threading.Event | None = None,
+                 disk_free: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free
+                 ) -> None:
         self.cache = cache
         self.client = client
         self.commit = commit
         self.progress = progress
         self.options = options or TransferOptions()
         self.abort = abort or threading.Event()
+        self.disk_free = disk_free  # what the disk says is free (the fetch's own measure)
 
     def ensure(self, f: RemoteFile, wait: bool = True) -> int | None:
         """Make ``blobs/<blob>`` complete and verified; return the bytes this process downloaded.
@@ -126,19 +131,49 @@ class Transfer:
         its file instead leaves those writes to an unlinked inode, and tells it (its next size
         check) that the download was taken over. A copy costs one local read of the bytes kept,
         and only on a takeover.
+
+        A copy also needs room for a second copy of those bytes, which the disk check does not
+        ask for (it counts a partial file as bytes already there). Where the disk has no room
+        for it, or the copy runs out of it, the file is renamed after all: a previous owner still
+        writing could then only make the download fail its check once (it is downloaded again),
+        where giving up the bytes kept would have to download them again every time, and keeping
+        both files would fill the disk at every boot. A copy that fails is removed, never resumed:
+        on a network volume a failed copy may hold holes, not just fewer bytes.
         """
         mine = self.cache.blobs / f"{f.blob_name}.{token}.part"
         leftovers = sorted(self.cache.blobs.glob(f"{f.blob_name}.*.part"), key=part_size, reverse=True)
         for candidate in leftovers:
+            size = part_size(candidate)
+            if not mine.exists() and 0 < size <= f.size:
+                self._take_over(f, candidate, mine, size)
             try:
-                if not mine.exists() and 0 < part_size(candidate) <= f.size:
-                    shutil.copyfile(candidate, mine)
-                    log.info("resuming %s from %s", f.path, human_bytes(mine.stat().st_size))
-                candidate.unlink()
+                candidate.unlink()  # gone already when it was renamed to ours
             except OSError:
-                continue
+                pass
         mine.touch()
         return mine
+
+    def _take_over(self, f: RemoteFile, theirs: Path, mine: Path, size: int) -> None:
+        """Make ``mine`` a copy of ``theirs`` (or ``theirs`` itself, on a disk too full to copy
+        it); leave no ``mine`` when neither can be done."""
+        how = "copy"
+        try:
+            if self.disk_free(self.cache.blobs) < size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            shutil.copyfile(theirs, mine)
+        except OSError as exc:
+            mine.unlink(missing_ok=True)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if not isinstance(exc, FileNotFoundError):  # gone: another worker took it
+                    log.warning("could not copy the partial download of %s (%s): not resuming "
+                                "from it", f.path, exc.strerror or exc)
+                return
+            try:
+                os.rename(theirs, mine)
+            except OSError:
+                return  # another worker took it (or removed it) first
+            how = f"no room for a copy: {exc.strerror or exc}"
+        log.info("resuming %s from %s (%s)", f.path, human_bytes(part_size(mine)), how)
 
     def _fill(self, f: RemoteFile, part: Path, hasher: Hasher, lock: BlobLock) -> int:
         """Append the rest of ``f`` to ``part`` (hashing it); resume cuts with Range. Bytes received."""

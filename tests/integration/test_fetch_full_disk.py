@@ -3,7 +3,8 @@
 The cache is a real tmpfs of a few blocks or a few inodes (tests/support/small_disk.py), so the
 kernel answers ENOSPC at whichever write comes first: a directory, a lock, a partial download,
 a stamp, a snapshot link, a ref, the complete-set marker. The fetch's own free-space check is told
-the disk is large (``disk_free``), so the writes themselves find it full.
+the disk is large (``disk_free``) and its inode check that it does not count inodes
+(``inodes_free``), so the writes themselves find it full, unless a test asks for the inode check.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.hub_fixtures import *  # noqa: F403 - fixtures
 from tests.support.hub_fixtures import SDXL
 from tests.support.hub_server import HubServer
@@ -21,13 +24,16 @@ from warmup.local_worker import worker_env
 
 # One fetch in the child; one JSON line: its outcome, and what it left that nobody would remove.
 FETCH = """
-import json, os
+import json, os, sys
 from runtime.errors import BootError
 from runtime.fetch import FetchOptions, fetch
 from runtime.settings import Settings
 settings = Settings.from_env(os.environ)
+options = FetchOptions(disk_free=lambda path: 1 << 40, inodes_free=lambda path: None)
+if "count-inodes" in sys.argv:
+    options = FetchOptions(disk_free=lambda path: 1 << 40)
 try:
-    fetch(settings, FetchOptions(disk_free=lambda path: 1 << 40))
+    fetch(settings, options)
     outcome = {"fetched": True}
 except BootError as exc:
     outcome = {"error": str(exc), "stage": exc.stage}
@@ -37,10 +43,10 @@ print(json.dumps(outcome))
 """
 
 
-def fetch_on_small_disk(hub: HubServer, cache: Path, disk: str) -> dict:
+def fetch_on_small_disk(hub: HubServer, cache: Path, disk: str, *args: str) -> dict:
     env = worker_env({"HF_MODEL_ID": SDXL, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
                       "VISGATE_CACHE_DIR": str(cache)})
-    done = run_on_small_disk(cache, disk, [sys.executable, "-c", FETCH], env=env)
+    done = run_on_small_disk(cache, disk, [sys.executable, "-c", FETCH, *args], env=env)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -70,6 +76,21 @@ def test_inodes_running_out_at_any_write_is_one_clear_error(hub: HubServer, tmp_
     assert outcomes[2].get("error") and outcomes[200].get("fetched"), outcomes
 
 
+def test_a_volume_out_of_inodes_is_refused_before_the_weights_are_downloaded(hub: HubServer,
+                                                                            tmp_path: Path):
+    """Blocks to spare, inodes not: the writes failed only at the stamps and links, after every
+    weight was downloaded, with an error that named no inodes (``df -h`` shows free space)."""
+    require_small_disk()
+    cache = tmp_path / "few-inodes"
+    outcome = fetch_on_small_disk(hub, cache, "size=400m,nr_inodes=50", "count-inodes")
+    assert_disk_full(outcome, cache)
+    assert "(out of inodes: acme/tiny-sdxl needs " in outcome["error"], outcome
+    weights = [r.path for r in hub.downloads() if r.path.endswith(".safetensors")]
+    assert weights == [], f"weights downloaded before the fetch found it could not finish: {weights}"
+    roomy = tmp_path / "inodes-to-spare"
+    assert fetch_on_small_disk(hub, roomy, "size=400m,nr_inodes=200", "count-inodes").get("fetched")
+
+
 
 # A stamp (or ref, or marker) written on a full disk: its temp file is created, not written.
 WRITE_ON_A_FULL_DISK = """
@@ -94,3 +115,59 @@ def test_a_file_that_cannot_be_written_leaves_no_temp_file(tmp_path: Path):
     done = run_on_small_disk(disk, "size=64k", [sys.executable, "-c", WRITE_ON_A_FULL_DISK, str(disk)])
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"errno": errno.ENOSPC, "left": []}
+
+
+# A previous owner (a killed worker) left most of the UNet as a partial file on a disk with room
+# for the rest of the model but not for a second copy of that partial. Two boots, one after the
+# other; for each, its outcome and the partial files it left.
+TAKE_OVER_ON_A_TIGHT_DISK = """
+import json, os, sys
+from pathlib import Path
+from runtime.errors import BootError
+from runtime.fetch import FetchOptions, fetch
+from runtime.hub.layout import repo_folder
+from runtime.settings import Settings
+settings = Settings.from_env(os.environ)
+source, blob, kept = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+options = FetchOptions(disk_reserve_bytes=0)
+if sys.argv[4] == "large":
+    options = FetchOptions(disk_reserve_bytes=0, disk_free=lambda path: 1 << 40)
+blobs = settings.cache_dir / "hf" / "hub" / repo_folder(settings.model_id) / "blobs"
+blobs.mkdir(parents=True)
+(blobs / f"{blob}.previous.part").write_bytes(source.read_bytes()[:kept])
+boots = []
+for _ in range(2):
+    try:
+        fetch(settings, options)
+        outcome = {"fetched": True}
+    except BootError as exc:
+        outcome = {"error": str(exc)}
+    outcome["parts"] = sorted(p.stat().st_size for p in blobs.glob("*.part"))
+    boots.append(outcome)
+print(json.dumps(boots))
+"""
+
+
+@pytest.mark.parametrize("disk_says", ["its free space", "large"])
+def test_a_partial_download_too_large_to_copy_is_still_taken_over(hub: HubServer, tmp_path: Path,
+                                                                  disk_says: str):
+    """Resuming a previous owner's partial file copies it; on a disk without room for the copy
+    the copy failed halfway, unnoticed: both files stayed, the download then hit a full disk, and
+    every later boot did the same, though the disk had room for the model."""
+    require_small_disk()
+    target = "unet/diffusion_pytorch_model.safetensors"
+    entry = hub.repos[SDXL].entries[target]
+    kept = entry.size * 9 // 10
+    cache = tmp_path / "cache"
+    env = worker_env({"HF_MODEL_ID": SDXL, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+                      "VISGATE_CACHE_DIR": str(cache)})
+    # The model needs about 2.1 MB; the partial holds 1.4 MB of it.
+    done = run_on_small_disk(cache, "size=2600k", [sys.executable, "-c", TAKE_OVER_ON_A_TIGHT_DISK,
+                                                   str(entry.file), entry.sha256, str(kept),
+                                                   "large" if disk_says == "large" else "real"], env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    boots = json.loads(done.stdout.strip().splitlines()[-1])
+    assert boots[0] == {"fetched": True, "parts": []}, boots
+    assert boots[1] == {"fetched": True, "parts": []}, boots
+    ranges = [r.range for r in hub.requests(kind="cdn") if r.path == target]
+    assert ranges == [f"bytes={kept}-"], "the partial file was not resumed"

@@ -178,3 +178,96 @@ def test_a_lock_whose_content_cannot_be_written_is_not_left_behind(tmp_path: Pat
     assert outcome["errno"] == errno.ENOSPC
     assert "could not write the lock file" in outcome["error"]
     assert str(disk / "locks" / "blob.lock") in outcome["error"]
+
+
+# Takes a lock on the small disk, then another process (another worker's download on the shared
+# volume) fills the disk and keeps retrying its writes, so a block freed for a moment is taken at
+# once. Meanwhile this worker's main thread is busy (it holds the GIL between the heartbeat's
+# system calls, as a download does), and the owner beats for a while. One JSON line: what the
+# lock looked like.
+BEAT_ON_A_FULL_DISK = """
+import json, multiprocessing, os, sys, time
+from pathlib import Path
+from runtime.hub.lock import BlobLock
+disk = Path(sys.argv[1])
+lock = disk / "locks" / "blob.lock"
+owner = BlobLock(lock, heartbeat_s=0.02, stale_after_s=60)
+assert owner.acquire(done=lambda: False)
+taken = lock.read_bytes()
+
+def other_download(path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    while True:
+        try:
+            os.write(fd, bytes(4096))
+        except OSError:
+            time.sleep(0.0002)
+
+other = multiprocessing.Process(target=other_download, args=(disk / "other.part",), daemon=True)
+other.start()
+while True:  # the disk is full
+    try:
+        with open(disk / "probe", "wb") as probe:
+            probe.write(bytes(4096))
+        time.sleep(0.01)
+    except OSError:
+        break
+mtimes, torn = set(), 0
+deadline = time.monotonic() + 2.5
+while time.monotonic() < deadline and not owner.lost:
+    for _ in range(20000):  # busy, as a worker is
+        pass
+    try:
+        mtimes.add(lock.stat().st_mtime_ns)
+        torn += lock.read_bytes() != taken
+    except OSError:
+        torn += 1
+other.kill()
+print(json.dumps({"lost": owner.lost, "torn_reads": torn, "mtimes": len(mtimes),
+                  "content_kept": lock.read_bytes() == taken if lock.exists() else False}))
+owner.release()
+"""
+
+
+def test_a_heartbeat_on_a_full_disk_neither_empties_the_lock_nor_gives_it_up(tmp_path: Path):
+    """A beat that rewrote the lock (truncate, then write) lost the freed block to another writer
+    on a full volume: the owner's own lock was left empty, naming no owner, and the owner gave up
+    a download it still held. A beat must keep the lock whole and keep showing it alive."""
+    require_small_disk()
+    disk = tmp_path / "disk"
+    done = run_on_small_disk(disk, "size=64k", [sys.executable, "-c", BEAT_ON_A_FULL_DISK, str(disk)])
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["content_kept"] and outcome["torn_reads"] == 0, outcome
+    assert not outcome["lost"], outcome
+    assert outcome["mtimes"] > 5, f"waiters must still see the heartbeat: {outcome}"
+
+
+# Takes a lock, then the volume turns read-only for a while (a network volume failing over):
+# beats fail, yet nobody else has the lock.
+BEAT_ON_A_READ_ONLY_DISK = """
+import json, subprocess, sys, time
+from pathlib import Path
+from runtime.hub.lock import BlobLock
+disk = Path(sys.argv[1])
+lock = disk / "locks" / "blob.lock"
+owner = BlobLock(lock, heartbeat_s=0.02, stale_after_s=60)
+assert owner.acquire(done=lambda: False)
+subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+time.sleep(0.3)
+lost_while_read_only, before = owner.lost, lock.stat().st_mtime_ns
+subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+time.sleep(0.3)
+print(json.dumps({"lost_while_read_only": lost_while_read_only, "lost": owner.lost,
+                  "beats_again": lock.stat().st_mtime_ns != before}))
+owner.release()
+"""
+
+
+def test_a_heartbeat_that_fails_while_the_lock_is_still_ours_is_tried_again(tmp_path: Path):
+    """Only a lock taken over (gone, or another token in it) is lost; a failed beat is not."""
+    require_small_disk()
+    disk = tmp_path / "disk"
+    done = run_on_small_disk(disk, "size=64k", [sys.executable, "-c", BEAT_ON_A_READ_ONLY_DISK, str(disk)])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"lost_while_read_only": False, "lost": False, "beats_again": True}
