@@ -35,7 +35,7 @@ from pipelines.tiny import ensure_tiny, is_tiny
 from runtime.errors import BootError
 from runtime.hub.api import HubClient, HubOptions, Listing, RevisionNotFound, TransientHubError
 from runtime.hub.integrity import stamp_valid
-from runtime.hub.layout import RemoteFile, RepoCache
+from runtime.hub.layout import NO_ROOM, RemoteFile, RepoCache
 from runtime.hub.manifest import Manifest
 from runtime.hub.progress import Progress, human_bytes
 from runtime.hub.runpod import find_snapshot
@@ -114,7 +114,7 @@ def _disk_full_reported(settings: Settings) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in NO_ROOM:
             raise
         raise BootError(f"disk full while fetching {settings.model_id} into "
                         f"{settings.cache_dir / 'hf'} ({exc.strerror or os.strerror(exc.errno)}): "

@@ -15,6 +15,7 @@ scanner never trips over files it does not know.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -38,6 +39,10 @@ class RemoteFile:
     def blob_name(self) -> str:
         # The hub's own naming: LFS files by their sha256, others by their git object id.
         return self.sha256 or self.blob_id or f"size-{self.size}-{self.path.replace('/', '--')}"
+
+
+# A volume out of blocks or quota (inodes too answer ENOSPC).
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
 def repo_folder(repo_id: str) -> str:
@@ -112,14 +117,23 @@ class RepoCache:
             return target
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            os.symlink(os.path.relpath(blob, target.parent), tmp)
-        except OSError:
-            # Filesystems without symlinks: a hard link, else a copy (what huggingface_hub does).
             try:
-                os.link(blob, tmp)
-            except OSError:
-                shutil.copyfile(blob, tmp)
-        os.replace(tmp, target)
+                os.symlink(os.path.relpath(blob, target.parent), tmp)
+            except OSError as exc:
+                # Filesystems without symlinks: a hard link, else a copy (what huggingface_hub
+                # does). Not on a full volume: a copy of the blob would need its size again.
+                if exc.errno in NO_ROOM:
+                    raise
+                try:
+                    os.link(blob, tmp)
+                except OSError as exc:
+                    if exc.errno in NO_ROOM:
+                        raise
+                    shutil.copyfile(blob, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a random name: nothing else would ever remove it
+            raise
         return target
 
     def linked(self, commit: str, f: RemoteFile) -> bool:

@@ -28,7 +28,7 @@ from typing import Callable
 from runtime.errors import BootError
 from runtime.hub.api import HubClient, TransientHubError, iter_body
 from runtime.hub.integrity import Hasher, stamp_valid, trusted, write_stamp
-from runtime.hub.layout import RemoteFile, RepoCache
+from runtime.hub.layout import NO_ROOM, RemoteFile, RepoCache
 from runtime.hub.lock import BlobLock
 from runtime.hub.progress import Progress, human_bytes
 
@@ -163,7 +163,7 @@ class Transfer:
             shutil.copyfile(theirs, mine)
         except OSError as exc:
             mine.unlink(missing_ok=True)
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno not in NO_ROOM:
                 if not isinstance(exc, FileNotFoundError):  # gone: another worker took it
                     log.warning("could not copy the partial download of %s (%s): not resuming "
                                 "from it", f.path, exc.strerror or exc)

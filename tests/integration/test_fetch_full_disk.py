@@ -117,6 +117,50 @@ def test_a_file_that_cannot_be_written_leaves_no_temp_file(tmp_path: Path):
     assert json.loads(done.stdout) == {"errno": errno.ENOSPC, "left": []}
 
 
+# A snapshot link on a filesystem without symlinks or hard links (some network and FUSE volumes:
+# os.symlink and os.link are made to refuse, as such a filesystem does) falls back to a copy of
+# the blob; here the disk has no room for that copy, or (ENOSPC from the link itself) no inode.
+LINK_ON_A_FULL_DISK = """
+import errno, json, os, shutil, sys
+from pathlib import Path
+from runtime.hub.layout import RemoteFile, RepoCache
+from tests.support.small_disk import fill
+disk, refusal = Path(sys.argv[1]), int(sys.argv[2])
+cache = RepoCache(disk / "hub", disk / "state", "org/model")
+f = RemoteFile(path="unet/weights.bin", size=32768, sha256="ab" * 32)
+cache.blob(f).parent.mkdir(parents=True)
+cache.blob(f).write_bytes(bytes(f.size))
+copies = []
+real_copy = shutil.copyfile
+def refuse(*args, **kwargs):
+    raise OSError(refusal, os.strerror(refusal))
+def copy(src, dst, **kwargs):
+    copies.append(str(dst))
+    return real_copy(src, dst, **kwargs)
+os.symlink, os.link, shutil.copyfile = refuse, refuse, copy
+(cache.snapshot("c" * 40) / "unet").mkdir(parents=True)
+fill(disk)
+try:
+    cache.link("c" * 40, f)
+except OSError as exc:
+    left = [p.name for p in (cache.snapshot("c" * 40) / "unet").iterdir()]
+    print(json.dumps({"errno": exc.errno, "copies": len(copies), "left": left}))
+"""
+
+
+@pytest.mark.parametrize("refusal, copies", [(errno.EPERM, 1), (errno.ENOSPC, 0)])
+def test_a_link_that_cannot_be_made_on_a_full_disk_leaves_no_temp_file(tmp_path: Path, refusal: int,
+                                                                       copies: int):
+    """The copy fallback's temp file was left behind when the copy failed (a random name that
+    nothing removes), and a link refused for want of room was retried as a full copy of the blob."""
+    require_small_disk()
+    disk = tmp_path / "disk"
+    done = run_on_small_disk(disk, "size=256k", [sys.executable, "-c", LINK_ON_A_FULL_DISK, str(disk),
+                                                 str(refusal)])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"errno": errno.ENOSPC, "copies": copies, "left": []}
+
+
 # A previous owner (a killed worker) left most of the UNet as a partial file on a disk with room
 # for the rest of the model but not for a second copy of that partial. Two boots, one after the
 # other; for each, its outcome and the partial files it left.
