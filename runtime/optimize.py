@@ -158,6 +158,15 @@ def fuse_qkv(ctx: Context) -> str:
     fuse = getattr(target, "fuse_qkv_projections", None)
     if fuse is None:
         raise Skip(f"{type(target).__name__} has no fused QKV projections")
+    # diffusers refuses (ValueError) to fuse a model whose attention processors take added KV
+    # projections (DeepFloyd IF's and Kandinsky 2.x's UNets: the text tokens are projected into
+    # each attention's keys and values): that failed every boot of them, on a CPU too. Its own
+    # test, by the processors' class names, so the model is left untouched.
+    added = sorted({type(p).__name__ for p in getattr(target, "attn_processors", {}).values()
+                    if "Added" in type(p).__name__})
+    if added:
+        raise Skip(f"{type(target).__name__} has added KV projections ({', '.join(added)}), "
+                   "which diffusers cannot fuse")
     fuse()
     if ctx.loaded.family.denoiser_attr == "unet":
         from diffusers.models.attention_processor import FusedAttnProcessor2_0

@@ -90,6 +90,52 @@ def test_each_option_reports_applied_or_skipped(built_tiny_repo, model, env, app
     assert image.shape == (256, 256, 3) and image.std() > 1.0
 
 
+@pytest.fixture(scope="module")
+def tiny_if(built_tiny_repo, tmp_path_factory) -> Path:
+    """A DeepFloyd IF-shaped pipeline (served by the generic family): a pixel-space UNet whose
+    attention is IF's SimpleCrossAttn blocks, with added KV projections (AttnAddedKVProcessor,
+    as in Kandinsky 2.x's UNets too), no BasicTransformerBlock (the UNet's declared repeated
+    block) and no VAE at all."""
+    import torch
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    flux = built_tiny_repo("visgate/tiny-flux")  # its tiny T5 serves as IF's text encoder
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        # attention only at the lowest of four levels: 32x32 tokens for a 256x256 image
+        sample_size=64, in_channels=3, out_channels=6, layers_per_block=1, block_out_channels=(8, 16, 16, 32),
+        down_block_types=("ResnetDownsampleBlock2D",) * 3 + ("SimpleCrossAttnDownBlock2D",),
+        up_block_types=("SimpleCrossAttnUpBlock2D",) + ("ResnetUpsampleBlock2D",) * 3,
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", attention_head_dim=8, cross_attention_dim=32,
+        encoder_hid_dim=32, encoder_hid_dim_type="text_proj", addition_embed_type="text",
+        addition_embed_type_num_heads=4, resnet_time_scale_shift="scale_shift", act_fn="gelu",
+        norm_num_groups=8)
+    dest = tmp_path_factory.mktemp("tiny-if") / "if"
+    IFPipeline(tokenizer=AutoTokenizer.from_pretrained(flux / "tokenizer_2"),
+               text_encoder=T5EncoderModel.from_pretrained(flux / "text_encoder_2"), unet=unet,
+               scheduler=DDPMScheduler(variance_type="learned_range", beta_schedule="squaredcos_cap_v2"),
+               safety_checker=None, feature_extractor=None, watermarker=None,
+               requires_safety_checker=False).save_pretrained(dest, safe_serialization=True)
+    return dest
+
+
+def test_fuse_qkv_skips_a_unet_with_added_kv_projections(tiny_if):
+    # diffusers raises ValueError for these: it failed every DeepFloyd IF / Kandinsky 2.x boot.
+    from runtime.optimize import optimize
+
+    loaded, settings = _loaded(tiny_if)
+    assert (loaded.family.name, loaded.family.denoiser_attr) == ("generic", "unet")
+    processors = {name: type(p) for name, p in loaded.pipe.unet.attn_processors.items()}
+    report = optimize(loaded, settings)
+    assert "added KV projections (AttnAddedKVProcessor2_0)" in report.skipped["fuse_qkv"], report.as_dict()
+    # left as it was: no projection fused, no processor swapped
+    assert {name: type(p) for name, p in loaded.pipe.unet.attn_processors.items()} == processors
+    assert not any(getattr(m, "fused_projections", False) for m in loaded.pipe.unet.modules())
+    image = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
+    assert image.shape == (256, 256, 3) and image.std() > 1.0
+
+
 def _check_the_model_itself(loaded, report) -> None:
     """What an "applied" report claims, checked on the modules, not on its wording."""
     import torch
