@@ -106,6 +106,11 @@ def _quantize(ctx: Context) -> str:
         if _capability(ctx) < (8, 9):
             raise Skip(f"fp8 needs compute capability 8.9 or higher (this GPU: "
                        f"{'.'.join(map(str, _capability(ctx)))})")
+    if mode == "fp8" and ctx.loaded.precision != "bf16":
+        # torchao's row-wise fp8 (PerRow) asserts bf16 weights: SDXL, fp16 by its auto
+        # precision, failed its boot here.
+        raise Skip(f"fp8 (row-wise scales) needs bf16 weights, not {ctx.loaded.precision}: "
+                   "set VISGATE_PRECISION=bf16")
     quantize_ = _torchao().quantize_
     # device=: torchao moves each linear layer to the GPU just before quantizing it.
     quantize_(ctx.denoiser, quantization_config(mode), device=ctx.loaded.device)

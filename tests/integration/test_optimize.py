@@ -169,6 +169,28 @@ def test_weight_only_modes_quantize_large_text_encoders_too(built_tiny_repo, mon
     assert image.shape == (256, 256, 3) and image.std() > 1.0
 
 
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_fp8_on_weights_that_are_not_bf16_is_skipped_naming_the_setting(built_tiny_repo, monkeypatch,
+                                                                          precision):
+    # torchao's row-wise fp8 asserts bf16 weights: SDXL (fp16 by its auto precision) failed its
+    # boot. The check comes after the GPU ones, so this pipeline (on the CPU) is presented as
+    # served on a Hopper GPU: the capability is the one fact a CPU cannot have.
+    import torch
+
+    from runtime.load import Loaded
+    from runtime.optimize import Context, OptimizationReport, Skip, quantize
+
+    cpu_loaded, settings = _loaded(built_tiny_repo("visgate/tiny-sdxl"), VISGATE_QUANTIZE="fp8",
+                                   VISGATE_PRECISION=precision)
+    assert cpu_loaded.pipe.unet.dtype == getattr(torch, {"fp16": "float16", "fp32": "float32"}[precision])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    loaded = Loaded(family=cpu_loaded.family, pipe=cpu_loaded.pipe, precision=precision, device="cuda")
+    with pytest.raises(Skip, match=f"needs bf16 weights, not {precision}: set VISGATE_PRECISION=bf16"):
+        quantize(Context(loaded=loaded, settings=settings, report=OptimizationReport()))
+    linears = [m for m in loaded.pipe.unet.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(type(m.weight) is torch.nn.Parameter for m in linears)  # left as they were
+
+
 def test_int8_weights_keep_a_bf16_layer_accurate():
     # What a GPU serves: bf16 weights of FLUX's scale (std 0.02). torchao 0.15 (the image's)
     # loses 11% of this output with its int8 version 2 and 0.9% with its default, version 1;
