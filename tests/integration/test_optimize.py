@@ -152,6 +152,29 @@ def _check_the_model_itself(loaded, report) -> None:
         assert len(plain) == len(linears)
 
 
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp16"), ((7, 0), "fp16"),
+                                                    ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_is_bf16_only_where_the_gpu_runs_it_natively(built_tiny_repo, monkeypatch,
+                                                                     capability, expected):
+    # torch.cuda.is_bf16_supported() says True on a T4 (7.5) or V100 (7.0), which emulate bf16
+    # slowly: the serving device's compute capability decides. Both are GPU facts a CPU cannot
+    # have, so they are set here as such a GPU reports them.
+    import torch
+
+    from pipelines.registry import detect_family
+    from runtime.load import choose_precision
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: asked.append(device) or capability)
+    family = detect_family(built_tiny_repo("visgate/tiny-flux"))
+    assert choose_precision("auto", family, "cuda:1") == expected
+    assert asked == ["cuda:1"]  # the serving device's, not the current one's
+    assert choose_precision("bf16", family, "cuda:1") == "bf16"  # an explicit setting is kept
+    assert choose_precision("auto", family, "cpu") == "fp32"
+
+
 def test_weight_only_modes_quantize_large_text_encoders_too(built_tiny_repo, monkeypatch):
     # T5-XXL (4.7 B parameters) is quantized beside the transformer so FLUX.1-dev fits 24 GB; the
     # tiny T5 is far below the threshold, so lower it here.
