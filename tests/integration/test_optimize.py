@@ -136,6 +136,90 @@ def test_fuse_qkv_skips_a_unet_with_added_kv_projections(tiny_if):
     assert image.shape == (256, 256, 3) and image.std() > 1.0
 
 
+def _as_if_on_a_gpu(loaded: Any) -> Any:
+    """The same pipeline (still on the CPU), as the optimize stage sees one served on a GPU: for
+    steps that only decide by ``on_cuda`` and then work on the modules wherever they are."""
+    from runtime.load import Loaded
+
+    return Loaded(family=loaded.family, pipe=loaded.pipe, precision=loaded.precision, device="cuda")
+
+
+def _channels_last_step(loaded: Any, settings: Any) -> str:
+    from runtime.optimize import Context, OptimizationReport, channels_last
+
+    return channels_last(Context(loaded=_as_if_on_a_gpu(loaded), settings=settings,
+                                 report=OptimizationReport()))
+
+
+def _convs_in_channels_last(module: Any) -> list[bool]:
+    import torch
+
+    return [m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
+            for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+
+
+def test_channels_last_without_a_vae_converts_the_unet_only(tiny_if):
+    # DeepFloyd IF has no VAE: the step raised AttributeError on pipe.vae and failed the boot.
+    loaded, settings = _loaded(tiny_if)
+    assert getattr(loaded.pipe, "vae", None) is None
+    assert _channels_last_step(loaded, settings) == "unet (no vae)"
+    assert all(_convs_in_channels_last(loaded.pipe.unet))
+    image = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
+    assert image.shape == (256, 256, 3) and image.std() > 1.0
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("visgate/tiny-flux", None),  # nothing else to convert: the step is skipped
+    ("visgate/tiny-sdxl", "unet (vae has 5-D (Conv3d) weights)"),
+])
+def test_channels_last_leaves_a_video_style_vae_alone(built_tiny_repo, model, expected):
+    # channels_last exists for 4-D tensors only: a VAE with Conv3d weights (Wan's, Qwen-Image's)
+    # made module.to(memory_format=torch.channels_last) raise, and the boot fail.
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from runtime.optimize import Skip
+
+    loaded, settings = _loaded(built_tiny_repo(model))
+    torch.manual_seed(0)
+    loaded.pipe.vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                       temperal_downsample=[False, True, True])
+    assert any(p.dim() == 5 for p in loaded.pipe.vae.parameters())
+    if expected is None:
+        with pytest.raises(Skip, match=r"nothing to convert \(vae has 5-D \(Conv3d\) weights\)"):
+            _channels_last_step(loaded, settings)
+    else:
+        assert _channels_last_step(loaded, settings) == expected
+        assert all(_convs_in_channels_last(loaded.pipe.unet))
+    assert all(p.is_contiguous() for p in loaded.pipe.vae.parameters())  # not half converted
+
+
+def test_regional_compile_of_a_unet_without_its_repeated_blocks_compiles_it_whole(tiny_if):
+    # UNet2DConditionModel declares BasicTransformerBlock as its repeated block; IF's UNet (and
+    # Kandinsky 2.x's) has none, and diffusers' compile_repeated_blocks raised ValueError. IF has
+    # no VAE decoder to compile either (AttributeError on pipe.vae).
+    import torch
+    from torch._dynamo.utils import counters
+
+    from runtime.optimize import optimize
+
+    loaded, settings = _loaded(tiny_if, VISGATE_COMPILE="regional")
+    eager = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
+    report = optimize(loaded, settings)
+    assert report.applied["compile"] == (
+        "UNet2DConditionModel whole (no regional compile: none of its repeated blocks "
+        "['BasicTransformerBlock'] is in it); no VAE decoder"), report.as_dict()
+    before = sum(v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache_"))
+    try:
+        compiled = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
+        # the whole UNet really ran compiled (the first call compiles it)
+        assert sum(v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache_")) > before
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
+    assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= MAX_PIXEL_DIFF
+
+
 def _check_the_model_itself(loaded, report) -> None:
     """What an "applied" report claims, checked on the modules, not on its wording."""
     import torch
