@@ -185,11 +185,16 @@ _BACKENDS = {"sdpa": "native", "native": "native", "cudnn": "_native_cudnn", "fl
 
 
 def _flash3_available() -> bool:
+    """Whether diffusers itself will run its ``_flash_3`` backend: its own flag, not an import
+    of ours. diffusers (0.42) wants a ``flash_attn_3`` distribution installed *and*
+    ``flash_attn_interface`` importing; a ``flash_attn_interface`` alone (another distribution
+    name, a copied module) imports fine, and ``auto`` then picked a backend diffusers refuses.
+    Unknown (the private flag renamed): False, and ``auto`` keeps PyTorch SDPA."""
     try:
-        import flash_attn_interface  # type: ignore[import-not-found]  # noqa: F401
+        from diffusers.models import attention_dispatch
     except ImportError:
         return False
-    return True
+    return bool(getattr(attention_dispatch, "_CAN_USE_FLASH_ATTN_3", False))
 
 
 def attention(ctx: Context) -> str:

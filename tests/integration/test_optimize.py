@@ -220,6 +220,31 @@ def test_regional_compile_of_a_unet_without_its_repeated_blocks_compiles_it_whol
     assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= MAX_PIXEL_DIFF
 
 
+def test_auto_attention_picks_flash3_only_when_diffusers_would_run_it(built_tiny_repo, tmp_path,
+                                                                       monkeypatch):
+    # A flash_attn_interface that imports but is not the "flash_attn_3" distribution diffusers
+    # checks for: auto took it for FA3 on a Hopper GPU, and diffusers then refused the backend.
+    # The module here is such a module; the GPU's capability is the one fact set by hand.
+    import torch
+    from diffusers.models import attention_dispatch
+
+    from runtime.optimize import Context, OptimizationReport, _flash3_available, attention
+
+    (tmp_path / "flash_attn_interface.py").write_text(
+        "def flash_attn_func(*args, **kwargs):\n    raise RuntimeError('not FA3')\n\n"
+        "flash_attn_varlen_func = flash_attn_func\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn_interface", raising=False)
+    __import__("flash_attn_interface")  # importable ...
+    assert not attention_dispatch._CAN_USE_FLASH_ATTN_3  # ... and refused by diffusers
+    assert _flash3_available() is False
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    loaded, settings = _loaded(built_tiny_repo("visgate/tiny-flux"))
+    ctx = Context(loaded=_as_if_on_a_gpu(loaded), settings=settings, report=OptimizationReport())
+    assert attention(ctx).startswith("sdpa")  # applied, not "flash3 unavailable"
+
+
 def _check_the_model_itself(loaded, report) -> None:
     """What an "applied" report claims, checked on the modules, not on its wording."""
     import torch
