@@ -73,7 +73,9 @@ def choose_precision(setting: str, family: PipelineFamily, device: str) -> str:
     if preferred == "bf16" and device.startswith("cuda"):
         import torch
 
-        if not torch.cuda.is_bf16_supported():
+        # Not torch.cuda.is_bf16_supported(): it says True on pre-Ampere GPUs too (T4, V100, by
+        # emulation). Native bf16 starts at compute capability 8.0, of the serving device.
+        if torch.cuda.get_device_capability(device) < (8, 0):
             # Pre-Ampere GPUs emulate bf16 slowly; fp16 is their native half precision.
             return "fp16"
     return preferred

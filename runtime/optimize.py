@@ -106,6 +106,11 @@ def _quantize(ctx: Context) -> str:
         if _capability(ctx) < (8, 9):
             raise Skip(f"fp8 needs compute capability 8.9 or higher (this GPU: "
                        f"{'.'.join(map(str, _capability(ctx)))})")
+    if mode == "fp8" and ctx.loaded.precision != "bf16":
+        # torchao's row-wise fp8 (PerRow) asserts bf16 weights: SDXL, fp16 by its auto
+        # precision, failed its boot here.
+        raise Skip(f"fp8 (row-wise scales) needs bf16 weights, not {ctx.loaded.precision}: "
+                   "set VISGATE_PRECISION=bf16")
     quantize_ = _torchao().quantize_
     # device=: torchao moves each linear layer to the GPU just before quantizing it.
     quantize_(ctx.denoiser, quantization_config(mode), device=ctx.loaded.device)
@@ -158,6 +163,15 @@ def fuse_qkv(ctx: Context) -> str:
     fuse = getattr(target, "fuse_qkv_projections", None)
     if fuse is None:
         raise Skip(f"{type(target).__name__} has no fused QKV projections")
+    # diffusers refuses (ValueError) to fuse a model whose attention processors take added KV
+    # projections (DeepFloyd IF's and Kandinsky 2.x's UNets: the text tokens are projected into
+    # each attention's keys and values): that failed every boot of them, on a CPU too. Its own
+    # test, by the processors' class names, so the model is left untouched.
+    added = sorted({type(p).__name__ for p in getattr(target, "attn_processors", {}).values()
+                    if "Added" in type(p).__name__})
+    if added:
+        raise Skip(f"{type(target).__name__} has added KV projections ({', '.join(added)}), "
+                   "which diffusers cannot fuse")
     fuse()
     if ctx.loaded.family.denoiser_attr == "unet":
         from diffusers.models.attention_processor import FusedAttnProcessor2_0
@@ -171,11 +185,16 @@ _BACKENDS = {"sdpa": "native", "native": "native", "cudnn": "_native_cudnn", "fl
 
 
 def _flash3_available() -> bool:
+    """Whether diffusers itself will run its ``_flash_3`` backend: its own flag, not an import
+    of ours. diffusers (0.42) wants a ``flash_attn_3`` distribution installed *and*
+    ``flash_attn_interface`` importing; a ``flash_attn_interface`` alone (another distribution
+    name, a copied module) imports fine, and ``auto`` then picked a backend diffusers refuses.
+    Unknown (the private flag renamed): False, and ``auto`` keeps PyTorch SDPA."""
     try:
-        import flash_attn_interface  # type: ignore[import-not-found]  # noqa: F401
+        from diffusers.models import attention_dispatch
     except ImportError:
         return False
-    return True
+    return bool(getattr(attention_dispatch, "_CAN_USE_FLASH_ATTN_3", False))
 
 
 def attention(ctx: Context) -> str:
@@ -231,17 +250,45 @@ def _probe_attention(denoiser: Any, backend: str) -> None:
         dispatch_attention_fn(q, q, q, backend=AttentionBackendName(backend))
 
 
+def _vae(pipe: Any) -> Any:
+    """The pipeline's VAE, or None: DeepFloyd IF works in pixel space and has none (Kandinsky's
+    is its ``movq``)."""
+    return getattr(pipe, "vae", None)
+
+
+def _vae_decoder(pipe: Any) -> Any:
+    return getattr(_vae(pipe), "decoder", None)
+
+
+def _five_d(module: Any) -> bool:
+    """Whether ``module`` holds 5-D tensors (Conv3d weights: Wan's and Qwen-Image's video-style
+    VAEs): ``to(memory_format=torch.channels_last)`` raises on those, after converting part of
+    the module's 4-D ones."""
+    import itertools
+
+    return any(t.dim() == 5 for t in itertools.chain(module.parameters(), module.buffers()))
+
+
 def channels_last(ctx: Context) -> str:
     import torch
 
     if not ctx.on_cuda:
         raise Skip("channels_last only pays on a GPU")
-    ctx.pipe.vae.to(memory_format=torch.channels_last)
-    done = ["vae"]
+    targets = [("vae", _vae(ctx.pipe))]
     if ctx.loaded.family.denoiser_attr == "unet":
-        ctx.denoiser.to(memory_format=torch.channels_last)
-        done.append("unet")
-    return "+".join(done)
+        targets.append(("unet", ctx.denoiser))
+    done, not_done = [], []
+    for name, module in targets:
+        if module is None:
+            not_done.append(f"no {name}")
+        elif _five_d(module):
+            not_done.append(f"{name} has 5-D (Conv3d) weights")
+        else:
+            module.to(memory_format=torch.channels_last)
+            done.append(name)
+    if not done:
+        raise Skip(f"nothing to convert ({'; '.join(not_done)})")
+    return "+".join(done) + (f" ({'; '.join(not_done)})" if not_done else "")
 
 
 def compile_models(ctx: Context) -> str:
@@ -251,18 +298,31 @@ def compile_models(ctx: Context) -> str:
     configure_dynamo(len(ctx.settings.warmup_shapes) + 1)
     if mode == "aot":
         return _compile_ahead_of_time(ctx)
-    compiled = [_compile_denoiser(ctx.denoiser, mode), _compile_decoder(ctx.pipe.vae.decoder)]
+    decoder = _vae_decoder(ctx.pipe)
+    compiled = [_compile_denoiser(ctx.denoiser, mode),
+                _compile_decoder(decoder) if decoder is not None else "no VAE decoder"]
     # Compilation happens lazily at the first call: the warmup stage pays for it.
     return "; ".join(compiled)
 
 
 def _compile_denoiser(target: Any, mode: str) -> str:
-    if mode == "regional" and getattr(target, "_repeated_blocks", None):
-        target.compile_repeated_blocks(fullgraph=True)
-        return f"{type(target).__name__} repeated blocks {list(target._repeated_blocks)}"
+    name = type(target).__name__
+    if mode == "regional":
+        # diffusers' compile_repeated_blocks raises ValueError when the model declares no repeated
+        # block, or when none of the declared classes is in it: UNet2DConditionModel declares
+        # BasicTransformerBlock, which DeepFloyd IF's and Kandinsky 2.x's UNets (SimpleCrossAttn
+        # blocks) do not have. Its own test, so such a denoiser is compiled whole instead.
+        blocks = list(getattr(target, "_repeated_blocks", None) or [])
+        if (blocks and hasattr(target, "compile_repeated_blocks")
+                and any(type(m).__name__ in blocks for m in target.modules())):
+            target.compile_repeated_blocks(fullgraph=True)
+            return f"{name} repeated blocks {blocks}"
+        why = f"none of its repeated blocks {blocks} is in it" if blocks else "it declares no repeated blocks"
+        target.compile(fullgraph=False)
+        return f"{name} whole (no regional compile: {why})"
     options = {"mode": "max-autotune"} if mode == "max-autotune" else {}
-    target.compile(fullgraph=mode != "regional", **options)
-    return f"{type(target).__name__} whole ({mode})"
+    target.compile(fullgraph=True, **options)
+    return f"{name} whole ({mode})"
 
 
 def _compile_decoder(decoder: Any) -> str:
@@ -278,18 +338,20 @@ def _compile_ahead_of_time(ctx: Context) -> str:
 
     if ctx.aot_store is None:
         raise Skip("no compile cache directory for ahead-of-time packages")
-    denoiser, decoder = ctx.denoiser, ctx.pipe.vae.decoder
+    denoiser, decoder = ctx.denoiser, _vae_decoder(ctx.pipe)
     wrappers = [
         # CUDA graphs for the denoiser only: it runs at every step, while the VAE decoder runs
         # once per image and SDXL's moves to new fp32 storage each time (a capture per job).
         AotModule(denoiser, ctx.loaded.family.denoiser_attr, ctx.aot_store, ctx.loaded.device,
                   fallback=lambda: _compile_denoiser(denoiser, "regional"), cuda_graphs=ctx.on_cuda),
-        AotModule(decoder, "vae_decoder", ctx.aot_store, ctx.loaded.device,
-                  fallback=lambda: _compile_decoder(decoder)),
     ]
+    if decoder is not None:  # none in a pixel-space pipeline (DeepFloyd IF)
+        wrappers.append(AotModule(decoder, "vae_decoder", ctx.aot_store, ctx.loaded.device,
+                                  fallback=lambda: _compile_decoder(decoder)))
     ctx.report.aot_modules.extend(wrappers)
     graphs = " + CUDA graphs for the denoiser" if ctx.on_cuda else ""
-    return (f"{type(denoiser).__name__} whole + vae.decoder ahead of time (torch.export + "
+    parts = " + vae.decoder" if decoder is not None else " (no VAE decoder)"
+    return (f"{type(denoiser).__name__} whole{parts} ahead of time (torch.export + "
             f"AOTInductor{graphs}), per warmed input signature")
 
 

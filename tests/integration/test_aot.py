@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.integration.test_optimize import MAX_PIXEL_DIFF, MIN_PSNR_DB, _boot_record, _loaded, _request, psnr
+from tests.integration.test_optimize import (MAX_PIXEL_DIFF, MIN_PSNR_DB, _boot_record, _loaded, _request, psnr,
+                                              tiny_if)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -183,6 +184,24 @@ def test_weights_given_new_storage_are_rebound(aot_tiny_sdxl):
         with torch.no_grad():
             for name, p in decoder.named_parameters():
                 p.copy_(original[name])
+
+
+def test_a_pipeline_without_a_vae_gets_a_package_for_its_denoiser_only(tiny_if, tmp_path):
+    """DeepFloyd IF works in pixel space: no VAE decoder to wrap (the step raised AttributeError
+    on pipe.vae and failed the boot)."""
+    from runtime.aot import AotStore
+    from runtime.optimize import optimize
+
+    loaded, settings = _loaded(tiny_if, VISGATE_COMPILE="aot")
+    report = optimize(loaded, settings, aot_store=AotStore(tmp_path, "testkey"))
+    try:
+        assert report.applied["compile"].startswith(
+            "UNet2DConditionModel whole (no VAE decoder) ahead of time"), report.as_dict()
+        assert [wrapper.name for wrapper in report.aot_modules] == ["unet"]
+        assert loaded.pipe.unet.forward is report.aot_modules[0]
+    finally:
+        for wrapper in report.aot_modules:
+            wrapper.uninstall()
 
 
 # ---- a module export cannot capture: torch.compile instead, and the record says so -------------------

@@ -90,6 +90,161 @@ def test_each_option_reports_applied_or_skipped(built_tiny_repo, model, env, app
     assert image.shape == (256, 256, 3) and image.std() > 1.0
 
 
+@pytest.fixture(scope="module")
+def tiny_if(built_tiny_repo, tmp_path_factory) -> Path:
+    """A DeepFloyd IF-shaped pipeline (served by the generic family): a pixel-space UNet whose
+    attention is IF's SimpleCrossAttn blocks, with added KV projections (AttnAddedKVProcessor,
+    as in Kandinsky 2.x's UNets too), no BasicTransformerBlock (the UNet's declared repeated
+    block) and no VAE at all."""
+    import torch
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    flux = built_tiny_repo("visgate/tiny-flux")  # its tiny T5 serves as IF's text encoder
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        # attention only at the lowest of four levels: 32x32 tokens for a 256x256 image
+        sample_size=64, in_channels=3, out_channels=6, layers_per_block=1, block_out_channels=(8, 16, 16, 32),
+        down_block_types=("ResnetDownsampleBlock2D",) * 3 + ("SimpleCrossAttnDownBlock2D",),
+        up_block_types=("SimpleCrossAttnUpBlock2D",) + ("ResnetUpsampleBlock2D",) * 3,
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", attention_head_dim=8, cross_attention_dim=32,
+        encoder_hid_dim=32, encoder_hid_dim_type="text_proj", addition_embed_type="text",
+        addition_embed_type_num_heads=4, resnet_time_scale_shift="scale_shift", act_fn="gelu",
+        norm_num_groups=8)
+    dest = tmp_path_factory.mktemp("tiny-if") / "if"
+    IFPipeline(tokenizer=AutoTokenizer.from_pretrained(flux / "tokenizer_2"),
+               text_encoder=T5EncoderModel.from_pretrained(flux / "text_encoder_2"), unet=unet,
+               scheduler=DDPMScheduler(variance_type="learned_range", beta_schedule="squaredcos_cap_v2"),
+               safety_checker=None, feature_extractor=None, watermarker=None,
+               requires_safety_checker=False).save_pretrained(dest, safe_serialization=True)
+    return dest
+
+
+def test_fuse_qkv_skips_a_unet_with_added_kv_projections(tiny_if):
+    # diffusers raises ValueError for these: it failed every DeepFloyd IF / Kandinsky 2.x boot.
+    from runtime.optimize import optimize
+
+    loaded, settings = _loaded(tiny_if)
+    assert (loaded.family.name, loaded.family.denoiser_attr) == ("generic", "unet")
+    processors = {name: type(p) for name, p in loaded.pipe.unet.attn_processors.items()}
+    report = optimize(loaded, settings)
+    assert "added KV projections (AttnAddedKVProcessor2_0)" in report.skipped["fuse_qkv"], report.as_dict()
+    # left as it was: no projection fused, no processor swapped
+    assert {name: type(p) for name, p in loaded.pipe.unet.attn_processors.items()} == processors
+    assert not any(getattr(m, "fused_projections", False) for m in loaded.pipe.unet.modules())
+    image = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
+    assert image.shape == (256, 256, 3) and image.std() > 1.0
+
+
+def _as_if_on_a_gpu(loaded: Any) -> Any:
+    """The same pipeline (still on the CPU), as the optimize stage sees one served on a GPU: for
+    steps that only decide by ``on_cuda`` and then work on the modules wherever they are."""
+    from runtime.load import Loaded
+
+    return Loaded(family=loaded.family, pipe=loaded.pipe, precision=loaded.precision, device="cuda")
+
+
+def _channels_last_step(loaded: Any, settings: Any) -> str:
+    from runtime.optimize import Context, OptimizationReport, channels_last
+
+    return channels_last(Context(loaded=_as_if_on_a_gpu(loaded), settings=settings,
+                                 report=OptimizationReport()))
+
+
+def _convs_in_channels_last(module: Any) -> list[bool]:
+    import torch
+
+    return [m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
+            for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+
+
+def test_channels_last_without_a_vae_converts_the_unet_only(tiny_if):
+    # DeepFloyd IF has no VAE: the step raised AttributeError on pipe.vae and failed the boot.
+    loaded, settings = _loaded(tiny_if)
+    assert getattr(loaded.pipe, "vae", None) is None
+    assert _channels_last_step(loaded, settings) == "unet (no vae)"
+    assert all(_convs_in_channels_last(loaded.pipe.unet))
+    image = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
+    assert image.shape == (256, 256, 3) and image.std() > 1.0
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("visgate/tiny-flux", None),  # nothing else to convert: the step is skipped
+    ("visgate/tiny-sdxl", "unet (vae has 5-D (Conv3d) weights)"),
+])
+def test_channels_last_leaves_a_video_style_vae_alone(built_tiny_repo, model, expected):
+    # channels_last exists for 4-D tensors only: a VAE with Conv3d weights (Wan's, Qwen-Image's)
+    # made module.to(memory_format=torch.channels_last) raise, and the boot fail.
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from runtime.optimize import Skip
+
+    loaded, settings = _loaded(built_tiny_repo(model))
+    torch.manual_seed(0)
+    loaded.pipe.vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                       temperal_downsample=[False, True, True])
+    assert any(p.dim() == 5 for p in loaded.pipe.vae.parameters())
+    if expected is None:
+        with pytest.raises(Skip, match=r"nothing to convert \(vae has 5-D \(Conv3d\) weights\)"):
+            _channels_last_step(loaded, settings)
+    else:
+        assert _channels_last_step(loaded, settings) == expected
+        assert all(_convs_in_channels_last(loaded.pipe.unet))
+    assert all(p.is_contiguous() for p in loaded.pipe.vae.parameters())  # not half converted
+
+
+def test_regional_compile_of_a_unet_without_its_repeated_blocks_compiles_it_whole(tiny_if):
+    # UNet2DConditionModel declares BasicTransformerBlock as its repeated block; IF's UNet (and
+    # Kandinsky 2.x's) has none, and diffusers' compile_repeated_blocks raised ValueError. IF has
+    # no VAE decoder to compile either (AttributeError on pipe.vae).
+    import torch
+    from torch._dynamo.utils import counters
+
+    from runtime.optimize import optimize
+
+    loaded, settings = _loaded(tiny_if, VISGATE_COMPILE="regional")
+    eager = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
+    report = optimize(loaded, settings)
+    assert report.applied["compile"] == (
+        "UNet2DConditionModel whole (no regional compile: none of its repeated blocks "
+        "['BasicTransformerBlock'] is in it); no VAE decoder"), report.as_dict()
+    before = sum(v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache_"))
+    try:
+        compiled = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
+        # the whole UNet really ran compiled (the first call compiles it)
+        assert sum(v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache_")) > before
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
+    assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= MAX_PIXEL_DIFF
+
+
+def test_auto_attention_picks_flash3_only_when_diffusers_would_run_it(built_tiny_repo, tmp_path,
+                                                                       monkeypatch):
+    # A flash_attn_interface that imports but is not the "flash_attn_3" distribution diffusers
+    # checks for: auto took it for FA3 on a Hopper GPU, and diffusers then refused the backend.
+    # The module here is such a module; the GPU's capability is the one fact set by hand.
+    import torch
+    from diffusers.models import attention_dispatch
+
+    from runtime.optimize import Context, OptimizationReport, _flash3_available, attention
+
+    (tmp_path / "flash_attn_interface.py").write_text(
+        "def flash_attn_func(*args, **kwargs):\n    raise RuntimeError('not FA3')\n\n"
+        "flash_attn_varlen_func = flash_attn_func\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn_interface", raising=False)
+    __import__("flash_attn_interface")  # importable ...
+    assert not attention_dispatch._CAN_USE_FLASH_ATTN_3  # ... and refused by diffusers
+    assert _flash3_available() is False
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    loaded, settings = _loaded(built_tiny_repo("visgate/tiny-flux"))
+    ctx = Context(loaded=_as_if_on_a_gpu(loaded), settings=settings, report=OptimizationReport())
+    assert attention(ctx).startswith("sdpa")  # applied, not "flash3 unavailable"
+
+
 def _check_the_model_itself(loaded, report) -> None:
     """What an "applied" report claims, checked on the modules, not on its wording."""
     import torch
@@ -104,6 +259,29 @@ def _check_the_model_itself(loaded, report) -> None:
         assert linears and not plain, [type(m.weight).__name__ for m in plain][:3]
     else:
         assert len(plain) == len(linears)
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp16"), ((7, 0), "fp16"),
+                                                    ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_is_bf16_only_where_the_gpu_runs_it_natively(built_tiny_repo, monkeypatch,
+                                                                     capability, expected):
+    # torch.cuda.is_bf16_supported() says True on a T4 (7.5) or V100 (7.0), which emulate bf16
+    # slowly: the serving device's compute capability decides. Both are GPU facts a CPU cannot
+    # have, so they are set here as such a GPU reports them.
+    import torch
+
+    from pipelines.registry import detect_family
+    from runtime.load import choose_precision
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: asked.append(device) or capability)
+    family = detect_family(built_tiny_repo("visgate/tiny-flux"))
+    assert choose_precision("auto", family, "cuda:1") == expected
+    assert asked == ["cuda:1"]  # the serving device's, not the current one's
+    assert choose_precision("bf16", family, "cuda:1") == "bf16"  # an explicit setting is kept
+    assert choose_precision("auto", family, "cpu") == "fp32"
 
 
 def test_weight_only_modes_quantize_large_text_encoders_too(built_tiny_repo, monkeypatch):
@@ -121,6 +299,28 @@ def test_weight_only_modes_quantize_large_text_encoders_too(built_tiny_repo, mon
     assert t5_linears and all(type(m.weight) is not torch.nn.Parameter for m in t5_linears)
     image = loaded.family.generate(loaded.pipe, _request(seed=1, steps=1))
     assert image.shape == (256, 256, 3) and image.std() > 1.0
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_fp8_on_weights_that_are_not_bf16_is_skipped_naming_the_setting(built_tiny_repo, monkeypatch,
+                                                                          precision):
+    # torchao's row-wise fp8 asserts bf16 weights: SDXL (fp16 by its auto precision) failed its
+    # boot. The check comes after the GPU ones, so this pipeline (on the CPU) is presented as
+    # served on a Hopper GPU: the capability is the one fact a CPU cannot have.
+    import torch
+
+    from runtime.load import Loaded
+    from runtime.optimize import Context, OptimizationReport, Skip, quantize
+
+    cpu_loaded, settings = _loaded(built_tiny_repo("visgate/tiny-sdxl"), VISGATE_QUANTIZE="fp8",
+                                   VISGATE_PRECISION=precision)
+    assert cpu_loaded.pipe.unet.dtype == getattr(torch, {"fp16": "float16", "fp32": "float32"}[precision])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    loaded = Loaded(family=cpu_loaded.family, pipe=cpu_loaded.pipe, precision=precision, device="cuda")
+    with pytest.raises(Skip, match=f"needs bf16 weights, not {precision}: set VISGATE_PRECISION=bf16"):
+        quantize(Context(loaded=loaded, settings=settings, report=OptimizationReport()))
+    linears = [m for m in loaded.pipe.unet.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(type(m.weight) is torch.nn.Parameter for m in linears)  # left as they were
 
 
 def test_int8_weights_keep_a_bf16_layer_accurate():
