@@ -175,7 +175,9 @@ settings = Settings.from_env(os.environ)
 source, blob, kept = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 options = FetchOptions(disk_reserve_bytes=0)
 if sys.argv[4] == "large":
-    options = FetchOptions(disk_reserve_bytes=0, disk_free=lambda path: 1 << 40)
+    # One download at a time: the copy attempted here fills the disk until it fails, and a
+    # download running beside it would meet that full disk first (and fail the boot) on a busy CPU.
+    options = FetchOptions(disk_reserve_bytes=0, disk_free=lambda path: 1 << 40, workers=1)
 blobs = settings.cache_dir / "hf" / "hub" / repo_folder(settings.model_id) / "blobs"
 blobs.mkdir(parents=True)
 (blobs / f"{blob}.previous.part").write_bytes(source.read_bytes()[:kept])
