@@ -21,6 +21,15 @@ _NEEDS_AN_IMAGE = ("ControlNet", "Control", "Kontext")
 # fail at its first call, so it is not offered.
 _CALL_ARGUMENTS = ("prompt", "num_inference_steps", "guidance_scale", "height", "width", "generator",
                    "output_type")
+# Pipelines whose few-step distilled checkpoints say so in model_index.json (``is_distilled``) while
+# the call keeps the base checkpoint's defaults: (steps, guidance) their authors give for the
+# distilled one. FLUX.2 [klein] 4B/9B: 4 steps, guidance 1 (ignored: no CFG); Krea 2 turbo (the
+# pipeline's own docstring): 8 steps, guidance 0. Left to the call's 50/4.0 and 28/4.5, a
+# distilled model would run 6-12x the steps it needs (Krea 2 also with classifier-free guidance).
+_DISTILLED_DEFAULTS: dict[str, tuple[int, float]] = {
+    "Flux2KleinPipeline": (4, 1.0),
+    "Krea2Pipeline": (8, 0.0),
+}
 
 
 def _takes_the_job(cls: type) -> bool:
@@ -86,6 +95,8 @@ class GenericFamily(PipelineFamily):
         height, width = _fit(height, width, rules)
         steps = self._call_defaults.get("num_inference_steps")
         guidance = self._call_defaults.get("guidance_scale")
+        if self.model_index.get("is_distilled") is True and self.variant in _DISTILLED_DEFAULTS:
+            steps, guidance = _DISTILLED_DEFAULTS[self.variant]
         return Defaults(steps=steps if isinstance(steps, int) else 30,
                         guidance=float(guidance) if isinstance(guidance, (int, float)) else 5.0,
                         height=height, width=width)

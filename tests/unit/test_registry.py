@@ -310,3 +310,27 @@ def test_a_pipeline_whose_call_cannot_take_a_job_is_refused_at_boot(tmp_path: Pa
     with pytest.raises(BootError) as info:
         detect_family(write_repo(tmp_path, {"_class_name": class_name}, VAE8))
     assert_lists_supported(str(info.value))
+
+
+@pytest.mark.parametrize("class_name, base, distilled", [
+    ("Flux2KleinPipeline", (50, 4.0), (4, 1.0)),  # FLUX.2 [klein] 4B/9B: 4 steps, no CFG
+    ("Krea2Pipeline", (28, 4.5), (8, 0.0)),  # Krea 2 turbo, as its pipeline's docstring says
+])
+def test_a_distilled_checkpoint_gets_its_few_step_defaults(tmp_path: Path, class_name: str,
+                                                           base: tuple, distilled: tuple) -> None:
+    """These pipelines keep the base checkpoint's call defaults for the distilled one, which says
+    so only in model_index.json (written here by diffusers itself): served with 50 (28) steps and
+    guidance 4.0 (4.5, classifier-free), a job without those fields ran 6-12 times the steps the
+    model needs."""
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    for is_distilled, (steps, guidance) in ((False, base), (True, distilled)):
+        repo = tmp_path / str(is_distilled)
+        getattr(diffusers, class_name)(scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None,
+                                       tokenizer=None, transformer=None,
+                                       is_distilled=is_distilled).save_pretrained(repo)
+        assert json.loads((repo / "model_index.json").read_text())["is_distilled"] is is_distilled
+        family = detect_family(repo)
+        assert (type(family), family.variant) == (GenericFamily, class_name)
+        assert (family.defaults.steps, family.defaults.guidance) == (steps, guidance)
