@@ -186,7 +186,8 @@ class PipelineFamily(ABC):
         return pipe
 
     def call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
-        """Family-specific keyword arguments beyond prompt/steps/guidance/size/generator."""
+        """Family-specific keyword arguments beyond prompt/steps/guidance/size/generator (one
+        named here replaces the standard one)."""
         return {}
 
     def generate(self, pipe: Any, request: GenerationRequest) -> Any:
@@ -224,16 +225,17 @@ class PipelineFamily(ABC):
 
         with torch.inference_mode():
             with _invalid_casts() as cast_nan:  # filled as the block ends
-                out = pipe(
-                    prompt=request.prompt,
-                    num_inference_steps=request.steps,
-                    guidance_scale=request.guidance,
-                    height=request.height,
-                    width=request.width,
-                    generator=generator,
-                    output_type=self.output_type,
+                # call_kwargs may also replace one of these (the generic family's true CFG).
+                out = pipe(**{
+                    "prompt": request.prompt,
+                    "num_inference_steps": request.steps,
+                    "guidance_scale": request.guidance,
+                    "height": request.height,
+                    "width": request.width,
+                    "generator": generator,
+                    "output_type": self.output_type,
                     **self.call_kwargs(request),
-                )
+                })
             if cast_nan:  # a "pil"/"np" pipeline already turned NaN/inf pixels into 0 on the way
                 raise ImageRejected(NON_FINITE)
             # SD 1.x-style repositories ship a safety checker; diffusers replaces a flagged image

@@ -97,9 +97,29 @@ class GenericFamily(PipelineFamily):
         guidance = self._call_defaults.get("guidance_scale")
         if self.model_index.get("is_distilled") is True and self.variant in _DISTILLED_DEFAULTS:
             steps, guidance = _DISTILLED_DEFAULTS[self.variant]
+        if self._true_cfg:
+            guidance = self._call_defaults.get("true_cfg_scale")
         return Defaults(steps=steps if isinstance(steps, int) else 30,
                         guidance=float(guidance) if isinstance(guidance, (int, float)) else 5.0,
                         height=height, width=width)
+
+    @cached_property
+    def _true_cfg(self) -> bool:
+        """Qwen-Image: classifier-free guidance is ``true_cfg_scale``, and it runs only when a
+        negative prompt is given; ``guidance_scale`` (default None) is an input of
+        guidance-distilled transformers alone, and the others ignore it with a warning."""
+        return ("true_cfg_scale" in self._call_defaults and "guidance_scale" in self._call_defaults
+                and self._call_defaults["guidance_scale"] is None
+                and not self._denoiser_config.get("guidance_embeds", False))
+
+    def call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
+        if not self._true_cfg:
+            return {}
+        # The job's guidance_scale is the guidance these models have. Passed on as guidance_scale
+        # it did nothing, and with no negative prompt the pipeline never ran classifier-free
+        # guidance at all. An empty (" ") negative prompt is what the model's authors use.
+        return {"guidance_scale": None, "true_cfg_scale": request.guidance,
+                "negative_prompt": " " if request.guidance > 1 else None}
 
     def warm_key(self, request: GenerationRequest) -> tuple[Any, ...]:
         # Pipelines with a do_classifier_free_guidance switch (SD 1.x/2.x, SD3, PixArt, ...) run
