@@ -137,6 +137,26 @@ class PipelineFamily(ABC):
         """Allowed ranges of the numeric job fields (inclusive)."""
         return {"num_inference_steps": (1, 100), "guidance_scale": (0.0, 20.0)}
 
+    def use_defaults(self, steps: int | None = None, guidance: float | None = None) -> None:
+        """Serve with these defaults instead of the model's own (VISGATE_DEFAULT_STEPS and
+        VISGATE_DEFAULT_GUIDANCE): what jobs that leave them out get, and what warmup compiles
+        for. Each must lie in the range jobs may ask for (``limits``)."""
+        overrides = {"steps": steps, "guidance": guidance}
+        for (field_name, value), (setting, limit) in zip(overrides.items(), (
+                ("VISGATE_DEFAULT_STEPS", "num_inference_steps"),
+                ("VISGATE_DEFAULT_GUIDANCE", "guidance_scale"))):
+            lo, hi = self.limits[limit]
+            if value is not None and not lo <= value <= hi:
+                raise ValueError(f"{setting}={value:g} is outside the range this model's jobs may ask "
+                                 f"for ({limit} {lo:g} to {hi:g})")
+        self.__dict__["_default_overrides"] = {k: v for k, v in overrides.items() if v is not None}
+
+    @property
+    def serving_defaults(self) -> Defaults:
+        """What a job gets for every field it leaves out: the model's ``defaults``, with any
+        ``use_defaults`` override."""
+        return replace(self.defaults, **self.__dict__.get("_default_overrides", {}))
+
     def warm_key(self, request: GenerationRequest) -> tuple[Any, ...]:
         """What decides the compiled graphs' input shapes: a job whose key was not warmed up is
         served eagerly rather than stalling for a recompile (runtime/optimize.py)."""
@@ -258,7 +278,7 @@ class PipelineFamily(ABC):
         return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        d = self.defaults
+        d = self.serving_defaults
         return {"family": self.name, "variant": self.variant,
                 "defaults": {"num_inference_steps": d.steps, "guidance_scale": d.guidance,
                              "height": d.height, "width": d.width}}

@@ -23,7 +23,7 @@ from runtime.handler import Service
 from runtime.load import Loaded, load
 from runtime.optimize import optimize, serve_stance, warm_with_fallback
 from runtime.settings import Settings, webhook_settings
-from runtime.warmup import serving_shapes, warmup, warmup_requests
+from runtime.warmup import serving_plan, warmup, warmup_requests
 
 log = logging.getLogger("runtime")
 
@@ -43,7 +43,7 @@ def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], Non
         # The family's own size rules, from model_index.json: a bad warmup shape stops the boot
         # (as a settings error) before gigabytes of weights are loaded onto the GPU.
         family = detect_family(fetched.model_dir)
-        shapes = serving_shapes(family, settings.warmup_shapes)
+        shapes = serving_plan(family, settings)
         loaded = load(settings, fetched.model_dir, variant=fetched.variant, family=family)
         report.update(loaded.family.describe(), precision=loaded.precision, device=loaded.device,
                       imports_seconds=loaded.imports_seconds,

@@ -41,7 +41,7 @@ from runtime.hub.progress import Progress, human_bytes
 from runtime.hub.runpod import find_snapshot
 from runtime.hub.transfer import Transfer, TransferOptions, part_size
 from runtime.settings import Settings
-from runtime.warmup import serving_shapes
+from runtime.warmup import serving_plan
 
 log = logging.getLogger(__name__)
 
@@ -306,10 +306,11 @@ def _shards_left_out(settings: Settings, snapshot: Path, listing: Listing,
 
 
 def _check_serving_shapes(settings: Settings, snapshot: Path) -> None:
-    """The warmup shapes against the family's own size rules: the settings stage can only check
-    the rules every model shares (a BootError, stage "settings", when one is refused)."""
+    """The warmup shapes and default overrides against the family's own size rules and limits:
+    the settings stage can only check what every model shares (a BootError, stage "settings",
+    when one is refused)."""
     index = read_model_index(snapshot)
-    serving_shapes(family_class_for(index)(snapshot, index), settings.warmup_shapes)
+    serving_plan(family_class_for(index)(snapshot, index), settings)
 
 
 def _cached_manifest(settings: Settings, cache: RepoCache) -> Manifest | None:

@@ -41,7 +41,7 @@ class Service:
 
 def generate_png(service: Service, job_input: Any) -> dict[str, Any]:
     family = service.family
-    request = validate(job_input, family.defaults, family.size_rules, family.limits)
+    request = validate(job_input, family.serving_defaults, family.size_rules, family.limits)
     if service.compiled and family.warm_key(request) not in service.warm_keys:
         log.warning("%dx%d (key %s) was not warmed up: served eagerly, without recompiling; add "
                     "it to VISGATE_WARMUP_SHAPES to serve it compiled", request.width, request.height,

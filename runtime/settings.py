@@ -67,6 +67,11 @@ class Settings:
     compile: str = "off"
     quantize: str = "none"
     warmup_shapes: tuple[tuple[int, int], ...] = ()
+    # What a job that leaves them out gets, and what warmup compiles for, instead of the model's
+    # own defaults: a few-step distilled checkpoint (SDXL-Lightning, Hyper-SD, SD3.5 Turbo, ...)
+    # has its base model's configs, so nothing in the repository tells the worker.
+    default_steps: int | None = None
+    default_guidance: float | None = None
     # Runpod ids, carried into the webhook so the orchestrator can match the worker.
     worker_id: str | None = None
     endpoint_id: str | None = None
@@ -115,6 +120,8 @@ class Settings:
             compile=_choice(env, "VISGATE_COMPILE", COMPILE_MODES, "regional" if on_cuda else "off"),
             quantize=_choice(env, "VISGATE_QUANTIZE", QUANTIZE_MODES, "none"),
             warmup_shapes=_shapes(_text(env, "VISGATE_WARMUP_SHAPES")),
+            default_steps=_default_steps(_text(env, "VISGATE_DEFAULT_STEPS")),
+            default_guidance=_default_guidance(_text(env, "VISGATE_DEFAULT_GUIDANCE")),
         )
 
 
@@ -336,6 +343,31 @@ def _seconds(env: Mapping[str, str], name: str, bounds: tuple[float, float, floa
         raise SettingsError(f"{name}={value!r} is not valid: use a number of seconds "
                             f"from {low:g} to {high:g} (default {default:g})")
     return seconds
+
+
+def _default_steps(text: str | None) -> int | None:
+    """VISGATE_DEFAULT_STEPS: a whole number from 1 (the model's own range is checked at load)."""
+    if text is None:
+        return None
+    if not re.fullmatch(r"\d{1,9}", text) or int(text) < 1:
+        raise SettingsError("VISGATE_DEFAULT_STEPS is not valid: use a whole number of steps from 1, "
+                            "e.g. 4 for a few-step distilled model (unset: the model's own default)")
+    return int(text)
+
+
+def _default_guidance(text: str | None) -> float | None:
+    """VISGATE_DEFAULT_GUIDANCE: a number from 0 (the model's own range is checked at load)."""
+    if text is None:
+        return None
+    try:
+        guidance = float(text) if len(text) <= 32 else float("nan")
+    except ValueError:
+        guidance = float("nan")
+    if not 0 <= guidance < float("inf"):  # also rejects nan
+        raise SettingsError("VISGATE_DEFAULT_GUIDANCE is not valid: use a number from 0, e.g. 0 "
+                            "for a distilled model that runs without classifier-free guidance "
+                            "(unset: the model's own default)")
+    return guidance
 
 
 def _url_credentials(url: str | None) -> tuple[str, ...]:

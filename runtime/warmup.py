@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.base import GenerationRequest, PipelineFamily
 from runtime.errors import BootError, ImageRejected, JobInputError
 from runtime.validate import check_shape
+
+if TYPE_CHECKING:
+    from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +26,19 @@ WARMUP_PROMPT = "a photo of a cat sitting on a wooden table, warm light"
 WARMUP_STEPS = 2
 
 
+def serving_plan(family: PipelineFamily, settings: "Settings") -> list[tuple[int, int]]:
+    """Bind the settings' default overrides to ``family`` and return the shapes to serve and
+    warm up; a BootError (stage "settings") for an override or shape this model refuses."""
+    try:
+        family.use_defaults(settings.default_steps, settings.default_guidance)
+    except ValueError as exc:
+        raise BootError(str(exc), stage="settings") from None
+    return serving_shapes(family, settings.warmup_shapes)
+
+
 def serving_shapes(family: PipelineFamily, extra: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
     """The family's default shape first, then the extra shapes, each checked against its rules."""
-    d = family.defaults
+    d = family.serving_defaults
     shapes: list[tuple[int, int]] = []
     for index, (height, width) in enumerate(((d.height, d.width), *extra)):
         try:
@@ -43,7 +56,8 @@ def serving_shapes(family: PipelineFamily, extra: tuple[tuple[int, int], ...]) -
 
 def warmup_requests(family: PipelineFamily, shapes: list[tuple[int, int]],
                     steps: int = WARMUP_STEPS) -> list[GenerationRequest]:
-    return [GenerationRequest(prompt=WARMUP_PROMPT, steps=steps, guidance=family.defaults.guidance,
+    guidance = family.serving_defaults.guidance
+    return [GenerationRequest(prompt=WARMUP_PROMPT, steps=steps, guidance=guidance,
                               height=height, width=width, seed=0) for height, width in shapes]
 
 

@@ -226,6 +226,31 @@ def test_a_warmup_shape_the_family_refuses_fails_boot_before_loading(run_worker_
     assert "loading visgate/tiny-flux" not in run.log
 
 
+def test_default_overrides_serve_jobs_and_warmup(run_worker_once: Callable) -> None:
+    # A few-step distilled SDXL (Lightning, Hyper-SD) has its base model's configs: 30 steps at
+    # guidance 5 unless the deployment says otherwise. Warmup compiles for the override too.
+    run = run_worker_once({"HF_MODEL_ID": "visgate/tiny-sdxl", "VISGATE_DEFAULT_STEPS": "3",
+                           "VISGATE_DEFAULT_GUIDANCE": "0"}, {"prompt": "a fox", "height": 256, "width": 256})
+    assert run.returncode == 0, run.log[-3000:]
+    assert "job done: 256x256, 3 steps" in run.log, run.log[-3000:]
+    # The boot record (sorted keys) says what jobs get.
+    assert '"defaults": {"guidance_scale": 0.0, "height": 1024, "num_inference_steps": 3,' in run.log
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"VISGATE_DEFAULT_STEPS": "500"}, "VISGATE_DEFAULT_STEPS=500 is outside the range this model's "
+                                       "jobs may ask for (num_inference_steps 1 to 100)"),
+    ({"VISGATE_DEFAULT_GUIDANCE": "25"}, "VISGATE_DEFAULT_GUIDANCE=25 is outside the range this "
+                                         "model's jobs may ask for (guidance_scale 0 to 20)"),
+], ids=["steps", "guidance"])
+def test_a_default_override_the_model_refuses_fails_boot_before_loading(run_worker_once: Callable,
+                                                                       env: dict, message: str) -> None:
+    run = run_worker_once({"HF_MODEL_ID": "visgate/tiny-flux", **env})
+    assert_boot_failed(run, message)
+    assert "boot failed at settings" in run.log
+    assert "loading visgate/tiny-flux" not in run.log
+
+
 # ---- each variant's defaults through the real path ---------------------------------------------------
 def test_flux_dev_defaults(start_worker: Callable, png_tools: Any) -> None:
     worker = start_worker("visgate/tiny-flux-dev")

@@ -270,6 +270,28 @@ def test_sdxl_guidance_on_or_off_is_another_compiled_shape(built_tiny_repo: Call
                                            seed=0)) == (1024, 1024)
 
 
+def test_default_overrides_are_what_jobs_get_and_what_warmup_compiles(tmp_path: Path) -> None:
+    """VISGATE_DEFAULT_STEPS/GUIDANCE for a distilled SDXL (Lightning-style: the base model's
+    configs): a job leaving them out gets them, and warmup's key is the guidance-off graph that
+    such jobs need, not the base model's guidance-on one (every job would then run uncompiled)."""
+    from runtime.settings import Settings
+    from runtime.warmup import serving_plan, warmup_requests
+
+    repo = write_repo(tmp_path, SDXL_INDEX, {**VAE8, "unet/config.json": {"sample_size": 128}})
+    family = detect_family(repo)
+    served_as_base = family.warm_key(warmup_requests(family, [(1024, 1024)])[0])
+    settings = Settings.from_env({"HF_MODEL_ID": "m", "VISGATE_DEFAULT_STEPS": "4",
+                                  "VISGATE_DEFAULT_GUIDANCE": "0"})
+    assert serving_plan(family, settings) == [(1024, 1024)]
+    assert family.defaults == Defaults(30, 5.0, 1024, 1024)  # the model's own, still
+    assert family.serving_defaults == Defaults(4, 0.0, 1024, 1024)
+    assert family.describe()["defaults"]["num_inference_steps"] == 4
+    [warm] = warmup_requests(family, [(1024, 1024)])
+    job = validate({"prompt": "a fox"}, family.serving_defaults, family.size_rules, family.limits)
+    assert (job.steps, job.guidance) == (4, 0.0)
+    assert family.warm_key(warm) == family.warm_key(job) != served_as_base
+
+
 # ---- the generic family reads what each pipeline computes ------------------------------------------
 def test_generic_sizes_follow_the_pipelines_own_rules(tmp_path: Path) -> None:
     # Sana: AutoencoderDC compresses 32x (encoder_block_out_channels), and its call defaults to 1024.

@@ -70,6 +70,10 @@ GOOD = [
     pytest.param({"VISGATE_WARMUP_SHAPES": " 768X1344 , 1024x1024,768x1344,, "},
                  {"warmup_shapes": ((768, 1344), (1024, 1024))}, id="shapes-spaces-case-dupes"),
     pytest.param({"VISGATE_WARMUP_SHAPES": ""}, {"warmup_shapes": ()}, id="shapes-blank"),
+    pytest.param({"VISGATE_DEFAULT_STEPS": " 4 ", "VISGATE_DEFAULT_GUIDANCE": "0"},
+                 {"default_steps": 4, "default_guidance": 0.0}, id="default-overrides"),
+    pytest.param({"VISGATE_DEFAULT_STEPS": "", "VISGATE_DEFAULT_GUIDANCE": "7.5"},
+                 {"default_steps": None, "default_guidance": 7.5}, id="default-guidance-only"),
 ]
 
 
@@ -105,6 +109,12 @@ BAD = [
                  "VISGATE_WEBHOOK is not a URL that can be sent to", id="webhook-empty-label"),
     pytest.param({**MODEL, "VISGATE_WEBHOOK": f"https://{'a' * 64}.example.com/?token=tok_Secret1"},
                  "VISGATE_WEBHOOK is not a URL that can be sent to", id="webhook-label-too-long"),
+    *(pytest.param({**MODEL, "VISGATE_DEFAULT_STEPS": value}, "VISGATE_DEFAULT_STEPS is not valid: use a "
+                   "whole number of steps from 1", id=f"default-steps-{value}")
+      for value in ("0", "-1", "4.5", "four", "1" * 12)),
+    *(pytest.param({**MODEL, "VISGATE_DEFAULT_GUIDANCE": value}, "VISGATE_DEFAULT_GUIDANCE is not valid: use "
+                   "a number from 0", id=f"default-guidance-{value[:8]}")
+      for value in ("-0.5", "nan", "inf", "high", "1" * 400)),
     pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "1024"},
                  "VISGATE_WARMUP_SHAPES item '1024' is not HEIGHTxWIDTH", id="shape-one-number"),
     pytest.param({**MODEL, "VISGATE_WARMUP_SHAPES": "1024x1024,768*1344"},
