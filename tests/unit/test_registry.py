@@ -356,3 +356,8 @@ def test_a_distilled_checkpoint_gets_its_few_step_defaults(tmp_path: Path, class
         family = detect_family(repo)
         assert (type(family), family.variant) == (GenericFamily, class_name)
         assert (family.defaults.steps, family.defaults.guidance) == (steps, guidance)
+        # Guidance > 1 switches classifier-free guidance on (another compiled graph), except on
+        # distilled FLUX.2 [klein], which ignores it: no needless "not warmed up" for its jobs.
+        keys = {family.warm_key(GenerationRequest(prompt="x", steps=4, guidance=g, height=1024,
+                                                  width=1024, seed=0)) for g in (1.0, 4.0)}
+        assert len(keys) == (1 if (class_name, is_distilled) == ("Flux2KleinPipeline", True) else 2)
