@@ -49,5 +49,6 @@ VISGATE_SYNTHETIC_SCALE=small run coldstart-synthetic python -m warmup.bench_col
 run shapes python -m warmup.bench_shapes --strategies eager-fallback --size 256 --new 256x320 \
   --steps 1 --runs 1 --cache-dir "$OUT/cache"
 run fetch python -m warmup.bench_fetch --repeats 1 --rates 0
+run soak python -m warmup.bench_soak --jobs 20 --every 10 --error-every 5 --cache-dir "$OUT/cache"
 run report python -m warmup.report --results "$OUT"
 echo "== bench smoke: all benchmarks ran; results and charts in $OUT"

@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 BENCHES = ("bench_latency", "bench_coldstart", "bench_shapes", "bench_compile_cache", "bench_encode",
-           "bench_fetch", "check_regression", "report")
+           "bench_soak", "bench_fetch", "check_regression", "report")
 
 
 def comma_choices(parser: argparse.ArgumentParser, flag: str, text: str, known: Sequence[str]) -> list[str]:

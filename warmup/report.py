@@ -49,7 +49,7 @@ CAVEATS = {
 def load_results(folder: Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     kinds: dict[str, list[tuple[str, dict[str, Any]]]] = {
         "latency": [], "coldstart": [], "fetch": [], "compile_cache_mechanisms": [], "png_encode": [],
-        "unwarmed_shapes": []}
+        "unwarmed_shapes": [], "soak": []}
     for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text())
@@ -274,6 +274,17 @@ def png_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
                    for name, row in r.get("results", {}).items()))
 
 
+def soak_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return _tables(
+        items, lambda r: [f"## A long run: {r['args']['jobs']} jobs on {r['args']['model']}, "
+                          f"{machine_label(r['machine'])}", "",
+                          f"{r['args']['size']}², {r['args']['steps']} steps, every "
+                          f"{r['args']['error_every']}th job a bad-input job; worker RSS "
+                          f"{r['growth_mb']:+.1f} MB from ready to the last job.", ""],
+        ["jobs served", "worker RSS MB"],
+        lambda r: ([str(sample["jobs"]), fmt(sample["rss_mb"], 1)] for sample in r.get("samples", [])))
+
+
 def shapes_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return _tables(
         items, lambda r: [f"## A shape warmup did not compile: {r['mode']} {r['model']} on "
@@ -457,6 +468,7 @@ def build(results: Path, out: Path) -> list[Path]:
     lines += mechanism_tables(kinds["compile_cache_mechanisms"])
     lines += png_tables(kinds["png_encode"])
     lines += shapes_tables(kinds["unwarmed_shapes"])
+    lines += soak_tables(kinds["soak"])
     summary = out / "summary.md"
     summary.write_text("\n".join(lines).rstrip() + "\n")
     written.append(summary)

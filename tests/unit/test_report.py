@@ -125,3 +125,21 @@ def test_unwarmed_shape_strategies_render_one_row_each(tmp_path: Path) -> None:
     assert "A shape warmup did not compile: tiny visgate/tiny-flux on CPU AMD EPYC" in summary
     assert "| eager-fallback | 40.00 | 0.0500 | 0.120 | 0.0500 | 0.0500 | 0 |" in summary
     assert "| recompile | 40.00 | 0.0500 | 25.800 | 0.0500 | 0.0500 | 4 |" in summary
+
+
+def test_a_soak_run_renders_its_memory_samples(tmp_path: Path) -> None:
+    from warmup import bench_soak
+
+    args = bench_soak.parse_args(["--jobs", "100", "--every", "50"])
+    # Every 10th job is the bad-input one (the 10th, 20th, ...), the rest are served images.
+    assert [bench_soak.job_for(i, args)[1] for i in range(10)] == [True] * 9 + [False]
+    assert bench_soak.job_for(9, args)[0]["num_inference_steps"] == 0
+    write(tmp_path, "soak.json", {"what": "soak", "machine": CPU, "seconds": 30.0, "growth_mb": 12.5,
+                                  "args": {k: str(v) for k, v in vars(args).items()},
+                                  "samples": [{"jobs": 0, "rss_mb": 500.0}, {"jobs": 50, "rss_mb": 512.0},
+                                              {"jobs": 100, "rss_mb": 512.5}]})
+    report.build(tmp_path, tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## A long run: 100 jobs on visgate/tiny-flux, CPU AMD EPYC" in summary
+    assert "worker RSS +12.5 MB from ready to the last job" in summary
+    assert "| 50 | 512.0 |" in summary and "| 100 | 512.5 |" in summary
