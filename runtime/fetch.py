@@ -420,7 +420,8 @@ def _download(cache: RepoCache, client: HubClient, commit: str, files: list[Remo
     pending = sum(f.size for f in unique) - _cached_bytes(cache, unique)
     progress = Progress(cache.repo_id, pending, options.progress_interval_s)
     abort = threading.Event()
-    transfer = Transfer(cache, client, commit, progress, options.transfer, abort, options.disk_free)
+    transfer = Transfer(cache, client, commit, progress, options.transfer, abort, options.disk_free,
+                        options.disk_reserve_bytes)
     workers = max(1, min(options.workers, len(unique)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
         try:

@@ -53,8 +53,8 @@ class Transfer:
 
     def __init__(self, cache: RepoCache, client: HubClient, commit: str, progress: Progress,
                  options: TransferOptions | None = None, abort: threading.Event | None = None,
-                 disk_free: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free
-                 ) -> None:
+                 disk_free: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
+                 reserve_bytes: int = 0) -> None:
         self.cache = cache
         self.client = client
         self.commit = commit
@@ -62,6 +62,7 @@ class Transfer:
         self.options = options or TransferOptions()
         self.abort = abort or threading.Event()
         self.disk_free = disk_free  # what the disk says is free (the fetch's own measure)
+        self.reserve_bytes = reserve_bytes  # what the fetch leaves free (its disk check's headroom)
 
     def ensure(self, f: RemoteFile, wait: bool = True) -> int | None:
         """Make ``blobs/<blob>`` complete and verified; return the bytes this process downloaded.
@@ -158,7 +159,11 @@ class Transfer:
         it); leave no ``mine`` when neither can be done."""
         how = "copy"
         try:
-            if self.disk_free(self.cache.blobs) < size:
+            # Room for the copy beside what this fetch's other downloads still write meanwhile
+            # (the disk check counted the partial as bytes already there): a copy that takes
+            # their room (a minute for gigabytes on a network volume) fails them with ENOSPC.
+            still = max(0, self.progress.total - self.progress.done - size)
+            if self.disk_free(self.cache.blobs) < size + still + self.reserve_bytes:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             shutil.copyfile(theirs, mine)
         except OSError as exc:

@@ -217,3 +217,39 @@ def test_a_partial_download_too_large_to_copy_is_still_taken_over(hub: HubServer
     assert boots[1] == {"fetched": True, "parts": []}, boots
     ranges = [r.range for r in hub.requests(kind="cdn") if r.path == target]
     assert ranges == [f"bytes={kept}-"], "the partial file was not resumed"
+
+
+# As TAKE_OVER_ON_A_TIGHT_DISK, with the copy taking a while as it does on a network volume
+# (gigabytes at 200-400 MB/s): the other files download meanwhile, eight at a time.
+SLOW_COPY = """
+import shutil, time
+import runtime.hub.transfer as transfer
+copy = shutil.copyfile
+def slow_copy(src, dst, **kwargs):
+    done = copy(src, dst, **kwargs)
+    time.sleep(1.0)
+    return done
+transfer.shutil.copyfile = slow_copy
+"""
+
+
+def test_a_takeover_copy_leaves_room_for_the_downloads_beside_it(hub: HubServer, tmp_path: Path):
+    """The copy was made whenever the disk had room for it alone: on a disk with room for the
+    model, the other files' downloads then met a full disk while it lasted, and the boot failed."""
+    require_small_disk()
+    target = "unet/diffusion_pytorch_model.safetensors"
+    entry = hub.repos[SDXL].entries[target]
+    kept = entry.size * 6 // 10
+    cache = tmp_path / "cache"
+    env = worker_env({"HF_MODEL_ID": SDXL, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+                      "VISGATE_CACHE_DIR": str(cache)})
+    code = SLOW_COPY + TAKE_OVER_ON_A_TIGHT_DISK.replace("options = FetchOptions(disk_reserve_bytes=0)\n",
+                                                         "options = FetchOptions(disk_reserve_bytes=0, workers=8)\n")
+    # The model needs about 2.1 MB; the partial holds 0.9 MB of the UNet.
+    done = run_on_small_disk(cache, "size=2300k", [sys.executable, "-c", code, str(entry.file),
+                                                   entry.sha256, str(kept), "real"], env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    boots = json.loads(done.stdout.strip().splitlines()[-1])
+    assert boots[0] == {"fetched": True, "parts": []}, boots
+    ranges = [r.range for r in hub.requests(kind="cdn") if r.path == target]
+    assert ranges == [f"bytes={kept}-"], "the partial file was not resumed"
