@@ -152,7 +152,7 @@ def check_runpod_flags(argv: Sequence[str], env: Mapping[str, str] | None = None
     flags = _RunpodFlags().parse_known_args(list(argv))[0]
     if flags.test_input:  # an empty one: the SDK ignores it too
         _check_local_job(flags.test_input, "--test_input")
-    elif not flags.rp_serve_api and not any(env.get(name) for name in _RUNPOD_SERVING):
+    elif not flags.rp_serve_api and not _sdk_serves(env):
         path = (Path.cwd() if cwd is None else cwd) / "test_input.json"
         try:
             text = path.read_text(encoding="utf-8")
@@ -166,8 +166,16 @@ def check_runpod_flags(argv: Sequence[str], env: Mapping[str, str] | None = None
         _check_local_job(text, str(path))
 
 
-# Set on Runpod (its job queue), or for a realtime endpoint: the SDK then never reads a local job.
-_RUNPOD_SERVING = ("RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_REALTIME_PORT")
+def _sdk_serves(env: Mapping[str, str]) -> bool:
+    """Whether the SDK will serve jobs rather than run one local job, judged as it judges: its
+    job queue's URL set at all (even empty), or a realtime port other than 0. A port that is not
+    a number would crash the SDK as serving starts, so it is refused now."""
+    try:
+        realtime_port = int(env.get("RUNPOD_REALTIME_PORT", "0"))
+    except ValueError:
+        raise SettingsError("RUNPOD_REALTIME_PORT is not a port number (Runpod's SDK would fail "
+                            "on it after the boot)") from None
+    return env.get("RUNPOD_WEBHOOK_GET_JOB") is not None or realtime_port != 0
 
 
 def _check_local_job(text: str, where: str) -> None:

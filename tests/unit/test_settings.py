@@ -357,6 +357,11 @@ def test_a_test_input_the_sdk_cannot_run_is_a_settings_error(argv: list[str], me
         assert """--test_input '{"input": {"prompt": "a red fox"}}'""" in str(info.value)
 
 
+def test_a_realtime_port_the_sdk_cannot_read_is_a_settings_error(job_dir: Path) -> None:
+    with pytest.raises(SettingsError, match="RUNPOD_REALTIME_PORT is not a port number"):
+        check_runpod_flags([], env={"RUNPOD_REALTIME_PORT": "http"}, cwd=job_dir)
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "no job to run: outside Runpod the worker runs one local job"),
     ('{"input": {"prompt": "a"', "test_input.json is not valid JSON"),
@@ -377,5 +382,8 @@ def test_local_mode_needs_a_usable_test_input_json(content: str | bytes | None, 
     # Where the SDK never reads it, the file does not matter: on Runpod, or serving HTTP jobs.
     check_runpod_flags([], env=ON_RUNPOD, cwd=tmp_path)
     check_runpod_flags([], env={"RUNPOD_REALTIME_PORT": "8080"}, cwd=tmp_path)
+    check_runpod_flags([], env={"RUNPOD_WEBHOOK_GET_JOB": ""}, cwd=tmp_path)  # set at all, as the SDK reads it
+    with pytest.raises(SettingsError, match=re.escape(message)):  # port 0: the SDK runs the local job
+        check_runpod_flags([], env={"RUNPOD_REALTIME_PORT": "0"}, cwd=tmp_path)
     check_runpod_flags(["--rp_serve_api"], env={}, cwd=tmp_path)
     check_runpod_flags(["--test_input", LOCAL_JOB], env={}, cwd=tmp_path)
