@@ -27,6 +27,8 @@ _CALL_ARGUMENTS = ("prompt", "num_inference_steps", "guidance_scale", "height", 
 # pipeline's own docstring): 8 steps, guidance 0. Left to the call's 50/4.0 and 28/4.5, a
 # distilled model would run 6-12x the steps it needs (Krea 2 also with classifier-free guidance).
 _CFG_OFF_WHEN_DISTILLED = ("Flux2KleinPipeline",)
+# Where classifier-free guidance starts, for pipelines whose switch is not the usual "> 1".
+_CFG_ABOVE = {"Krea2Pipeline": 0.0}
 _DISTILLED_DEFAULTS: dict[str, tuple[int, float]] = {
     "Flux2KleinPipeline": (4, 1.0),
     "Krea2Pipeline": (8, 0.0),
@@ -128,13 +130,13 @@ class GenericFamily(PipelineFamily):
         # SDXL. Elsewhere guidance changes no shape.
         if (self._class is not None and hasattr(self._class, "do_classifier_free_guidance")
                 and not self._guidance_ignored):
-            return (request.height, request.width, request.guidance > 1)
+            return (request.height, request.width, request.guidance > _CFG_ABOVE.get(self.variant, 1.0))
         return (request.height, request.width)
 
     @property
     def _guidance_ignored(self) -> bool:
         """A distilled FLUX.2 [klein] runs no classifier-free guidance at any guidance (its
-        switch reads ``is_distilled``); Krea 2's distilled checkpoint still runs it above 1."""
+        switch reads ``is_distilled``); Krea 2's distilled checkpoint still runs it above 0."""
         return self.variant in _CFG_OFF_WHEN_DISTILLED and self.model_index.get("is_distilled") is True
 
     @property

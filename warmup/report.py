@@ -278,9 +278,10 @@ def soak_tables(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return _tables(
         items, lambda r: [f"## A long run: {r['args']['jobs']} jobs on {r['args']['model']}, "
                           f"{machine_label(r['machine'])}", "",
-                          f"{r['args']['size']}², {r['args']['steps']} steps, every "
-                          f"{r['args']['error_every']}th job a bad-input job; worker RSS "
-                          f"{r['growth_mb']:+.1f} MB from ready to the last job.", ""],
+                          f"{r['args']['size']}², {r['args']['steps']} steps, "
+                          + (f"every {r['args']['error_every']}th job a bad-input job"
+                             if r['args']['error_every'] != "0" else "no bad-input jobs")
+                          + f"; worker RSS {r['growth_mb']:+.1f} MB from ready to the last job.", ""],
         ["jobs served", "worker RSS MB"],
         lambda r: ([str(sample["jobs"]), fmt(sample["rss_mb"], 1)] for sample in r.get("samples", [])))
 

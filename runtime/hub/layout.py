@@ -57,8 +57,16 @@ def write_atomic(path: Path, text: str) -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk: no temp file left that nothing would remove
+        _remove(tmp)  # a full disk: no temp file left that nothing would remove
         raise
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a temp file after a failure, never raising over the error being handled."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def resolve_ref(folder: Path, revision: str) -> str | None:
@@ -132,7 +140,7 @@ class RepoCache:
                     shutil.copyfile(blob, tmp)
             os.replace(tmp, target)
         except BaseException:
-            tmp.unlink(missing_ok=True)  # a random name: nothing else would ever remove it
+            _remove(tmp)  # a random name: nothing else would ever remove it
             raise
         return target
 

@@ -356,8 +356,15 @@ def test_a_distilled_checkpoint_gets_its_few_step_defaults(tmp_path: Path, class
         family = detect_family(repo)
         assert (type(family), family.variant) == (GenericFamily, class_name)
         assert (family.defaults.steps, family.defaults.guidance) == (steps, guidance)
-        # Guidance > 1 switches classifier-free guidance on (another compiled graph), except on
-        # distilled FLUX.2 [klein], which ignores it: no needless "not warmed up" for its jobs.
-        keys = {family.warm_key(GenerationRequest(prompt="x", steps=4, guidance=g, height=1024,
-                                                  width=1024, seed=0)) for g in (1.0, 4.0)}
-        assert len(keys) == (1 if (class_name, is_distilled) == ("Flux2KleinPipeline", True) else 2)
+        # Guidance switches classifier-free guidance on (another compiled graph) where the
+        # pipeline's own switch does: above 1 for FLUX.2 [klein], never once it is distilled (no
+        # needless "not warmed up" for its jobs), above 0 for Krea 2, distilled or not.
+        def key(guidance: float) -> tuple:
+            return family.warm_key(GenerationRequest(prompt="x", steps=4, guidance=guidance,
+                                                     height=1024, width=1024, seed=0))
+
+        cfg_from = {"Flux2KleinPipeline": None if is_distilled else 1.5, "Krea2Pipeline": 0.5}[class_name]
+        if cfg_from is None:
+            assert key(0.0) == key(1.0) == key(4.0)
+        else:
+            assert key(0.0) != key(cfg_from) == key(4.0)
