@@ -194,28 +194,37 @@ print(json.dumps(boots))
 """
 
 
+def take_over_on_small_disk(hub: HubServer, tmp_path: Path, kept_fraction: float, disk: str,
+                            disk_says: str, code: str = TAKE_OVER_ON_A_TIGHT_DISK) -> tuple[list, int]:
+    """Run ``code`` (two boots after a killed owner left ``kept_fraction`` of the UNet as a
+    partial file) on a tmpfs of ``disk``; its boots' outcomes, and the bytes the partial kept."""
+    require_small_disk()
+    entry = hub.repos[SDXL].entries[UNET]
+    kept = int(entry.size * kept_fraction)
+    cache = tmp_path / "cache"
+    env = worker_env({"HF_MODEL_ID": SDXL, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+                      "VISGATE_CACHE_DIR": str(cache)})
+    done = run_on_small_disk(cache, disk, [sys.executable, "-c", code, str(entry.file), entry.sha256,
+                                           str(kept), disk_says], env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), kept
+
+
+UNET = "unet/diffusion_pytorch_model.safetensors"
+
+
 @pytest.mark.parametrize("disk_says", ["its free space", "large"])
 def test_a_partial_download_too_large_to_copy_is_still_taken_over(hub: HubServer, tmp_path: Path,
                                                                   disk_says: str):
     """Resuming a previous owner's partial file copies it; on a disk without room for the copy
     the copy failed halfway, unnoticed: both files stayed, the download then hit a full disk, and
     every later boot did the same, though the disk had room for the model."""
-    require_small_disk()
-    target = "unet/diffusion_pytorch_model.safetensors"
-    entry = hub.repos[SDXL].entries[target]
-    kept = entry.size * 9 // 10
-    cache = tmp_path / "cache"
-    env = worker_env({"HF_MODEL_ID": SDXL, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
-                      "VISGATE_CACHE_DIR": str(cache)})
     # The model needs about 2.1 MB; the partial holds 1.4 MB of it.
-    done = run_on_small_disk(cache, "size=2600k", [sys.executable, "-c", TAKE_OVER_ON_A_TIGHT_DISK,
-                                                   str(entry.file), entry.sha256, str(kept),
-                                                   "large" if disk_says == "large" else "real"], env=env)
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    boots = json.loads(done.stdout.strip().splitlines()[-1])
+    boots, kept = take_over_on_small_disk(hub, tmp_path, 0.9, "size=2600k",
+                                          "large" if disk_says == "large" else "real")
     assert boots[0] == {"fetched": True, "parts": []}, boots
     assert boots[1] == {"fetched": True, "parts": []}, boots
-    ranges = [r.range for r in hub.requests(kind="cdn") if r.path == target]
+    ranges = [r.range for r in hub.requests(kind="cdn") if r.path == UNET]
     assert ranges == [f"bytes={kept}-"], "the partial file was not resumed"
 
 
@@ -236,20 +245,10 @@ transfer.shutil.copyfile = slow_copy
 def test_a_takeover_copy_leaves_room_for_the_downloads_beside_it(hub: HubServer, tmp_path: Path):
     """The copy was made whenever the disk had room for it alone: on a disk with room for the
     model, the other files' downloads then met a full disk while it lasted, and the boot failed."""
-    require_small_disk()
-    target = "unet/diffusion_pytorch_model.safetensors"
-    entry = hub.repos[SDXL].entries[target]
-    kept = entry.size * 6 // 10
-    cache = tmp_path / "cache"
-    env = worker_env({"HF_MODEL_ID": SDXL, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
-                      "VISGATE_CACHE_DIR": str(cache)})
     code = SLOW_COPY + TAKE_OVER_ON_A_TIGHT_DISK.replace("options = FetchOptions(disk_reserve_bytes=0)\n",
                                                          "options = FetchOptions(disk_reserve_bytes=0, workers=8)\n")
     # The model needs about 2.1 MB; the partial holds 0.9 MB of the UNet.
-    done = run_on_small_disk(cache, "size=2300k", [sys.executable, "-c", code, str(entry.file),
-                                                   entry.sha256, str(kept), "real"], env=env)
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    boots = json.loads(done.stdout.strip().splitlines()[-1])
+    boots, kept = take_over_on_small_disk(hub, tmp_path, 0.6, "size=2300k", "real", code)
     assert boots[0] == {"fetched": True, "parts": []}, boots
-    ranges = [r.range for r in hub.requests(kind="cdn") if r.path == target]
+    ranges = [r.range for r in hub.requests(kind="cdn") if r.path == UNET]
     assert ranges == [f"bytes={kept}-"], "the partial file was not resumed"
