@@ -78,6 +78,10 @@ def compile_cache_for(settings: Settings, model_dir: Path, loaded: Loaded,
         return None
     options = {"precision": loaded.precision, "attention": settings.attention,
                "compile": settings.compile, "quantize": settings.quantize}
+    if settings.default_guidance is not None:
+        # Warmup compiles the guidance jobs get by default: classifier-free guidance on or off is
+        # another graph. Only when set, so that the keys of existing archives stay as they were.
+        options["default_guidance"] = settings.default_guidance
     return compile_cache.for_boot(settings.cache_dir, settings.model_id, model_dir, settings.revision,
                                   loaded.family.name, loaded.family.variant, loaded.device,
                                   options, shapes)

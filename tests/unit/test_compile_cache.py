@@ -216,8 +216,11 @@ def test_every_boot_option_that_changes_compiled_code_changes_the_key(tmp_path: 
     assert key() == base
     changed = [key(precision="fp16"), key(model="other/model"), key(shapes=((768, 1344),)),
                key(VISGATE_ATTENTION="cudnn"), key(VISGATE_QUANTIZE="fp8"),
-               key(VISGATE_COMPILE="max-autotune"), key(HF_MODEL_REVISION="v2")]
+               key(VISGATE_COMPILE="max-autotune"), key(HF_MODEL_REVISION="v2"),
+               # warmup compiles the default guidance's graph (classifier-free guidance on or off)
+               key(VISGATE_DEFAULT_GUIDANCE="0")]
     assert len({base, *changed}) == len(changed) + 1
+    assert key(VISGATE_DEFAULT_STEPS="4") == base  # steps change no graph
     settings = Settings.from_env({"HF_MODEL_ID": "m", "DEVICE": "cpu", "VISGATE_COMPILE": "off"})
     assert compile_cache_for(settings, Path("/x"), None, []) is None  # type: ignore[arg-type]
 
