@@ -141,14 +141,13 @@ class PipelineFamily(ABC):
         """Serve with these defaults instead of the model's own (VISGATE_DEFAULT_STEPS and
         VISGATE_DEFAULT_GUIDANCE): what jobs that leave them out get, and what warmup compiles
         for. Each must lie in the range jobs may ask for (``limits``)."""
-        overrides = {"steps": steps, "guidance": guidance}
-        for (field_name, value), (setting, limit) in zip(overrides.items(), (
-                ("VISGATE_DEFAULT_STEPS", "num_inference_steps"),
-                ("VISGATE_DEFAULT_GUIDANCE", "guidance_scale"))):
+        for setting, limit, value in (("VISGATE_DEFAULT_STEPS", "num_inference_steps", steps),
+                                      ("VISGATE_DEFAULT_GUIDANCE", "guidance_scale", guidance)):
             lo, hi = self.limits[limit]
             if value is not None and not lo <= value <= hi:
                 raise ValueError(f"{setting}={value:g} is outside the range this model's jobs may ask "
                                  f"for ({limit} {lo:g} to {hi:g})")
+        overrides = {"steps": steps, "guidance": guidance}
         self.__dict__["_default_overrides"] = {k: v for k, v in overrides.items() if v is not None}
 
     @property

@@ -26,13 +26,14 @@ _CALL_ARGUMENTS = ("prompt", "num_inference_steps", "guidance_scale", "height", 
 # distilled one. FLUX.2 [klein] 4B/9B: 4 steps, guidance 1 (ignored: no CFG); Krea 2 turbo (the
 # pipeline's own docstring): 8 steps, guidance 0. Left to the call's 50/4.0 and 28/4.5, a
 # distilled model would run 6-12x the steps it needs (Krea 2 also with classifier-free guidance).
-_CFG_OFF_WHEN_DISTILLED = ("Flux2KleinPipeline",)
-# Where classifier-free guidance starts, for pipelines whose switch is not the usual "> 1".
-_CFG_ABOVE = {"Krea2Pipeline": 0.0}
 _DISTILLED_DEFAULTS: dict[str, tuple[int, float]] = {
     "Flux2KleinPipeline": (4, 1.0),
     "Krea2Pipeline": (8, 0.0),
 }
+# Where classifier-free guidance starts, for pipelines whose switch is not the usual "> 1".
+_CFG_ABOVE = {"Krea2Pipeline": 0.0}
+# Distilled checkpoints that run no classifier-free guidance at any guidance.
+_CFG_OFF_WHEN_DISTILLED = ("Flux2KleinPipeline",)
 
 
 def _takes_the_job(cls: type) -> bool:
@@ -128,16 +129,21 @@ class GenericFamily(PipelineFamily):
         # Pipelines with a do_classifier_free_guidance switch (SD 1.x/2.x, SD3, PixArt, ...) run
         # the denoiser at batch 2 with guidance > 1 and at batch 1 without: another graph, as in
         # SDXL. Elsewhere guidance changes no shape.
-        if (self._class is not None and hasattr(self._class, "do_classifier_free_guidance")
-                and not self._guidance_ignored):
-            return (request.height, request.width, request.guidance > _CFG_ABOVE.get(self.variant, 1.0))
-        return (request.height, request.width)
+        cfg_above = self._cfg_above
+        if cfg_above is None:
+            return (request.height, request.width)
+        return (request.height, request.width, request.guidance > cfg_above)
 
     @property
-    def _guidance_ignored(self) -> bool:
-        """A distilled FLUX.2 [klein] runs no classifier-free guidance at any guidance (its
-        switch reads ``is_distilled``); Krea 2's distilled checkpoint still runs it above 0."""
-        return self.variant in _CFG_OFF_WHEN_DISTILLED and self.model_index.get("is_distilled") is True
+    def _cfg_above(self) -> float | None:
+        """The guidance above which the pipeline runs classifier-free guidance; None where it
+        never does: no such switch, or a distilled FLUX.2 [klein] (its switch reads
+        ``is_distilled``; Krea 2's distilled checkpoint still runs it above 0)."""
+        if self._class is None or not hasattr(self._class, "do_classifier_free_guidance"):
+            return None
+        if self.variant in _CFG_OFF_WHEN_DISTILLED and self.model_index.get("is_distilled") is True:
+            return None
+        return _CFG_ABOVE.get(self.variant, 1.0)
 
     @property
     def size_rules(self) -> SizeRules:
