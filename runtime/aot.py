@@ -22,6 +22,7 @@ does not fit is recompiled and overwritten, never a crash.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import shutil
@@ -340,7 +341,11 @@ class AotModule:
         except OSError as exc:
             log.warning("aot package %s not kept on the volume (%s); running the local copy",
                         path.name, brief(exc))
-            return local  # in this container's temporary directory, for the process's lifetime
+            # In this container's temporary directory for the process's lifetime, then removed:
+            # a long-lived host (a development machine, a test run) would otherwise keep one
+            # package per signature per boot.
+            atexit.register(shutil.rmtree, local.parent, ignore_errors=True)
+            return local
         shutil.rmtree(local.parent, ignore_errors=True)
         return path
 

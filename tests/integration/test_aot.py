@@ -338,3 +338,35 @@ def test_a_volume_that_takes_no_package_still_serves_it_compiled(tmp_path):
         wrapper._discard(next(iter(wrapper.runners)))
     finally:
         wrapper.uninstall()
+
+
+def test_the_local_copy_of_a_package_is_removed_when_the_process_ends(tmp_path):
+    """The local copy a full or read-only volume leaves the boot running lives as long as the
+    process, not longer: each boot on a long-lived host used to leave one behind for good."""
+    import os
+    import subprocess
+    import sys
+
+    local_tmp = tmp_path / "tmp"
+    local_tmp.mkdir()
+    script = (
+        "import torch\n"
+        "from pathlib import Path\n"
+        "from runtime.aot import AotModule, AotStore\n"
+        f"blocked = Path({str(tmp_path / 'compile')!r}); blocked.write_text('not a folder')\n"
+        "store = AotStore(blocked / 'aot', 'k')\n"
+        "module = torch.nn.Linear(4, 3)\n"
+        "wrapper = AotModule(module, 'linear', store, 'cpu', fallback=lambda: 'eager')\n"
+        "with torch.no_grad():\n"
+        "    module(torch.randn(2, 4))\n"
+        "(entry,) = store.status.values()\n"
+        "assert entry['result'] == 'compiled' and entry['volume'].startswith('not written'), entry\n"
+        "import tempfile\n"
+        "print('LIVE', len(list(Path(tempfile.gettempdir()).glob('visgate-aot-*'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2],
+                          env={**os.environ, "TMPDIR": str(local_tmp)},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LIVE 1" in done.stdout, done.stdout  # the copy served while the process lived
+    assert list(local_tmp.glob("visgate-aot-*")) == []
