@@ -21,7 +21,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -39,7 +38,7 @@ from runtime.hub.layout import NO_ROOM, RemoteFile, RepoCache
 from runtime.hub.manifest import Manifest
 from runtime.hub.progress import Progress, human_bytes
 from runtime.hub.runpod import find_snapshot
-from runtime.hub.transfer import Transfer, TransferOptions, part_size
+from runtime.hub.transfer import Transfer, TransferOptions, disk_free, part_size
 from runtime.settings import Settings
 from runtime.warmup import serving_plan
 
@@ -53,10 +52,6 @@ class FetchResult:
     report: dict[str, Any] = field(default_factory=dict)
     # The weight variant to load (diffusers ``from_pretrained(variant=...)``); None: plain files.
     variant: str | None = None
-
-
-def _disk_free(path: Path) -> int:
-    return shutil.disk_usage(path).free
 
 
 def _inodes_free(path: Path) -> int | None:
@@ -75,7 +70,7 @@ class FetchOptions:
     disk_reserve_bytes: int = 256 << 20  # left free after the download, for logs and temp files
     hub: HubOptions = HubOptions()
     transfer: TransferOptions = TransferOptions()
-    disk_free: Callable[[Path], int] = _disk_free
+    disk_free: Callable[[Path], int] = disk_free
     inodes_free: Callable[[Path], int | None] = _inodes_free
 
 

@@ -16,6 +16,7 @@ created by ``rename`` of a file whose size and hash matched: a killed worker lea
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -48,12 +49,18 @@ class LockLost(TransientHubError):
     """Our lock was taken over while we downloaded (we stalled too long)."""
 
 
+def disk_free(path: Path) -> int:
+    """Bytes free on ``path``'s filesystem: the fetch's disk check and a takeover's copy use
+    this one measure."""
+    return shutil.disk_usage(path).free
+
+
 class Transfer:
     """Downloads for one repository at one commit; ``ensure`` is safe to call from threads."""
 
     def __init__(self, cache: RepoCache, client: HubClient, commit: str, progress: Progress,
                  options: TransferOptions | None = None, abort: threading.Event | None = None,
-                 disk_free: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
+                 disk_free: Callable[[Path], int] = disk_free,
                  reserve_bytes: int = 0) -> None:
         self.cache = cache
         self.client = client
@@ -167,7 +174,10 @@ class Transfer:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             shutil.copyfile(theirs, mine)
         except OSError as exc:
-            mine.unlink(missing_ok=True)
+            # A failed removal (the volume erroring) must not hide why the copy failed; a
+            # leftover is overwritten by the rename below or verified before any resume.
+            with contextlib.suppress(OSError):
+                mine.unlink(missing_ok=True)
             if exc.errno not in NO_ROOM:
                 if not isinstance(exc, FileNotFoundError):  # gone: another worker took it
                     log.warning("could not copy the partial download of %s (%s): not resuming "
