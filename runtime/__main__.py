@@ -13,7 +13,7 @@ import sys
 
 from runtime.announce import Announcer
 from runtime.boot import (announce_ready, boot, read_settings, read_webhook_settings,
-                          report_failure, stop_signals_raise)
+                          report_failure, stop_signals_raise, warn_unknown_names)
 from runtime.boot_report import BootRecord
 from runtime.errors import Stopped
 from runtime.handler import make_handler
@@ -37,6 +37,7 @@ def main() -> int:
         report_failure(Announcer(partial), exc, record)
         return 2
     setup_logging(settings.secrets)
+    warn_unknown_names(record)  # a misspelt setting would otherwise be left at its default unsaid
     announcer = Announcer(settings)  # the one transition: ready or failed, announced once
     sdk = JobSdk()  # imported on a side thread while the weights load
     try:

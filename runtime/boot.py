@@ -24,7 +24,7 @@ from runtime.fetch import fetch
 from runtime.handler import Service
 from runtime.load import Loaded, load
 from runtime.optimize import optimize, serve_stance, warm_with_fallback
-from runtime.settings import Settings, webhook_settings
+from runtime.settings import Settings, unknown_names, webhook_settings
 from runtime.warmup import serving_plan, warmup, warmup_requests
 
 log = logging.getLogger("runtime")
@@ -34,6 +34,16 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def read_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings.from_env(os.environ if env is None else env)
+
+
+def warn_unknown_names(record: BootRecord, env: Mapping[str, str] | None = None) -> None:
+    """Say which VISGATE_* names the worker ignores (likely typos), in the log and in the boot
+    record's settings stage (so in the ready webhook too)."""
+    unknown = unknown_names(os.environ if env is None else env)
+    if unknown:
+        record.stages.setdefault("settings", {})["unknown_variables"] = unknown
+        log.warning("ignored: the worker reads no variable named %s; check the spelling (README: "
+                    "environment variables)", ", ".join(unknown))
 
 
 def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], None] | None = None) -> Service:

@@ -24,7 +24,7 @@ import pytest
 
 from runtime import announce
 from runtime.announce import Announcer, RetryPolicy, deliver, sign, verify_signature
-from runtime.boot import failure_message, stop_signals_raise
+from runtime.boot import failure_message, stop_signals_raise, warn_unknown_names
 from runtime.boot_report import BootRecord
 from runtime.errors import BootError, SettingsError, Stopped
 from runtime.logs import RedactSecrets
@@ -702,6 +702,20 @@ def test_a_second_stop_signal_ends_a_slow_clean_up_at_once():
     assert proc.stdout.readline() == "cleaning up\n"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 130 and time.monotonic() - t0 < 20
+
+
+def test_names_the_worker_ignores_are_logged_and_sent_in_the_boot_record(caplog):
+    record = BootRecord()
+    with record.stage("settings"):
+        pass
+    with caplog.at_level(logging.WARNING):
+        warn_unknown_names(record, {"VISGATE_QUANTISE": "int8-weight", "VISGATE_COMPILE": "off"})
+        warn_unknown_names(BootRecord(), {"VISGATE_COMPILE": "off"})  # nothing to say
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "VISGATE_QUANTISE (did you mean VISGATE_QUANTIZE?)" in line and "int8" not in line
+    body = json.loads(Announcer(settings_for("http://127.0.0.1:9/")).body("ready", "id", {}, record))
+    assert body["boot"]["stages"]["settings"]["unknown_variables"] == [
+        "VISGATE_QUANTISE (did you mean VISGATE_QUANTIZE?)"]
 
 
 def test_boot_record_body_is_json_and_excludes_running_stage():
