@@ -12,8 +12,10 @@ import logging
 import sys
 
 from runtime.announce import Announcer
-from runtime.boot import announce_ready, boot, read_settings, read_webhook_settings, report_failure
+from runtime.boot import (announce_ready, boot, read_settings, read_webhook_settings,
+                          report_failure, stop_signals_raise, warn_unknown_names)
 from runtime.boot_report import BootRecord
+from runtime.errors import Stopped
 from runtime.handler import make_handler
 from runtime.logs import setup_logging
 from runtime.serve import JobSdk
@@ -35,16 +37,18 @@ def main() -> int:
         report_failure(Announcer(partial), exc, record)
         return 2
     setup_logging(settings.secrets)
+    warn_unknown_names(record)  # a misspelt setting would otherwise be left at its default unsaid
     announcer = Announcer(settings)  # the one transition: ready or failed, announced once
     sdk = JobSdk()  # imported on a side thread while the weights load
     try:
-        service = boot(settings, record, before_warmup=sdk.wait)  # fetch -> load -> optimize -> warmup
-        with record.stage("serve"):  # the SDK is in before "ready": ready means able to take a job
-            start = sdk.start_function()
-        record.log_line()
-    except Exception as exc:  # noqa: BLE001 - every boot failure is reported, then final
+        with stop_signals_raise():  # SIGTERM mid-boot unwinds the stages: no lock left on the volume
+            service = boot(settings, record, before_warmup=sdk.wait)  # fetch -> load -> optimize -> warmup
+            with record.stage("serve"):  # the SDK is in before "ready": ready means able to take a job
+                start = sdk.start_function()
+            record.log_line()
+    except (Exception, Stopped) as exc:  # noqa: BLE001 - every boot failure is reported, then final
         report_failure(announcer, exc, record)
-        return 1
+        return exc.exit_code if isinstance(exc, Stopped) else 1
     announce_ready(announcer, service, record)  # only now, and before any job is taken
     start({"handler": make_handler(service)})
     return 0

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 from pipelines.registry import detect_family
 from runtime import compile_cache
@@ -17,19 +19,31 @@ from runtime.aot import AotStore
 from runtime.announce import Announcer
 from runtime.boot_report import BootRecord
 from runtime.encode import PngEncoder
-from runtime.errors import BootError, WorkerError, brief, redact
+from runtime.errors import BootError, Stopped, WorkerError, brief, redact
 from runtime.fetch import fetch
 from runtime.handler import Service
 from runtime.load import Loaded, load
 from runtime.optimize import optimize, serve_stance, warm_with_fallback
-from runtime.settings import Settings, webhook_settings
+from runtime.settings import Settings, unknown_names, webhook_settings
 from runtime.warmup import serving_plan, warmup, warmup_requests
 
 log = logging.getLogger("runtime")
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 def read_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings.from_env(os.environ if env is None else env)
+
+
+def warn_unknown_names(record: BootRecord, env: Mapping[str, str] | None = None) -> None:
+    """Say which VISGATE_* names the worker ignores (likely typos), in the log and in the boot
+    record's settings stage (so in the ready webhook too)."""
+    unknown = unknown_names(os.environ if env is None else env)
+    if unknown:
+        record.stages.setdefault("settings", {})["unknown_variables"] = unknown
+        log.warning("ignored: the worker reads no variable named %s; check the spelling (README: "
+                    "environment variables)", ", ".join(unknown))
 
 
 def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], None] | None = None) -> Service:
@@ -100,6 +114,39 @@ def read_webhook_settings(env: Mapping[str, str] | None = None) -> Settings | No
     return webhook_settings(os.environ if env is None else env)
 
 
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """While booting, SIGTERM and SIGINT raise ``Stopped`` in the main thread, so that the boot
+    unwinds as it does for any error: the fetch stops its downloads and releases its locks on
+    the volume, temporary files are removed, the failure is logged and announced. Ended by
+    SIGTERM's default action instead, the worker left its locks behind, and the next worker (in
+    another container, where its PID means nothing) waited 60 s for each to go stale.
+
+    In the image the worker is PID 1, for which the kernel drops a signal that has no handler:
+    before this, SIGTERM did nothing at all and the boot went on until Runpod's SIGKILL.
+
+    A second signal ends the process at once, for an operator who does not want to wait for the
+    clean-up (``os._exit``: a default action would be dropped too, as PID 1). The previous
+    handlers are back on the way out: serving keeps the job SDK's own."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+    def now(signum: int, frame: object) -> None:
+        os._exit(128 + signum)
+
+    def stop(signum: int, frame: object) -> None:
+        for each in STOP_SIGNALS:
+            signal.signal(each, now)
+        raise Stopped(signum)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def announce_ready(announcer: Announcer, service: Service, record: BootRecord) -> None:
     """The announce stage: only after warmup, and before serving, is the worker ready."""
     with record.stage("announce") as report:
@@ -122,6 +169,8 @@ def failure_message(exc: BaseException, secrets: tuple[str, ...],
     ``stage`` is where the exception was raised (BootRecord.failed_stage), for exceptions that
     do not carry their own stage.
     """
+    if isinstance(exc, Stopped):
+        return stage or "boot", str(exc)
     if isinstance(exc, BootError):
         return (exc.stage if exc.stage != "boot" else stage or "boot"), redact(str(exc), secrets)
     if isinstance(exc, WorkerError):

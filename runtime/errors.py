@@ -6,6 +6,7 @@ no secrets). Job errors carry a message for the client and whether the worker mu
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +43,21 @@ class ImageRejected(WorkerError):
 
 class JobInputError(WorkerError):
     """The job's input is invalid; the message names the field and what is allowed."""
+
+
+class Stopped(BaseException):
+    """SIGTERM (Runpod scaling the worker down) or SIGINT arrived while the worker booted.
+
+    A BaseException, as KeyboardInterrupt is: a library's ``except Exception`` (a retry loop)
+    must not swallow it on its way out of the boot."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} before the worker was ready")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process ended by this signal
 
 
 # The secrets of this process (HF_TOKEN, the webhook's), set once at boot by

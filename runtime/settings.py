@@ -9,6 +9,7 @@ variable names a file), so tests build settings from a plain dict.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -35,6 +36,17 @@ MIN_WEBHOOK_SECRET_LEN = 16
 # A URL's user name beside a password is taken for a token (and redacted) from this length: the
 # dummy names that go with a token in the password (x-access-token, oauth2) are shorter.
 MIN_URL_USER_TOKEN_LEN = 16
+
+# The VISGATE_* names the worker reads (tests/unit/test_settings.py holds this to what from_env
+# and webhook_settings look up), and those of the project's scripts and benchmarks, which a shell
+# that runs the worker by hand may export too. Any other is reported by ``unknown_names``.
+WORKER_NAMES = ("VISGATE_CACHE_DIR", "VISGATE_WEBHOOK", "VISGATE_WEBHOOK_SECRET",
+                "VISGATE_WEBHOOK_TIMEOUT", "VISGATE_WEBHOOK_BUDGET", "VISGATE_PRECISION",
+                "VISGATE_ATTENTION", "VISGATE_COMPILE", "VISGATE_QUANTIZE", "VISGATE_WARMUP_SHAPES",
+                "VISGATE_DEFAULT_STEPS", "VISGATE_DEFAULT_GUIDANCE")
+TOOL_NAMES = ("VISGATE_TORCH_INDEX", "VISGATE_TORCH_VERSION", "VISGATE_TORCHAO_VERSION",
+              "VISGATE_VENV", "VISGATE_IMAGE_VENV", "VISGATE_SETUP_CHECK", "VISGATE_BENCH_RESULTS",
+              "VISGATE_SYNTHETIC_SCALE", "VISGATE_CI_VOLUME")
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _SHAPE_RE = re.compile(r"^(\d+)x(\d+)$")
@@ -123,6 +135,24 @@ class Settings:
             default_steps=_default_steps(_text(env, "VISGATE_DEFAULT_STEPS")),
             default_guidance=_default_guidance(_text(env, "VISGATE_DEFAULT_GUIDANCE")),
         )
+
+
+def unknown_names(env: Mapping[str, str]) -> list[str]:
+    """The VISGATE_* names in ``env`` that nothing reads, each with the closest name the worker
+    reads: most likely a typo (VISGATE_QUANTISE, VISGATE_WARMUP_SHAPE, a lower-case name), which
+    would otherwise leave that setting at its default without a word. Only the names: a value may
+    be a secret. Not a settings error: an endpoint that still sets a name an older image read
+    must keep booting."""
+    prefix = "VISGATE_"
+    # Matched without the prefix, which every name shares: else VISGATE_FOO "looks like" one.
+    readable = {name[len(prefix):]: name for name in WORKER_NAMES}
+    found = []
+    for name in sorted(n for n in env if n.upper().startswith(prefix)):
+        if name in WORKER_NAMES or name in TOOL_NAMES:
+            continue
+        close = difflib.get_close_matches(name[len(prefix):].upper(), readable, n=1, cutoff=0.6)
+        found.append(f"{name} (did you mean {readable[close[0]]}?)" if close else name)
+    return found
 
 
 def secrets_in(env: Mapping[str, str]) -> tuple[str, ...]:

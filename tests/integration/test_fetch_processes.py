@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime import announce
 from runtime.fetch import FetchOptions, fetch
 from runtime.hub.layout import repo_folder
 from runtime.hub.transfer import TransferOptions
@@ -25,6 +26,7 @@ from tests.support.hub_fixtures import *  # noqa: F403 - fixtures
 from tests.support.hub_fixtures import FAST, GATED, SDXL, TOKEN, hub_settings
 from tests.support.hub_repos import expected_files
 from tests.support.hub_server import HubServer
+from tests.support.receiver import WebhookReceiver
 from warmup.local_worker import ROOT, worker_env
 
 pytestmark = pytest.mark.slow
@@ -95,6 +97,35 @@ def test_a_killed_worker_leaves_no_complete_file_and_the_next_boot_resumes(hub: 
     resumed = [r.range for r in hub.requests(kind="cdn") if r.path == target]
     assert len(resumed) == 1 and resumed[0] and int(resumed[0][6:-1]) >= 262_144
     assert (result.model_dir / target).read_bytes() == entry.file.read_bytes()
+
+
+def test_sigterm_mid_download_releases_the_locks_announces_failed_and_exits_143(hub: HubServer,
+                                                                               tmp_path: Path):
+    """Runpod scales workers down with SIGTERM. Its default action ended the worker where it
+    stood: no log line, no failed event, and every blob lock left on the volume, which the next
+    worker (another container: the dead PID means nothing there) waited 60 s to take over."""
+    hub.rate = 200_000
+    with WebhookReceiver() as hook:
+        env = process_env(hub, tmp_path, VISGATE_WEBHOOK=hook.url)
+        proc = subprocess.Popen([sys.executable, "-m", "runtime", "--rp_serve_api"], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.rglob("*.lock")) or not list(tmp_path.rglob("*.part")):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"the worker never started downloading: {proc.communicate()[0][-3000:]}")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        log = proc.communicate(timeout=60)[0].decode(errors="replace")
+        received = hook.wait_for(1, timeout=5)
+    assert proc.returncode == 143, log[-3000:]
+    assert not list(tmp_path.rglob("*.lock")), "locks left for the next worker to wait out"
+    assert list(tmp_path.rglob("*.part")), "the partial files stay, for the next boot to resume"
+    assert "boot failed at fetch: stopped by SIGTERM" in log and "Traceback" not in log
+    [failed] = received
+    body = failed.json()
+    assert failed.header(announce.EVENT_HEADER) == "failed"
+    assert (body["stage"], body["error"]) == ("fetch", "stopped by SIGTERM before the worker was ready")
 
 
 def test_the_worker_boots_warm_with_the_hub_stopped_and_never_logs_the_token(hub: HubServer,

@@ -6,12 +6,15 @@ import contextlib
 import email.utils
 import json
 import logging
+import os
 import random
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,9 +24,9 @@ import pytest
 
 from runtime import announce
 from runtime.announce import Announcer, RetryPolicy, deliver, sign, verify_signature
-from runtime.boot import failure_message
+from runtime.boot import failure_message, stop_signals_raise, warn_unknown_names
 from runtime.boot_report import BootRecord
-from runtime.errors import BootError, SettingsError
+from runtime.errors import BootError, SettingsError, Stopped
 from runtime.logs import RedactSecrets
 from runtime.retry_after import parse_retry_after
 from runtime.settings import Settings, webhook_settings
@@ -659,6 +662,60 @@ def test_failure_message_names_the_stage_that_raised():
     assert failure_message(BootError("x"), (), "warmup") == ("warmup", "x")
     assert failure_message(RuntimeError("has tok-secret-1 inside"), ("tok-secret-1",)) == (
         "boot", "RuntimeError: has *** inside")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_while_booting_unwinds_the_stage_and_is_reported_there(signum, code):
+    # Runpod scales a worker down with SIGTERM: its default action ended the process where it
+    # stood, leaving the fetch's locks on the volume for the next worker to wait out.
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    record = BootRecord()
+    unwound = []
+    with pytest.raises(Stopped) as stopped:
+        with stop_signals_raise():
+            with record.stage("fetch"):
+                try:
+                    os.kill(os.getpid(), signum)
+                    time.sleep(5)  # interrupted: the handler raises in this (the main) thread
+                finally:
+                    unwound.append(signum)
+    assert unwound == [signum] and stopped.value.exit_code == code
+    assert {s: signal.getsignal(s) for s in before} == before  # serving keeps the SDK's own
+    name = signal.Signals(signum).name
+    assert failure_message(stopped.value, (), record.failed_stage) == (
+        "fetch", f"stopped by {name} before the worker was ready")
+
+
+def test_a_second_stop_signal_ends_a_slow_clean_up_at_once():
+    code = ("import os, signal, sys, time\n"
+            "from runtime.boot import stop_signals_raise\n"
+            "with stop_signals_raise():\n"
+            "    try:\n"
+            "        print('booting', flush=True); time.sleep(30)\n"
+            "    finally:\n"
+            "        print('cleaning up', flush=True); time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                            stdout=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    assert proc.stdout.readline() == "booting\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline() == "cleaning up\n"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 130 and time.monotonic() - t0 < 20
+
+
+def test_names_the_worker_ignores_are_logged_and_sent_in_the_boot_record(caplog):
+    record = BootRecord()
+    with record.stage("settings"):
+        pass
+    with caplog.at_level(logging.WARNING):
+        warn_unknown_names(record, {"VISGATE_QUANTISE": "int8-weight", "VISGATE_COMPILE": "off"})
+        warn_unknown_names(BootRecord(), {"VISGATE_COMPILE": "off"})  # nothing to say
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "VISGATE_QUANTISE (did you mean VISGATE_QUANTIZE?)" in line and "int8" not in line
+    body = json.loads(Announcer(settings_for("http://127.0.0.1:9/")).body("ready", "id", {}, record))
+    assert body["boot"]["stages"]["settings"]["unknown_variables"] == [
+        "VISGATE_QUANTISE (did you mean VISGATE_QUANTIZE?)"]
 
 
 def test_boot_record_body_is_json_and_excludes_running_stage():

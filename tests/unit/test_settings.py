@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import SettingsError
-from runtime.settings import (ATTENTIONS, COMPILE_MODES, PRECISIONS, QUANTIZE_MODES, Settings,
-                              check_runpod_flags)
+from runtime.settings import (ATTENTIONS, COMPILE_MODES, PRECISIONS, QUANTIZE_MODES, TOOL_NAMES,
+                              WORKER_NAMES, Settings, check_runpod_flags, unknown_names,
+                              webhook_settings)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -319,6 +320,46 @@ def test_from_env_reads_only_the_mapping(no_volume: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("DEVICE", "not-a-device")
     s = settings({"HF_MODEL_ID": "from/mapping", "DEVICE": "cpu"}, no_volume)
     assert (s.model_id, s.device) == ("from/mapping", "cpu")
+
+
+# ---- names nothing reads ------------------------------------------------------------------------
+@pytest.mark.parametrize("name, said", [
+    ("VISGATE_WARMUP_SHAPE", "VISGATE_WARMUP_SHAPE (did you mean VISGATE_WARMUP_SHAPES?)"),
+    ("VISGATE_QUANTISE", "VISGATE_QUANTISE (did you mean VISGATE_QUANTIZE?)"),
+    ("VISGATE_WEBHOOK_URL", "VISGATE_WEBHOOK_URL (did you mean VISGATE_WEBHOOK?)"),
+    ("visgate_compile", "visgate_compile (did you mean VISGATE_COMPILE?)"),
+    ("VISGATE_FOO", "VISGATE_FOO"),  # nothing close: named alone, not matched on the prefix
+])
+def test_a_misspelt_setting_is_named_with_the_closest_one(name: str, said: str,
+                                                          no_volume: Path) -> None:
+    # It used to be ignored without a word: VISGATE_WARMUP_SHAPE=768x1344 left every job at
+    # that size uncompiled, VISGATE_QUANTISE=int8-weight served unquantized.
+    env = {**MODEL, name: "768x1344", "VISGATE_COMPILE": "off", "VISGATE_TORCH_INDEX": "x"}
+    assert settings(env, no_volume).warmup_shapes == ()  # still a warning, not a refusal
+    assert unknown_names(env) == [said]
+
+
+class RecordingEnv(dict):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def test_the_known_names_are_those_the_worker_and_the_scripts_read(no_volume: Path) -> None:
+    read = RecordingEnv(MODEL)
+    Settings.from_env(read, volume_root=no_volume)
+    webhook_settings(read)
+    assert sorted(n for n in read.read if n.startswith("VISGATE_")) == sorted(WORKER_NAMES)
+    root = Path(__file__).resolve().parents[2]
+    tools = {name for path in [*root.glob("scripts/*.sh"), *root.glob("warmup/*.py"),
+                               *root.glob("warmup/*.sh"), *root.glob("build-and-push.sh"),
+                               *root.glob(".github/workflows/*.yml")]
+             for name in re.findall(r"\bVISGATE_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())}
+    assert tools - set(WORKER_NAMES) <= set(TOOL_NAMES), "a script's own name would be reported"
 
 
 # ---- Runpod's flags -----------------------------------------------------------------------------
