@@ -15,7 +15,9 @@ The baseline is keyed by GPU name (``machine.gpu`` of a result), then by what wa
 - cold start to ready > baseline x ``coldstart_ratio`` (1.25: boots are noisier than steps).
 
 A measurement with no baseline entry (a new GPU, model or scenario) is reported as "new" and
-does not fail; CPU results are not checked (shared CPUs are too noisy to gate on).
+does not fail; CPU results are not checked (shared CPUs are too noisy to gate on). A partial
+result (a run killed before its end) or a crash recorded in one fails the check, and ``--update``
+refuses it.
 """
 
 from __future__ import annotations
@@ -93,8 +95,13 @@ def gpu_of(result: dict[str, Any]) -> str | None:
 
 
 def errors_of(result: dict[str, Any]) -> list[str]:
-    """Crashes recorded inside a result (a boot that failed, a cache-hit child that died)."""
+    """Crashes recorded inside a result (a run killed before its end, a boot that failed, a
+    cache-hit child that died)."""
     found = []
+    if result.get("partial"):
+        # Written after each phase so that a run killed at its time limit keeps what it measured:
+        # what it never reached (the tuned run, the cache-hit boot) must not read as "no figure".
+        found.append("partial result: the run was killed or crashed before its end")
     if result.get("what") == "coldstart":
         for scenario, entry in result.get("scenarios", {}).items():
             if entry.get("errors"):
@@ -214,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = _read(args.results)
     if args.build or args.update:
+        # A killed run or failed boots would replace a baseline entry with what little they
+        # measured (a partial latency run has no tuned figure: the entry would lose it for good).
+        refused = [f"{name}: {error}" for name, result in results for error in errors_of(result)]
+        if refused:
+            print("not merged into the baseline:\n" + "\n".join(refused), file=sys.stderr)
+            return 1
         previous = json.loads(args.baseline.read_text()) if args.baseline.is_file() else None
         text = json.dumps(build_baseline(results, previous), indent=1) + "\n"
         if args.update:

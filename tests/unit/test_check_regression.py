@@ -112,6 +112,30 @@ def test_a_tuned_run_that_measured_nothing_is_an_error() -> None:
     assert any(c.status == "error" and c.failed for c in checks)
 
 
+def test_a_run_killed_before_its_end_fails_the_check() -> None:
+    """bench_latency and bench_coldstart write a partial result after each phase: one killed at its
+    time limit after the eager run has no tuned figure, which must not pass as nothing to compare."""
+    killed = latency(tuned=None, ratio=None, psnr=None)
+    killed["partial"] = True
+    checks = cr.check(killed, baseline_of(latency()))
+    assert [c.metric for c in checks if c.failed] == ["crash"]
+    assert "partial" in checks[0].detail
+
+
+def test_update_refuses_a_partial_or_crashed_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(baseline_of(latency(tuned=4.0), coldstart(ready=10.0))))
+    before = baseline.read_text()
+    killed, crashed = latency(tuned=None, ratio=None, psnr=None), coldstart(ready=30.0, errors=2)
+    killed["partial"] = True
+    for name, result in (("killed.json", killed), ("crashed.json", crashed)):
+        path = tmp_path / name
+        path.write_text(json.dumps(result))
+        assert cr.main([str(path), "--update", "--baseline", str(baseline)]) == 1
+        assert name in capsys.readouterr().err
+    assert baseline.read_text() == before  # the tuned figure and the cold start are kept
+
+
 def test_cpu_results_are_not_checked() -> None:
     assert cr.check(latency(gpu=None, tuned=1000.0, ratio=0.9), baseline_of(latency())) == []
 
