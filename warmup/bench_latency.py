@@ -262,10 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             record["target_s"] = target
     if args.cache_phases and not args.child:
         record["cache_hit_boot"] = cache_hit_phase(argv or sys.argv[1:])
-        cold = record.get("tuning", {}).get("warmup_with_compile_s")
-        warm = record["cache_hit_boot"].get("tuning", {}).get("warmup_with_compile_s")
-        if cold and warm:
-            record["compile_cache_ratio"] = round(warm / cold, 3)
+        ratio = compile_cache_ratio(record.get("tuning"), record["cache_hit_boot"].get("tuning"))
+        if ratio is not None:
+            record["compile_cache_ratio"] = ratio
             record["compile_cache_target_ratio"] = CACHE_HIT_RATIO
     if args.child:
         print("CHILD_RESULT " + json.dumps(record, default=str))
@@ -274,6 +273,25 @@ def main(argv: list[str] | None = None) -> int:
     print(render(record))
     print(f"wrote {out_path}")
     return 0
+
+
+def served_eagerly(tuning: dict[str, Any] | None) -> str | None:
+    """Why a tuned phase that was to compile runs eagerly (its compile failed at warmup and the
+    worker fell back), else None."""
+    opts = (tuning or {}).get("optimizations") or {}
+    if "compile" in opts.get("applied", {}) or opts.get("skipped", {}).get("compile") in (None, "VISGATE_COMPILE=off"):
+        return None
+    return opts["skipped"]["compile"]
+
+
+def compile_cache_ratio(cold: dict[str, Any] | None, hit: dict[str, Any] | None) -> float | None:
+    """Cache-hit over cold first-call seconds, only when both phases compiled: a cache-hit process
+    whose restored code failed serves eagerly, and its short eager warmup is no cache hit."""
+    cold_s = (cold or {}).get("warmup_with_compile_s")
+    hit_s = (hit or {}).get("warmup_with_compile_s")
+    if not cold_s or not hit_s or served_eagerly(cold) or served_eagerly(hit):
+        return None
+    return round(hit_s / cold_s, 3)
 
 
 def cache_hit_phase(argv: list[str]) -> dict[str, Any]:
@@ -308,7 +326,9 @@ def render(r: dict[str, Any]) -> str:
     if "tuning" in r and r["options"].get("compile") != "off":
         lines.append(f"compile (first calls, cold cache): {r['tuning']['warmup_with_compile_s']} s")
     hit = r.get("cache_hit_boot", {}).get("tuning")
-    if hit:
+    if served_eagerly(hit):
+        lines.append(f"compile in a fresh process with the cache: FAILED, served eagerly ({served_eagerly(hit)})")
+    elif hit:
         lines.append(f"compile in a fresh process with the cache: {hit['warmup_with_compile_s']} s "
                      f"(ratio {r.get('compile_cache_ratio')}, target <= {CACHE_HIT_RATIO})")
     if "target_s" in r and "tuned" in r:

@@ -16,8 +16,8 @@ The baseline is keyed by GPU name (``machine.gpu`` of a result), then by what wa
 
 A measurement with no baseline entry (a new GPU, model or scenario) is reported as "new" and
 does not fail; CPU results are not checked (shared CPUs are too noisy to gate on). A partial
-result (a run killed before its end) or a crash recorded in one fails the check, and ``--update``
-refuses it.
+result (a run killed before its end), a crash recorded in one, or a latency phase whose compile
+failed at warmup (served eagerly) fails the check, and ``--update`` refuses it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from warmup.bench_latency import served_eagerly
 from warmup.targets import CACHE_HIT_RATIO
 
 BASELINE = Path(__file__).resolve().parent / "baseline.json"
@@ -108,6 +109,14 @@ def errors_of(result: dict[str, Any]) -> list[str]:
                 found.append(f"{scenario}: {entry['errors']} boot(s) failed")
     if isinstance(result.get("cache_hit_boot"), dict) and "error" in result["cache_hit_boot"]:
         found.append(f"cache-hit process: {result['cache_hit_boot']['error']}")
+    if result.get("what") == "latency":
+        # A compile that failed at warmup falls back to eager: that phase's figures (a fast
+        # "cache hit", an eager "tuned" median) measure the fallback, not the compile.
+        for phase, tuning in (("tuned run", result.get("tuning")),
+                              ("cache-hit process", (result.get("cache_hit_boot") or {}).get("tuning"))):
+            why = served_eagerly(tuning)
+            if why:
+                found.append(f"{phase}: compile {why}")
     return found
 
 

@@ -203,3 +203,38 @@ def test_update_merges_into_the_baseline_file(tmp_path: Path) -> None:
     merged = json.loads(baseline.read_text())["gpus"][H100]
     assert merged["coldstart/synthetic/sdxl/warm-cache"]["ready_s"] == 9.0
     assert merged["latency/synthetic/flux-dev/1024/28"]["tuned_median_s"] == 4.0
+
+
+# ---- a compile that fell back to eager ------------------------------------------------------------
+FELL_BACK = {"applied": {"precision": "bf16"},
+             "skipped": {"compile": "failed at warmup (BackendCompilerFailed); serving eagerly"}}
+COMPILED = {"applied": {"precision": "bf16", "compile": "FluxTransformer2DModel repeated blocks"}, "skipped": {}}
+
+
+def test_a_cache_hit_process_that_served_eagerly_fails_instead_of_meeting_the_ratio() -> None:
+    """A damaged archive makes the fresh process's compiled warmup fail; the worker then serves
+    eagerly, and its short eager warmup over the cold compile read as a cache hit far under 0.25."""
+    result = latency(ratio=0.08)
+    result["tuning"] = {"optimizations": COMPILED, "warmup_with_compile_s": 32.2}
+    result["cache_hit_boot"] = {"tuning": {"optimizations": FELL_BACK, "warmup_with_compile_s": 2.6}}
+    failed = [c for c in cr.check(result, baseline_of(latency())) if c.failed]
+    assert [c.metric for c in failed] == ["crash"]
+    assert "cache-hit process: compile failed at warmup" in failed[0].detail
+
+
+def test_a_tuned_run_that_served_eagerly_fails() -> None:
+    result = latency()
+    result["tuning"] = {"optimizations": FELL_BACK}
+    assert any(c.failed and "tuned run" in c.detail for c in cr.check(result, baseline_of(latency())))
+    uncompiled = latency(compile="off")
+    uncompiled["tuning"] = {"optimizations": {"applied": {}, "skipped": {"compile": "VISGATE_COMPILE=off"}}}
+    assert not any(c.failed for c in cr.check(uncompiled, {}))
+
+
+def test_bench_latency_gives_no_cache_ratio_for_an_eager_fallback() -> None:
+    from warmup import bench_latency
+
+    cold = {"optimizations": COMPILED, "warmup_with_compile_s": 32.0}
+    assert bench_latency.compile_cache_ratio(cold, {"optimizations": COMPILED, "warmup_with_compile_s": 4.0}) == 0.125
+    assert bench_latency.compile_cache_ratio(cold, {"optimizations": FELL_BACK, "warmup_with_compile_s": 2.6}) is None
+    assert bench_latency.compile_cache_ratio(cold, {}) is None
