@@ -16,8 +16,8 @@ The baseline is keyed by GPU name (``machine.gpu`` of a result), then by what wa
 
 A measurement with no baseline entry (a new GPU, model or scenario) is reported as "new" and
 does not fail; CPU results are not checked (shared CPUs are too noisy to gate on). A partial
-result (a run killed before its end), a crash recorded in one, or a latency phase whose compile
-failed at warmup (served eagerly) fails the check, and ``--update`` refuses it.
+result (a run killed before its end), a crash recorded in one, or a latency phase or cold-start
+boot whose compile failed at warmup (served eagerly) fails the check, and ``--update`` refuses it.
 """
 
 from __future__ import annotations
@@ -107,6 +107,12 @@ def errors_of(result: dict[str, Any]) -> list[str]:
         for scenario, entry in result.get("scenarios", {}).items():
             if entry.get("errors"):
                 found.append(f"{scenario}: {entry['errors']} boot(s) failed")
+            # A boot whose compile failed at warmup serves eagerly and is ready sooner: its
+            # ready time is an eager boot's, not the compiled one the scenario names.
+            eager = [run for run in entry.get("runs", []) if "error" not in run and "applied" in run
+                     and run.get("compile") not in (None, "off") and "compile" not in run["applied"]]
+            if eager:
+                found.append(f"{scenario}: {len(eager)} boot(s) served eagerly, their compile failed")
     if isinstance(result.get("cache_hit_boot"), dict) and "error" in result["cache_hit_boot"]:
         found.append(f"cache-hit process: {result['cache_hit_boot']['error']}")
     if result.get("what") == "latency":

@@ -238,3 +238,18 @@ def test_bench_latency_gives_no_cache_ratio_for_an_eager_fallback() -> None:
     assert bench_latency.compile_cache_ratio(cold, {"optimizations": COMPILED, "warmup_with_compile_s": 4.0}) == 0.125
     assert bench_latency.compile_cache_ratio(cold, {"optimizations": FELL_BACK, "warmup_with_compile_s": 2.6}) is None
     assert bench_latency.compile_cache_ratio(cold, {}) is None
+
+
+def test_a_cold_start_whose_compile_fell_back_to_eager_fails() -> None:
+    """A boot whose compile fails at warmup serves eagerly and is ready sooner (on the CPU, 9.4 s
+    against ~40 s compiled): as "(b) warm weights, cold compile cache" it would pass any baseline."""
+    result = coldstart(ready=9.4)
+    result["scenarios"]["warm-cache"]["runs"] = [
+        {"ready_s": 9.4, "compile": "regional", "applied": ["fuse_qkv", "precision"]}]
+    checks = cr.check(result, baseline_of(coldstart(ready=40.0)))
+    assert any(c.failed and "served eagerly" in c.detail for c in checks)
+    compiled = coldstart(ready=40.0)
+    compiled["scenarios"]["warm-cache"]["runs"] = [
+        {"ready_s": 40.0, "compile": "regional", "applied": ["compile", "fuse_qkv", "precision"]},
+        {"ready_s": 5.0, "compile": "off", "applied": ["fuse_qkv", "precision"]}]
+    assert not any(c.failed for c in cr.check(compiled, baseline_of(coldstart(ready=40.0))))
