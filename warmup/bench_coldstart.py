@@ -353,6 +353,7 @@ def summarize(args: argparse.Namespace, source: Source,
     return {"what": "coldstart", "mode": record_mode(args.mode), "model": args.model,
             "model_id": source.model_id,
             "device": args.device, "repeat": args.repeat, "first_job": args.first_job, "jobs": args.jobs,
+            "env": args.extra_env,  # part of the regression check's key (secrets are redacted)
             "command": " ".join(["python", "-m", "warmup.bench_coldstart", *args.argv]),
             "parts": list(PARTS), "machine": machine_info(args.device), "scenarios": scenarios}
 

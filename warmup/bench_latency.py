@@ -185,6 +185,13 @@ def tune(loaded: Any, settings: Any, request: Any, fresh_local: bool) -> dict[st
             "compile_timers_s": compile_cache.compile_seconds(every_timer=True, minimum=0.05)}
 
 
+def run_options(args: argparse.Namespace) -> dict[str, str]:
+    """The worker settings a run was given, as the regression check keys it (precision: "auto"
+    or --precision): a bf16 run of SDXL, which loads as fp16, is not compared with an fp16 one."""
+    return {"compile": args.compile, "quantize": args.quantize, "attention": args.attention,
+            "precision": args.precision}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -241,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             "family": loaded.family.name,
             "variant": loaded.family.variant, "precision": loaded.precision, "size": args.size,
             "steps": request.steps, "guidance": request.guidance, "build_s": round(build_s, 2),
-            "options": {"compile": args.compile, "quantize": args.quantize, "attention": args.attention},
+            "options": run_options(args),
             "machine": machine_info(args.device), "png_encoder": encoder.name}
         images = {}
         if "eager" in variants:

@@ -4,8 +4,10 @@
     python -m warmup.check_regression --update RESULT.json [...]   # merge them into the baseline
 
 The baseline is keyed by GPU name (``machine.gpu`` of a result), then by what was measured
-(``latency/<mode>/<model>/<size>/<steps>[/<option>=<value>...]`` or
-``coldstart/<mode>/<model>/<scenario>``). A check fails when, on the same GPU:
+(``latency/<mode>/<model>/<size>/<steps>[/<option>=<value>...]``, the options being compile,
+quantize, attention and precision where not the default, or
+``coldstart/<mode>/<model>/<scenario>[/compile=<mode>][/<VISGATE_ setting>=<value>...]``, the
+settings being those given with ``--env``). A check fails when, on the same GPU:
 
 - tuned seconds per image > baseline x ``latency_ratio`` (1.15);
 - the compile cache hit takes more than ``cache_hit_ratio_max`` (0.25) of the cold compile
@@ -36,7 +38,10 @@ from warmup.targets import CACHE_HIT_RATIO
 BASELINE = Path(__file__).resolve().parent / "baseline.json"
 THRESHOLDS = {"latency_ratio": 1.15, "coldstart_ratio": 1.25, "cache_hit_ratio_max": CACHE_HIT_RATIO,
               "psnr_min_db": 30.0}
-_DEFAULT_OPTIONS = {"compile": "regional", "quantize": "none", "attention": "auto"}
+_DEFAULT_OPTIONS = {"compile": "regional", "quantize": "none", "attention": "auto", "precision": "auto"}
+# Of a cold start's --env: the scenario's own compile mode (keyed as compile=) and the webhook's
+# address and key (bench_coldstart points the webhook at its receiver; the key is a secret).
+_NOT_KEYED_ENV = ("VISGATE_COMPILE", "VISGATE_WEBHOOK", "VISGATE_WEBHOOK_SECRET")
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,13 @@ def coldstart_key(result: dict[str, Any], scenario: str, entry: dict[str, Any]) 
     # A compile mode other than the scenario's usual one (regional; off without compile) is
     # another configuration: an aot boot is not compared with a regional baseline.
     key = f"coldstart/{result['mode']}/{result['model']}/{scenario}"
-    return key if entry.get("compile") in (None, "regional", "off") else f"{key}/compile={entry['compile']}"
+    if entry.get("compile") not in (None, "regional", "off"):
+        key += f"/compile={entry['compile']}"
+    # Worker settings given with --env (VISGATE_QUANTIZE=fp8, VISGATE_PRECISION=bf16, ...) are
+    # another configuration too; not the variables that are no setting of the worker's speed.
+    settings = sorted((k, v) for k, v in (result.get("env") or {}).items()
+                      if k.startswith("VISGATE_") and k not in _NOT_KEYED_ENV)
+    return "/".join([key, *(f"{k}={v}" for k, v in settings)])
 
 
 def measurements(result: dict[str, Any]) -> dict[str, dict[str, float]]:

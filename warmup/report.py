@@ -104,7 +104,7 @@ def latency_verdict(r: dict[str, Any], target: float | None) -> str:
 def options_label(r: dict[str, Any]) -> str:
     opts = r.get("options", {})
     extra = [f"{k}={v}" for k, v in opts.items() if (k, v) not in
-             (("compile", "regional"), ("quantize", "none"), ("attention", "auto"))]
+             (("compile", "regional"), ("quantize", "none"), ("attention", "auto"), ("precision", "auto"))]
     return ", ".join(extra)
 
 

@@ -253,3 +253,36 @@ def test_a_cold_start_whose_compile_fell_back_to_eager_fails() -> None:
         {"ready_s": 40.0, "compile": "regional", "applied": ["compile", "fuse_qkv", "precision"]},
         {"ready_s": 5.0, "compile": "off", "applied": ["fuse_qkv", "precision"]}]
     assert not any(c.failed for c in cr.check(compiled, baseline_of(coldstart(ready=40.0))))
+
+
+# ---- like with like: the settings a run was given --------------------------------------------------
+def test_a_latency_run_at_another_precision_is_another_configuration() -> None:
+    """SDXL loads as fp16 by default; --precision bf16 (fp8's prerequisite) is another run."""
+    assert cr.latency_key(latency(precision="auto")) == "latency/synthetic/flux-dev/1024/28"
+    bf16 = latency(tuned=9.0, precision="bf16")
+    assert cr.latency_key(bf16) == "latency/synthetic/flux-dev/1024/28/precision=bf16"
+    assert statuses(cr.check(bf16, baseline_of(latency())))["tuned_median_s"] == "new"
+
+
+def test_a_cold_start_with_worker_settings_in_env_is_another_configuration() -> None:
+    fp8 = coldstart(ready=30.0, compile_mode="aot")
+    fp8["env"] = {"VISGATE_QUANTIZE": "fp8", "VISGATE_PRECISION": "bf16", "HF_TOKEN": "***",
+                  "VISGATE_WEBHOOK_SECRET": "***", "VISGATE_COMPILE": "off"}
+    assert cr.measurements(fp8) == {
+        "coldstart/synthetic/sdxl/warm-cache/compile=aot/VISGATE_PRECISION=bf16/VISGATE_QUANTIZE=fp8": {"ready_s": 30.0}}
+    base = baseline_of(coldstart(ready=7.0, compile_mode="aot"))
+    assert statuses(cr.check(fp8, base))["ready_s"] == "new"
+    merged = cr.build_baseline([("fp8.json", fp8)], previous=base)["gpus"][H100]
+    assert merged["coldstart/synthetic/sdxl/warm-cache/compile=aot"]["ready_s"] == 7.0  # not replaced
+
+
+def test_the_benchmarks_record_the_settings_the_key_reads() -> None:
+    from warmup import bench_coldstart, bench_latency
+
+    args = bench_latency.parse_args(["--mode", "synthetic", "--model", "sdxl", "--precision", "bf16"])
+    assert cr.latency_key({**latency(), "options": bench_latency.run_options(args)}).endswith("/precision=bf16")
+    args = bench_latency.parse_args(["--mode", "synthetic", "--model", "sdxl"])
+    assert cr.latency_key({**latency(), "options": bench_latency.run_options(args)}) == "latency/synthetic/flux-dev/1024/28"
+    args = bench_coldstart.parse_args(["--mode", "synthetic", "--env", "VISGATE_QUANTIZE=fp8"])
+    record = bench_coldstart.summarize(args, bench_coldstart.RealHub("sdxl", None), {"warm-cache": []})
+    assert record["env"] == {"VISGATE_QUANTIZE": "fp8"}
