@@ -35,6 +35,10 @@ run latency python -m warmup.bench_latency --mode tiny --model visgate/tiny-flux
 # (--cache-phases), the benchmark's own aot path (~1 minute).
 run latency-aot python -m warmup.bench_latency --mode tiny --model visgate/tiny-flux --size 256 \
   --steps 2 --runs 1 --compile aot --variants tuned --cache-phases --cache-dir "$OUT/cache"
+# The GPU workflow's latency steps build synthetic pipelines (warmup/synthetic.build_pipeline), which
+# no tiny run touches: the same build at small scale, uncompiled (~15 s).
+VISGATE_SYNTHETIC_SCALE=small run latency-synthetic python -m warmup.bench_latency --mode synthetic \
+  --model flux-dev --device cpu --size 256 --steps 2 --runs 1 --compile off --cache-dir "$OUT/cache"
 scenarios="empty,warm-eager"
 if [ "${BENCH_SMOKE_COMPILE:-0}" = "1" ]; then
   scenarios="all"

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -353,6 +354,7 @@ def summarize(args: argparse.Namespace, source: Source,
     return {"what": "coldstart", "mode": record_mode(args.mode), "model": args.model,
             "model_id": source.model_id,
             "device": args.device, "repeat": args.repeat, "first_job": args.first_job, "jobs": args.jobs,
+            "env": args.extra_env,  # part of the regression check's key (secrets are redacted)
             "command": " ".join(["python", "-m", "warmup.bench_coldstart", *args.argv]),
             "parts": list(PARTS), "machine": machine_info(args.device), "scenarios": scenarios}
 
@@ -432,8 +434,17 @@ def make_source(args: argparse.Namespace, work: Path) -> Source:
     return RealHub(args.model, args.endpoint)
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM to this process alone (``kill PID``, a container or service stop) ends Python
+    without its ``finally`` blocks: the worker it booted would go on serving as an orphan, holding
+    the GPU and its memory under the next benchmark. As SystemExit it stops the worker
+    (LocalWorker.stop), the hub and the work folder; the partial result is already written."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    exit_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     with tempfile.TemporaryDirectory(prefix="bench-coldstart-") as tmp:

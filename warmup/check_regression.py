@@ -4,8 +4,10 @@
     python -m warmup.check_regression --update RESULT.json [...]   # merge them into the baseline
 
 The baseline is keyed by GPU name (``machine.gpu`` of a result), then by what was measured
-(``latency/<mode>/<model>/<size>/<steps>[/<option>=<value>...]`` or
-``coldstart/<mode>/<model>/<scenario>``). A check fails when, on the same GPU:
+(``latency/<mode>/<model>/<size>/<steps>[/<option>=<value>...]``, the options being compile,
+quantize, attention and precision where not the default, or
+``coldstart/<mode>/<model>/<scenario>[/compile=<mode>][/<VISGATE_ setting>=<value>...]``, the
+settings being those given with ``--env``). A check fails when, on the same GPU:
 
 - tuned seconds per image > baseline x ``latency_ratio`` (1.15);
 - the compile cache hit takes more than ``cache_hit_ratio_max`` (0.25) of the cold compile
@@ -15,7 +17,9 @@ The baseline is keyed by GPU name (``machine.gpu`` of a result), then by what wa
 - cold start to ready > baseline x ``coldstart_ratio`` (1.25: boots are noisier than steps).
 
 A measurement with no baseline entry (a new GPU, model or scenario) is reported as "new" and
-does not fail; CPU results are not checked (shared CPUs are too noisy to gate on).
+does not fail; CPU results are not checked (shared CPUs are too noisy to gate on). A partial
+result (a run killed before its end), a crash recorded in one, or a latency phase or cold-start
+boot whose compile failed at warmup (served eagerly) fails the check, and ``--update`` refuses it.
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from warmup.bench_latency import served_eagerly
 from warmup.targets import CACHE_HIT_RATIO
 
 BASELINE = Path(__file__).resolve().parent / "baseline.json"
 THRESHOLDS = {"latency_ratio": 1.15, "coldstart_ratio": 1.25, "cache_hit_ratio_max": CACHE_HIT_RATIO,
               "psnr_min_db": 30.0}
-_DEFAULT_OPTIONS = {"compile": "regional", "quantize": "none", "attention": "auto"}
+_DEFAULT_OPTIONS = {"compile": "regional", "quantize": "none", "attention": "auto", "precision": "auto"}
+# Of a cold start's --env: the scenario's own compile mode (keyed as compile=) and the webhook's
+# address and key (bench_coldstart points the webhook at its receiver; the key is a secret).
+_NOT_KEYED_ENV = ("VISGATE_COMPILE", "VISGATE_WEBHOOK", "VISGATE_WEBHOOK_SECRET")
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,13 @@ def coldstart_key(result: dict[str, Any], scenario: str, entry: dict[str, Any]) 
     # A compile mode other than the scenario's usual one (regional; off without compile) is
     # another configuration: an aot boot is not compared with a regional baseline.
     key = f"coldstart/{result['mode']}/{result['model']}/{scenario}"
-    return key if entry.get("compile") in (None, "regional", "off") else f"{key}/compile={entry['compile']}"
+    if entry.get("compile") not in (None, "regional", "off"):
+        key += f"/compile={entry['compile']}"
+    # Worker settings given with --env (VISGATE_QUANTIZE=fp8, VISGATE_PRECISION=bf16, ...) are
+    # another configuration too; not the variables that are no setting of the worker's speed.
+    settings = sorted((k, v) for k, v in (result.get("env") or {}).items()
+                      if k.startswith("VISGATE_") and k not in _NOT_KEYED_ENV)
+    return "/".join([key, *(f"{k}={v}" for k, v in settings)])
 
 
 def measurements(result: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -93,14 +107,33 @@ def gpu_of(result: dict[str, Any]) -> str | None:
 
 
 def errors_of(result: dict[str, Any]) -> list[str]:
-    """Crashes recorded inside a result (a boot that failed, a cache-hit child that died)."""
+    """Crashes recorded inside a result (a run killed before its end, a boot that failed, a
+    cache-hit child that died)."""
     found = []
+    if result.get("partial"):
+        # Written after each phase so that a run killed at its time limit keeps what it measured:
+        # what it never reached (the tuned run, the cache-hit boot) must not read as "no figure".
+        found.append("partial result: the run was killed or crashed before its end")
     if result.get("what") == "coldstart":
         for scenario, entry in result.get("scenarios", {}).items():
             if entry.get("errors"):
                 found.append(f"{scenario}: {entry['errors']} boot(s) failed")
+            # A boot whose compile failed at warmup serves eagerly and is ready sooner: its
+            # ready time is an eager boot's, not the compiled one the scenario names.
+            eager = [run for run in entry.get("runs", []) if "error" not in run and "applied" in run
+                     and run.get("compile") not in (None, "off") and "compile" not in run["applied"]]
+            if eager:
+                found.append(f"{scenario}: {len(eager)} boot(s) served eagerly, their compile failed")
     if isinstance(result.get("cache_hit_boot"), dict) and "error" in result["cache_hit_boot"]:
         found.append(f"cache-hit process: {result['cache_hit_boot']['error']}")
+    if result.get("what") == "latency":
+        # A compile that failed at warmup falls back to eager: that phase's figures (a fast
+        # "cache hit", an eager "tuned" median) measure the fallback, not the compile.
+        for phase, tuning in (("tuned run", result.get("tuning")),
+                              ("cache-hit process", (result.get("cache_hit_boot") or {}).get("tuning"))):
+            why = served_eagerly(tuning)
+            if why:
+                found.append(f"{phase}: compile {why}")
     return found
 
 
@@ -214,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = _read(args.results)
     if args.build or args.update:
+        # A killed run or failed boots would replace a baseline entry with what little they
+        # measured (a partial latency run has no tuned figure: the entry would lose it for good).
+        refused = [f"{name}: {error}" for name, result in results for error in errors_of(result)]
+        if refused:
+            print("not merged into the baseline:\n" + "\n".join(refused), file=sys.stderr)
+            return 1
         previous = json.loads(args.baseline.read_text()) if args.baseline.is_file() else None
         text = json.dumps(build_baseline(results, previous), indent=1) + "\n"
         if args.update:

@@ -98,13 +98,15 @@ def latency_verdict(r: dict[str, Any], target: float | None) -> str:
     if target is None:
         return "no target" if r["machine"].get("gpu") else "none (CPU)"
     tuned = r.get("tuned")
+    if tuned is None and r.get("partial"):  # not "pending": this run died before it measured
+        return f"≤ {target:g}: not measured (run killed before its end)"
     return verdict(tuned["median_s"] if tuned else None, target)
 
 
 def options_label(r: dict[str, Any]) -> str:
     opts = r.get("options", {})
     extra = [f"{k}={v}" for k, v in opts.items() if (k, v) not in
-             (("compile", "regional"), ("quantize", "none"), ("attention", "auto"))]
+             (("compile", "regional"), ("quantize", "none"), ("attention", "auto"), ("precision", "auto"))]
     return ", ".join(extra)
 
 
@@ -211,13 +213,22 @@ def coldstart_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def boots_label(r: dict[str, Any]) -> str:
+    """Boots per scenario; for a partial result (a run killed at its time limit, written after each
+    boot) the boots it got to, not the --repeat it was given."""
+    if not r.get("partial"):
+        return f"{r['repeat']} boot(s) per scenario"
+    done = max((len(s.get("runs", [])) for s in r["scenarios"].values() if "skipped" not in s), default=0)
+    return f"**partial**: killed after {done} of {r['repeat']} boot(s) per scenario"
+
+
 def coldstart_tables(items: list[tuple[str, dict[str, Any]]], charts: dict[str, str]) -> list[str]:
     if not items:
         return []
     lines = ["## Cold start: process start to ready webhook (seconds, medians)", ""]
     for name, r in items:
         lines += [f"### {r['mode']} {r['model']} on {machine_label(r['machine'])}, "
-                  f"device {r['device']} ({r['repeat']} boot(s) per scenario)", "",
+                  f"device {r['device']} ({boots_label(r)})", "",
                   f"`{r.get('command', '')}`", "", *coldstart_section(r)]
         if name in charts:
             lines += ["", f"![cold start {r['model']}]({charts[name]})"]

@@ -46,3 +46,46 @@ def test_the_record_keeps_no_secret_of_the_command_or_the_environment(tmp_path: 
     for secret in (HF_TOKEN, ENV_TOKEN, WEBHOOK_SECRET, MIRROR_PASSWORD):
         assert secret not in text
         assert secret not in done.stdout + done.stderr
+
+
+def test_a_sigterm_to_the_benchmark_alone_stops_the_worker_it_booted(tmp_path: Path) -> None:
+    """Killed by its PID mid-run, the benchmark used to die without its finally blocks, and the
+    worker it had booted went on serving, an orphan of init, holding the GPU from the next runs."""
+    import signal
+    import time
+
+    out, log = tmp_path / "coldstart.json", tmp_path / "bench.log"
+    workers: list[int] = []
+    with open(log, "wb") as sink:
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "warmup.bench_coldstart", "--scenarios", "warm-eager", "--repeat", "3",
+             "--no-first-job", "--workdir", str(tmp_path / "work"), "--out", str(out)],
+            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            while "warm-eager: ready" not in log.read_text(errors="replace") or not workers:
+                assert bench.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+                if "warm-eager: ready" in log.read_text(errors="replace"):
+                    workers = child_pids(bench.pid)  # the second boot's worker, starting
+            bench.send_signal(signal.SIGTERM)  # to the benchmark alone, not its process group
+            code = bench.wait(timeout=60)
+        finally:
+            if bench.poll() is None:
+                bench.kill()
+            alive = [pid for pid in workers if running(pid)]
+            for pid in alive:
+                os.kill(pid, signal.SIGKILL)
+    assert not alive, "the booted worker outlived the benchmark"
+    assert code == 128 + signal.SIGTERM  # its finally blocks ran: an exit, not a death by signal
+    assert json.loads(out.read_text())["partial"] is True  # what it had measured is kept
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text().lower()

@@ -116,3 +116,17 @@ def test_check_args_names_an_unknown_benchmark(capsys) -> None:
     with pytest.raises(SystemExit, match="unknown benchmark 'bench_latncy'"):
         check_args.main(["bench_latncy", "--mode", "tiny"])
     check_args.main(["bench_latency", "--mode", "tiny", "--variants", "tuned"])  # and passes a good one
+
+
+def test_the_cpu_smoke_runs_every_benchmark_and_mode_the_gpu_workflow_runs() -> None:
+    """scripts/bench_smoke.sh (every CI run) is where a GPU step's code path first runs: a
+    benchmark mode the GPU workflow uses and the smoke does not (bench_latency's synthetic build
+    was one) would first run, and break, on the GPU runner."""
+    def runs(path: Path) -> set[tuple[str, str]]:
+        text = re.sub(r"\\\n\s*", " ", path.read_text())
+        return {(bench, (re.search(r"--mode (\S+)", args) or [None, "tiny"])[1])
+                for bench, args in COMMAND.findall(text)}
+
+    gpu = runs(ROOT / ".github" / "workflows" / "gpu-benchmarks.yml") - {("check_regression", "tiny"), ("report", "tiny")}
+    assert {("bench_latency", "synthetic"), ("bench_coldstart", "synthetic")} <= gpu
+    assert gpu <= runs(ROOT / "scripts" / "bench_smoke.sh")

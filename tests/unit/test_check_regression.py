@@ -112,6 +112,30 @@ def test_a_tuned_run_that_measured_nothing_is_an_error() -> None:
     assert any(c.status == "error" and c.failed for c in checks)
 
 
+def test_a_run_killed_before_its_end_fails_the_check() -> None:
+    """bench_latency and bench_coldstart write a partial result after each phase: one killed at its
+    time limit after the eager run has no tuned figure, which must not pass as nothing to compare."""
+    killed = latency(tuned=None, ratio=None, psnr=None)
+    killed["partial"] = True
+    checks = cr.check(killed, baseline_of(latency()))
+    assert [c.metric for c in checks if c.failed] == ["crash"]
+    assert "partial" in checks[0].detail
+
+
+def test_update_refuses_a_partial_or_crashed_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(baseline_of(latency(tuned=4.0), coldstart(ready=10.0))))
+    before = baseline.read_text()
+    killed, crashed = latency(tuned=None, ratio=None, psnr=None), coldstart(ready=30.0, errors=2)
+    killed["partial"] = True
+    for name, result in (("killed.json", killed), ("crashed.json", crashed)):
+        path = tmp_path / name
+        path.write_text(json.dumps(result))
+        assert cr.main([str(path), "--update", "--baseline", str(baseline)]) == 1
+        assert name in capsys.readouterr().err
+    assert baseline.read_text() == before  # the tuned figure and the cold start are kept
+
+
 def test_cpu_results_are_not_checked() -> None:
     assert cr.check(latency(gpu=None, tuned=1000.0, ratio=0.9), baseline_of(latency())) == []
 
@@ -179,3 +203,86 @@ def test_update_merges_into_the_baseline_file(tmp_path: Path) -> None:
     merged = json.loads(baseline.read_text())["gpus"][H100]
     assert merged["coldstart/synthetic/sdxl/warm-cache"]["ready_s"] == 9.0
     assert merged["latency/synthetic/flux-dev/1024/28"]["tuned_median_s"] == 4.0
+
+
+# ---- a compile that fell back to eager ------------------------------------------------------------
+FELL_BACK = {"applied": {"precision": "bf16"},
+             "skipped": {"compile": "failed at warmup (BackendCompilerFailed); serving eagerly"}}
+COMPILED = {"applied": {"precision": "bf16", "compile": "FluxTransformer2DModel repeated blocks"}, "skipped": {}}
+
+
+def test_a_cache_hit_process_that_served_eagerly_fails_instead_of_meeting_the_ratio() -> None:
+    """A damaged archive makes the fresh process's compiled warmup fail; the worker then serves
+    eagerly, and its short eager warmup over the cold compile read as a cache hit far under 0.25."""
+    result = latency(ratio=0.08)
+    result["tuning"] = {"optimizations": COMPILED, "warmup_with_compile_s": 32.2}
+    result["cache_hit_boot"] = {"tuning": {"optimizations": FELL_BACK, "warmup_with_compile_s": 2.6}}
+    failed = [c for c in cr.check(result, baseline_of(latency())) if c.failed]
+    assert [c.metric for c in failed] == ["crash"]
+    assert "cache-hit process: compile failed at warmup" in failed[0].detail
+
+
+def test_a_tuned_run_that_served_eagerly_fails() -> None:
+    result = latency()
+    result["tuning"] = {"optimizations": FELL_BACK}
+    assert any(c.failed and "tuned run" in c.detail for c in cr.check(result, baseline_of(latency())))
+    uncompiled = latency(compile="off")
+    uncompiled["tuning"] = {"optimizations": {"applied": {}, "skipped": {"compile": "VISGATE_COMPILE=off"}}}
+    assert not any(c.failed for c in cr.check(uncompiled, {}))
+
+
+def test_bench_latency_gives_no_cache_ratio_for_an_eager_fallback() -> None:
+    from warmup import bench_latency
+
+    cold = {"optimizations": COMPILED, "warmup_with_compile_s": 32.0}
+    assert bench_latency.compile_cache_ratio(cold, {"optimizations": COMPILED, "warmup_with_compile_s": 4.0}) == 0.125
+    assert bench_latency.compile_cache_ratio(cold, {"optimizations": FELL_BACK, "warmup_with_compile_s": 2.6}) is None
+    assert bench_latency.compile_cache_ratio(cold, {}) is None
+
+
+def test_a_cold_start_whose_compile_fell_back_to_eager_fails() -> None:
+    """A boot whose compile fails at warmup serves eagerly and is ready sooner (on the CPU, 9.4 s
+    against ~40 s compiled): as "(b) warm weights, cold compile cache" it would pass any baseline."""
+    result = coldstart(ready=9.4)
+    result["scenarios"]["warm-cache"]["runs"] = [
+        {"ready_s": 9.4, "compile": "regional", "applied": ["fuse_qkv", "precision"]}]
+    checks = cr.check(result, baseline_of(coldstart(ready=40.0)))
+    assert any(c.failed and "served eagerly" in c.detail for c in checks)
+    compiled = coldstart(ready=40.0)
+    compiled["scenarios"]["warm-cache"]["runs"] = [
+        {"ready_s": 40.0, "compile": "regional", "applied": ["compile", "fuse_qkv", "precision"]},
+        {"ready_s": 5.0, "compile": "off", "applied": ["fuse_qkv", "precision"]}]
+    assert not any(c.failed for c in cr.check(compiled, baseline_of(coldstart(ready=40.0))))
+
+
+# ---- like with like: the settings a run was given --------------------------------------------------
+def test_a_latency_run_at_another_precision_is_another_configuration() -> None:
+    """SDXL loads as fp16 by default; --precision bf16 (fp8's prerequisite) is another run."""
+    assert cr.latency_key(latency(precision="auto")) == "latency/synthetic/flux-dev/1024/28"
+    bf16 = latency(tuned=9.0, precision="bf16")
+    assert cr.latency_key(bf16) == "latency/synthetic/flux-dev/1024/28/precision=bf16"
+    assert statuses(cr.check(bf16, baseline_of(latency())))["tuned_median_s"] == "new"
+
+
+def test_a_cold_start_with_worker_settings_in_env_is_another_configuration() -> None:
+    fp8 = coldstart(ready=30.0, compile_mode="aot")
+    fp8["env"] = {"VISGATE_QUANTIZE": "fp8", "VISGATE_PRECISION": "bf16", "HF_TOKEN": "***",
+                  "VISGATE_WEBHOOK_SECRET": "***", "VISGATE_COMPILE": "off"}
+    assert cr.measurements(fp8) == {
+        "coldstart/synthetic/sdxl/warm-cache/compile=aot/VISGATE_PRECISION=bf16/VISGATE_QUANTIZE=fp8": {"ready_s": 30.0}}
+    base = baseline_of(coldstart(ready=7.0, compile_mode="aot"))
+    assert statuses(cr.check(fp8, base))["ready_s"] == "new"
+    merged = cr.build_baseline([("fp8.json", fp8)], previous=base)["gpus"][H100]
+    assert merged["coldstart/synthetic/sdxl/warm-cache/compile=aot"]["ready_s"] == 7.0  # not replaced
+
+
+def test_the_benchmarks_record_the_settings_the_key_reads() -> None:
+    from warmup import bench_coldstart, bench_latency
+
+    args = bench_latency.parse_args(["--mode", "synthetic", "--model", "sdxl", "--precision", "bf16"])
+    assert cr.latency_key({**latency(), "options": bench_latency.run_options(args)}).endswith("/precision=bf16")
+    args = bench_latency.parse_args(["--mode", "synthetic", "--model", "sdxl"])
+    assert cr.latency_key({**latency(), "options": bench_latency.run_options(args)}) == "latency/synthetic/flux-dev/1024/28"
+    args = bench_coldstart.parse_args(["--mode", "synthetic", "--env", "VISGATE_QUANTIZE=fp8"])
+    record = bench_coldstart.summarize(args, bench_coldstart.RealHub("sdxl", None), {"warm-cache": []})
+    assert record["env"] == {"VISGATE_QUANTIZE": "fp8"}

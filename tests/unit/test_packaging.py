@@ -1135,3 +1135,50 @@ def test_workflow_run_steps_pass_shellcheck_and_name_real_files(workflow: Path, 
         if result.returncode != 0:
             problems.append(f"{where}:\n{result.stdout}")
     assert not problems, "\n".join(problems)
+
+
+# ---- the GPU runner's Python ---------------------------------------------------------------------
+def pinned_python_minimum() -> tuple[int, int]:
+    """The newest ``Requires-Python`` lower bound among the installed pins of requirements*.txt."""
+    from packaging.specifiers import SpecifierSet
+
+    floor = (3, 0)
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        for line in (ROOT / name).read_text().splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            requires = md.metadata(Requirement(line).name).get("Requires-Python") or ""
+            for spec in SpecifierSet(requires):
+                if spec.operator in (">=", ">"):
+                    floor = max(floor, Version(spec.version).release[:2])
+    return floor
+
+
+def gpu_install_check() -> str:
+    """The GPU workflow's Install step up to the venv: the interpreter checks it makes first."""
+    import yaml
+
+    document = yaml.safe_load((ROOT / ".github" / "workflows" / "gpu-benchmarks.yml").read_text())
+    install = next(s["run"] for s in document["jobs"]["benchmarks"]["steps"] if s.get("name") == "Install")
+    return install.split('"$PYTHON" -m venv')[0]
+
+
+def test_the_gpu_runner_python_is_one_the_pins_install_on(tmp_path: Path) -> None:
+    """BENCHMARKS.md once asked a runner for Python >= 3.10, on which pip finds no numpy==2.4.6
+    (nor the pinned diffusers, transformers, pillow): a runner set up as documented failed at
+    Install. The documented minimum is the pins' own, and the workflow refuses an older one."""
+    floor = "%d.%d" % pinned_python_minimum()
+    runner = re.search(r"Registering a self-hosted GPU runner(.*?)\n2\. ", (ROOT / "BENCHMARKS.md").read_text(), re.S)
+    assert runner and f"Python ≥ {floor}" in runner.group(1), f"the runner section must ask for Python ≥ {floor}"
+    script = tmp_path / "check.sh"
+    script.write_text(gpu_install_check())
+    ok = subprocess.run(["bash", "-e", str(script)], env={**os.environ, "PYTHON": sys.executable},
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    old = older_python()
+    if old is None:
+        pytest.skip("no Python older than 3.11 on this machine")
+    refused = subprocess.run(["bash", "-e", str(script)], env={**os.environ, "PYTHON": old},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and f"Python {floor} or newer is needed" in refused.stderr, refused.stderr
+    assert "VISGATE_CI_PYTHON" in refused.stderr

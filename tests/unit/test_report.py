@@ -143,3 +143,20 @@ def test_a_soak_run_renders_its_memory_samples(tmp_path: Path) -> None:
     assert "## A long run: 100 jobs on visgate/tiny-flux, CPU AMD EPYC" in summary
     assert "worker RSS +12.5 MB from ready to the last job" in summary
     assert "| 50 | 512.0 |" in summary and "| 100 | 512.5 |" in summary
+
+
+def test_a_partial_result_says_so_instead_of_pending_or_its_repeat(tmp_path: Path) -> None:
+    """bench_latency and bench_coldstart write a partial result after each phase or boot, and
+    gpu_check.sh kills a benchmark at its time limit: such a file is shown as the killed run it
+    is, not as a target "pending" or as medians of the --repeat it never reached."""
+    killed_latency = {**latency(H100, tuned=3.9, target=2.4), "partial": True}
+    del killed_latency["tuned"]
+    killed_coldstart = {**coldstart(H100, ready=12.0, target=8.0), "repeat": 3, "partial": True}
+    killed_coldstart["scenarios"]["warm-cache"]["runs"] = [{"ready_s": 12.0}]
+    write(tmp_path, "latency-killed.json", killed_latency)
+    write(tmp_path, "coldstart-killed.json", killed_coldstart)
+    report.build(tmp_path, tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "≤ 2.4: not measured (run killed before its end)" in summary and "pending" not in summary
+    assert "**partial**: killed after 1 of 3 boot(s) per scenario" in summary
+    assert "(3 boot(s) per scenario)" not in summary
