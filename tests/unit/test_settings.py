@@ -387,3 +387,19 @@ def test_local_mode_needs_a_usable_test_input_json(content: str | bytes | None, 
         check_runpod_flags([], env={"RUNPOD_REALTIME_PORT": "0"}, cwd=tmp_path)
     check_runpod_flags(["--rp_serve_api"], env={}, cwd=tmp_path)
     check_runpod_flags(["--test_input", LOCAL_JOB], env={}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("argv, env, on_queue", [
+    ([], ON_RUNPOD, True),
+    ([], {"RUNPOD_WEBHOOK_GET_JOB": ""}, True),  # set at all, as the SDK reads it
+    ([], {**ON_RUNPOD, "RUNPOD_REALTIME_PORT": "8080"}, False),  # the SDK serves HTTP instead
+    ([], {**ON_RUNPOD, "RUNPOD_REALTIME_PORT": "0"}, True),
+    (["--rp_serve_api"], ON_RUNPOD, False),
+    (["--test_input", LOCAL_JOB], ON_RUNPOD, False),  # the SDK runs that job and exits
+    (["--test_input", ""], ON_RUNPOD, True),  # an empty one: ignored, as the SDK ignores it
+    ([], {}, False),  # local: test_input.json
+])
+def test_runpod_flags_tell_whether_the_sdk_takes_queue_jobs(argv: list[str], env: dict,
+                                                             on_queue: bool, job_dir: Path) -> None:
+    """Only on the queue does the SDK check the machine before its first job (runtime/serve.py)."""
+    assert check_runpod_flags(argv, env=env, cwd=job_dir) is on_queue
