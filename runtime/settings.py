@@ -153,6 +153,13 @@ def check_runpod_flags(argv: Sequence[str], env: Mapping[str, str] | None = None
     machine before its first job (runtime/serve.py, ``JobSdk.check_machine``)."""
     env = os.environ if env is None else env
     flags = _RunpodFlags().parse_known_args(list(argv))[0]
+    if flags.rp_serve_api and (flags.rp_api_concurrency or 1) > 1:
+        # The SDK's server (uvicorn) runs several processes only for an application named by an
+        # import string, which the SDK never passes: it would warn and exit after the whole boot
+        # and the ready webhook. One process is what this worker is anyway: one pipeline.
+        raise SettingsError(f"--rp_api_concurrency {flags.rp_api_concurrency}: Runpod's SDK serves "
+                            "HTTP jobs from one process only (above 1 its server exits once the "
+                            "boot is over); leave it at 1")
     if flags.test_input:  # an empty one: the SDK ignores it too
         _check_local_job(flags.test_input, "--test_input")
         return False

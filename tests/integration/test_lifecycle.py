@@ -262,11 +262,14 @@ def test_a_refused_short_webhook_secret_leaves_the_failure_readable(tmp_path, sh
     (("--test_input", '{"input": {"prompt": "a"'), None, "--test_input is not valid JSON"),
     ((), '{"input": {"prompt": "a"', "test_input.json is not valid JSON"),
     ((), None, "no job to run: outside Runpod the worker runs one local job"),
+    (("--rp_serve_api", "--rp_api_concurrency", "2"), None,
+     "--rp_api_concurrency 2: Runpod's SDK serves HTTP jobs from one process only"),
 ])
 def test_an_unusable_local_job_fails_at_settings_before_loading_or_ready(tmp_path, args, local_job, said):
     # Runpod's SDK parses --test_input, or reads test_input.json in local mode, only as serving
     # starts: without the settings check the worker would load, warm up and announce "ready",
-    # then die on the JSON (or exit 1 with "test_input.json not found").
+    # then die on the JSON (or exit 1 with "test_input.json not found"). Its HTTP server asked
+    # for more than one process exits then too (exit 3, after "ready").
     workdir = tmp_path / "workdir"
     workdir.mkdir()
     if local_job is not None:

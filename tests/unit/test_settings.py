@@ -357,6 +357,17 @@ def test_a_test_input_the_sdk_cannot_run_is_a_settings_error(argv: list[str], me
         assert """--test_input '{"input": {"prompt": "a red fox"}}'""" in str(info.value)
 
 
+def test_more_than_one_server_process_is_a_settings_error(job_dir: Path) -> None:
+    # uvicorn starts several processes only from an import string, which the SDK never passes:
+    # it warned and exited once the boot was over, after the ready webhook.
+    for argv in (["--rp_serve_api", "--rp_api_concurrency", "2"], ["--rp_serve_api", "--rp_api_conc=4"]):
+        with pytest.raises(SettingsError, match=r"--rp_api_concurrency \d: Runpod's SDK serves HTTP "
+                                                r"jobs from one process only"):
+            check_runpod_flags(argv, env={}, cwd=job_dir)
+    check_runpod_flags(["--rp_serve_api", "--rp_api_concurrency", "1"], env={}, cwd=job_dir)
+    check_runpod_flags(["--rp_api_concurrency", "2"], env=ON_RUNPOD, cwd=job_dir)  # no server: unused
+
+
 def test_a_realtime_port_the_sdk_cannot_read_is_a_settings_error(job_dir: Path) -> None:
     with pytest.raises(SettingsError, match="RUNPOD_REALTIME_PORT is not a port number"):
         check_runpod_flags([], env={"RUNPOD_REALTIME_PORT": "http"}, cwd=job_dir)
