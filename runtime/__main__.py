@@ -30,7 +30,7 @@ def main() -> int:
     try:
         with record.stage("settings"):
             settings = read_settings()
-            check_runpod_flags(sys.argv[1:])
+            on_queue = check_runpod_flags(sys.argv[1:])  # Runpod's job queue, not a local job or API
     except Exception as exc:  # noqa: BLE001 - SettingsError, or a fault reading the environment
         partial = read_webhook_settings()  # the webhook may still be usable: say why we stop
         setup_logging(partial.secrets if partial else ())
@@ -45,6 +45,8 @@ def main() -> int:
             service = boot(settings, record, before_warmup=sdk.wait)  # fetch -> load -> optimize -> warmup
             with record.stage("serve"):  # the SDK is in before "ready": ready means able to take a job
                 start = sdk.start_function()
+                if on_queue:  # where the SDK checks the machine before its first job
+                    sdk.check_machine()
             record.log_line()
     except (Exception, Stopped) as exc:  # noqa: BLE001 - every boot failure is reported, then final
         report_failure(announcer, exc, record)

@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pipelines.base import PipelineFamily
+from pipelines.base import GenerationRequest, PipelineFamily
 from runtime.encode import PngEncoder
 from runtime.errors import (JobInputError, WorkerError, is_fatal_device_error, is_out_of_memory,
                            redact, sendable)
@@ -43,15 +43,15 @@ def generate_png(service: Service, job_input: Any) -> dict[str, Any]:
     family = service.family
     request = validate(job_input, family.serving_defaults, family.size_rules, family.limits)
     if service.compiled and family.warm_key(request) not in service.warm_keys:
-        log.warning("%dx%d (key %s) was not warmed up: served eagerly, without recompiling; add "
-                    "it to VISGATE_WARMUP_SHAPES to serve it compiled", request.width, request.height,
-                    family.warm_key(request))
+        _warn_not_warm(service, request)
     started = time.perf_counter()
     image = family.generate(service.pipe, request)
     generated = time.perf_counter()
     png = service.encoder.encode(image)
-    log.info("job done: %dx%d, %d steps, generate %.3fs, encode %.3fs (%s)", request.width,
-             request.height, request.steps, generated - started, time.perf_counter() - generated,
+    # Sizes as HEIGHTxWIDTH, the order VISGATE_WARMUP_SHAPES reads: the shapes jobs ask for most
+    # are the ones to add there.
+    log.info("job done: %dx%d, %d steps, generate %.3fs, encode %.3fs (%s)", request.height,
+             request.width, request.steps, generated - started, time.perf_counter() - generated,
              service.encoder.name)
     return {
         "image_base64": base64.b64encode(png).decode("ascii"),
@@ -60,6 +60,23 @@ def generate_png(service: Service, job_input: Any) -> dict[str, Any]:
         "height": request.height,
         "width": request.width,
     }
+
+
+def _warn_not_warm(service: Service, request: GenerationRequest) -> None:
+    """Say why a job runs eagerly, and what would compile it: its shape, named as
+    VISGATE_WARMUP_SHAPES takes it (HEIGHTxWIDTH; the other order would warm the transposed
+    shape), or, where that shape was warmed and only the guidance's graph differs (SDXL with
+    classifier-free guidance switched), the default guidance warmup compiles for."""
+    shape = f"{request.height}x{request.width}"
+    key = service.family.warm_key(request)
+    if (request.height, request.width) in {warm[:2] for warm in service.warm_keys}:
+        log.warning("a %s (HEIGHTxWIDTH) job with guidance_scale %g was not warmed up (key %s): "
+                    "served eagerly, without recompiling; warmup compiles this shape for the "
+                    "default guidance (VISGATE_DEFAULT_GUIDANCE) only", shape, request.guidance, key)
+    else:
+        log.warning("a %s (HEIGHTxWIDTH) job was not warmed up (key %s): served eagerly, without "
+                    "recompiling; add %s to VISGATE_WARMUP_SHAPES to serve it compiled", shape, key,
+                    shape)
 
 
 def make_handler(service: Service) -> Callable[[dict[str, Any]], dict[str, Any]]:

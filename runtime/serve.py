@@ -8,7 +8,7 @@ import os
 import threading
 from typing import Any, Callable
 
-from runtime.errors import brief
+from runtime.errors import BootError, brief
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +67,27 @@ class JobSdk:
                         brief(self._error) if self._error else "no result")
             self._start = self._load()
         return self._start
+
+    def check_machine(self) -> None:
+        """On Runpod's job queue, before "ready": the SDK's own start-up checks of this machine
+        that the boot itself can fail. Before its first job the SDK checks free memory and the
+        space left on / (RUNPOD_MIN_MEMORY_GB, default 4 GB; RUNPOD_MIN_DISK_PERCENT, default
+        10%), and a failure ends the process at once: after the ready webhook, as a worker that
+        never takes a job, boot after boot. Weights fetched to the container disk are what most
+        often leave / under its threshold. Run here, with the SDK's own functions, the same
+        failure is a failed boot that says why. (Its network and GPU checks are left to it.)"""
+        from runpod.serverless.modules import rp_system_fitness as fitness
+
+        advice = {"_check_memory_availability": "a machine with more memory is needed",
+                  "_check_disk_space": "give the endpoint a larger container disk, or a network "
+                                       "volume for the weights cache (VISGATE_CACHE_DIR)"}
+        for name, what_to_do in advice.items():
+            check = getattr(fitness, name, None)
+            if check is None:  # another SDK version: it will judge for itself
+                log.warning("job SDK has no %s; not checked before ready", name)
+                continue
+            try:
+                check()
+            except RuntimeError as exc:
+                raise BootError(f"Runpod's job SDK would stop this worker before its first job: "
+                                f"{exc}; {what_to_do}", stage="serve") from None

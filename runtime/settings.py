@@ -171,29 +171,45 @@ TEST_INPUT_EXAMPLE = """--test_input '{"input": {"prompt": "a red fox"}}'"""
 
 
 def check_runpod_flags(argv: Sequence[str], env: Mapping[str, str] | None = None,
-                       cwd: Path | None = None) -> None:
+                       cwd: Path | None = None) -> bool:
     """Refuse a job Runpod's SDK could not run. The SDK parses its flags only as serving starts,
     after the whole boot and the ready webhook: a bad ``--test_input`` would fail only then. So
     would local mode (no ``--rp_serve_api``, not on Runpod) with no ``--test_input`` and a
     missing or malformed ``test_input.json`` in the working directory, which the SDK reads then.
     Read as the SDK reads them (argparse, its own flags, unknown ones left alone); the messages
-    never quote the job."""
+    never quote the job.
+
+    Returns whether the SDK will take jobs from Runpod's queue: only there does it check the
+    machine before its first job (runtime/serve.py, ``JobSdk.check_machine``)."""
     env = os.environ if env is None else env
     flags = _RunpodFlags().parse_known_args(list(argv))[0]
+    if flags.rp_serve_api and (flags.rp_api_concurrency or 1) > 1:
+        # The SDK's server (uvicorn) runs several processes only for an application named by an
+        # import string, which the SDK never passes: it would warn and exit after the whole boot
+        # and the ready webhook. One process is what this worker is anyway: one pipeline.
+        raise SettingsError(f"--rp_api_concurrency {flags.rp_api_concurrency}: Runpod's SDK serves "
+                            "HTTP jobs from one process only (above 1 its server exits once the "
+                            "boot is over); leave it at 1")
     if flags.test_input:  # an empty one: the SDK ignores it too
         _check_local_job(flags.test_input, "--test_input")
-    elif not flags.rp_serve_api and not _sdk_serves(env):
-        path = (Path.cwd() if cwd is None else cwd) / "test_input.json"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise SettingsError(f"no job to run: outside Runpod the worker runs one local job, from "
-                                f"--test_input or {path}, which does not exist; give "
-                                f"{TEST_INPUT_EXAMPLE}, or --rp_serve_api to serve HTTP jobs") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"cannot read {path} ({exc.__class__.__name__}), the local job "
-                                f"the SDK would run") from None
-        _check_local_job(text, str(path))
+        return False
+    if flags.rp_serve_api:
+        return False
+    if _sdk_serves(env):
+        # The queue, unless a realtime port makes the SDK serve HTTP instead.
+        return int(env.get("RUNPOD_REALTIME_PORT", "0")) == 0
+    path = (Path.cwd() if cwd is None else cwd) / "test_input.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(f"no job to run: outside Runpod the worker runs one local job, from "
+                            f"--test_input or {path}, which does not exist; give "
+                            f"{TEST_INPUT_EXAMPLE}, or --rp_serve_api to serve HTTP jobs") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"cannot read {path} ({exc.__class__.__name__}), the local job "
+                            f"the SDK would run") from None
+    _check_local_job(text, str(path))
+    return False
 
 
 def _sdk_serves(env: Mapping[str, str]) -> bool:

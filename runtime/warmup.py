@@ -74,9 +74,10 @@ def warmup(family: PipelineFamily, pipe: Any, shapes: list[tuple[int, int]],
             # The whole pipeline ran (every graph is warm); only its image is unusable, which a
             # job would report as its error. A warning, not a failed boot: a 2-step warmup
             # image is noise, and the safety checker's verdict on it says nothing of real jobs.
-            log.warning("warmup %dx%d: the image was rejected: %s", width, height, exc)
+            log.warning("warmup %dx%d: the image was rejected: %s", height, width, exc)
             run["rejected"] = str(exc)
         run["seconds"] = round(time.perf_counter() - t0, 3)
-        log.info("warmup %dx%d, %d steps: %.2fs", width, height, steps, run["seconds"])
+        # HEIGHTxWIDTH, as VISGATE_WARMUP_SHAPES and the job log lines name sizes.
+        log.info("warmup %dx%d, %d steps: %.2fs", height, width, steps, run["seconds"])
         runs.append(run)
     return runs

@@ -262,11 +262,14 @@ def test_a_refused_short_webhook_secret_leaves_the_failure_readable(tmp_path, sh
     (("--test_input", '{"input": {"prompt": "a"'), None, "--test_input is not valid JSON"),
     ((), '{"input": {"prompt": "a"', "test_input.json is not valid JSON"),
     ((), None, "no job to run: outside Runpod the worker runs one local job"),
+    (("--rp_serve_api", "--rp_api_concurrency", "2"), None,
+     "--rp_api_concurrency 2: Runpod's SDK serves HTTP jobs from one process only"),
 ])
 def test_an_unusable_local_job_fails_at_settings_before_loading_or_ready(tmp_path, args, local_job, said):
     # Runpod's SDK parses --test_input, or reads test_input.json in local mode, only as serving
     # starts: without the settings check the worker would load, warm up and announce "ready",
-    # then die on the JSON (or exit 1 with "test_input.json not found").
+    # then die on the JSON (or exit 1 with "test_input.json not found"). Its HTTP server asked
+    # for more than one process exits then too (exit 3, after "ready").
     workdir = tmp_path / "workdir"
     workdir.mkdir()
     if local_job is not None:
@@ -286,6 +289,32 @@ def test_an_unusable_local_job_fails_at_settings_before_loading_or_ready(tmp_pat
     assert said in body["error"]
     assert list(body["boot"]["stages"]) == ["settings"]
     assert_signed(failed)
+
+
+def test_a_machine_the_job_sdk_would_refuse_fails_the_serve_stage_not_after_ready(cache_dir, tmp_path):
+    # On Runpod's queue the SDK checks the machine before its first job (free memory; / at least
+    # RUNPOD_MIN_DISK_PERCENT free, 10% by default, which weights on the container disk can take)
+    # and ends the process when one falls short: this worker used to announce "ready" first, then
+    # exit 1 without ever taking a job. The queue's URL leads nowhere: no job is ever asked for.
+    with WebhookReceiver() as hook:
+        done = run_worker_to_exit(env_for(cache_dir, hook, RUNPOD_MIN_DISK_PERCENT="100",
+                                          RUNPOD_MIN_MEMORY_GB="0", RUNPOD_POD_ID="pod-q",
+                                          RUNPOD_WEBHOOK_GET_JOB="http://127.0.0.1:9/v2/job-take/$ID?gpu=x"),
+                                  timeout=180)
+        received = hook.wait_for(1, timeout=5)
+        time.sleep(0.5)  # a "ready" would have come before the failure
+        received = list(hook.received)
+    log = done.stdout + done.stderr
+    assert done.returncode == 1, log
+    assert [r.json()["status"] for r in received] == ["failed"], log
+    body = received[0].json()
+    assert body["stage"] == "serve" and body["boot"]["stages"]["serve"]["failed"] is True
+    assert body["error"].startswith("Runpod's job SDK would stop this worker before its first job: "
+                                    "Insufficient disk space: ")
+    assert "a larger container disk, or a network volume" in body["error"]
+    assert "Starting Serverless Worker" not in log and "Traceback" not in log
+    assert_signed(received[0])
+    assert_no_secrets(log, received[0].body.decode())
 
 
 # ---- warmup touches every graph at every shape ----------------------------------------------

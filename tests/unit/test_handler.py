@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,9 @@ from runtime import handler as handler_module
 from runtime.encode import PngEncoder
 from runtime.errors import JobInputError, WorkerError
 from runtime.handler import MAX_ERROR_CHARS, Service, job_error, make_handler
+from runtime.settings import Settings
+from runtime.validate import validate
+from runtime.warmup import warmup_requests
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -368,3 +373,51 @@ def test_an_sdxl_decode_that_runs_out_of_memory_leaves_the_vae_as_it_was(
     again = handle(job)
     assert set(again) == CONTRACT_KEYS, again.get("error")
     assert again["image_base64"] == reference["image_base64"]
+
+
+# ---- jobs a compiled worker did not warm up --------------------------------------------------------
+SIZE_IN_LOG = re.compile(r"\b(\d+)x(\d+)\b")
+
+
+def keys_warmed_by(family: Any, warmup_shapes: str) -> set[tuple[Any, ...]]:
+    """The warm keys a boot with this VISGATE_WARMUP_SHAPES compiles (its default shape aside)."""
+    settings = Settings.from_env({"HF_MODEL_ID": MODEL_ID, "DEVICE": "cpu",
+                                  "VISGATE_WARMUP_SHAPES": warmup_shapes})
+    return {family.warm_key(r) for r in warmup_requests(family, list(settings.warmup_shapes))}
+
+
+def test_the_shape_a_job_log_names_is_the_one_to_warm_up(tiny_flux_service: Service,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A compiled worker serves a shape warmup did not compile eagerly, and its warning says to add
+    that shape to VISGATE_WARMUP_SHAPES, which reads HEIGHTxWIDTH. The size it names (as the job's
+    "job done" line does), added there, must warm that very job: named width first, it warmed the
+    transposed shape and the job stayed eager."""
+    family = tiny_flux_service.family
+    service = Service(model_id=MODEL_ID, family=family, pipe=tiny_flux_service.pipe,
+                      encoder=PngEncoder(), compiled=True, warm_keys=frozenset({(1024, 1024)}))
+    with caplog.at_level(logging.INFO, logger="runtime.handler"):
+        assert set(make_handler(service)(GOOD_JOB)) == CONTRACT_KEYS  # 256 high, 320 wide
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    [done] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("job done")]
+    assert "VISGATE_WARMUP_SHAPES" in warning
+    job_key = family.warm_key(validate(GOOD_JOB["input"], family.serving_defaults,
+                                       family.size_rules, family.limits))
+    for line in (warning, done):
+        named = "x".join(SIZE_IN_LOG.search(line).groups())
+        assert job_key in keys_warmed_by(family, named), line
+
+
+def test_a_warmed_shape_missed_on_guidance_is_not_told_to_add_the_shape(
+        built_tiny_repo: Callable[[str], Path], caplog: pytest.LogCaptureFixture) -> None:
+    # SDXL's key also holds whether classifier-free guidance runs: a 256x256 job without it, on a
+    # worker that warmed 256x256 at its default guidance 5, has a warmed shape already.
+    family = detect_family(built_tiny_repo("visgate/tiny-sdxl"))
+    service = Service(model_id="visgate/tiny-sdxl", family=family, pipe=family.load(torch.float32, "cpu"),
+                      encoder=PngEncoder(), compiled=True, warm_keys=frozenset({(256, 256, True)}))
+    job = {"input": {"prompt": "a red apple", "height": 256, "width": 256, "seed": 3,
+                     "num_inference_steps": 1, "guidance_scale": 0}}
+    with caplog.at_level(logging.WARNING, logger="runtime.handler"):
+        assert set(make_handler(service)(job)) == CONTRACT_KEYS
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "VISGATE_WARMUP_SHAPES" not in warning
+    assert "guidance_scale 0 was not warmed up" in warning and "VISGATE_DEFAULT_GUIDANCE" in warning

@@ -34,3 +34,43 @@ def test_a_side_import_that_failed_once_is_retried_in_the_main_thread(caplog) ->
 
     assert FlakyOnSideThread().start_function() is print
     assert "importing it again" in caplog.text
+
+
+@pytest.fixture
+def sdk_thresholds(monkeypatch):
+    """Sets the SDK's own start-up thresholds (read from the environment at its import)."""
+    from runpod.serverless.modules import rp_system_fitness
+
+    def set_them(memory_gb: float, disk_percent: float) -> None:
+        monkeypatch.setattr(rp_system_fitness, "MIN_MEMORY_GB", memory_gb)
+        monkeypatch.setattr(rp_system_fitness, "MIN_DISK_PERCENT", disk_percent)
+
+    return set_them
+
+
+@pytest.mark.parametrize("memory_gb, disk_percent, said, advice", [
+    (0.0, 100.0, "Insufficient disk space", "a larger container disk, or a network volume"),
+    (1e9, 0.0, "Insufficient memory", "a machine with more memory"),
+])
+def test_a_machine_the_sdk_would_refuse_fails_the_serve_stage(sdk_thresholds, memory_gb: float,
+                                                              disk_percent: float, said: str,
+                                                              advice: str) -> None:
+    """On Runpod's queue the SDK checks free memory and the space left on / before its first
+    job, and ends the process if either is short: after the ready webhook. Checked before it,
+    with the SDK's own functions, it is a failed boot at the serve stage that says why."""
+    from runpod.serverless.modules.rp_system_fitness import _check_disk_space, _check_memory_availability
+
+    from runtime.errors import BootError
+
+    sdk_thresholds(memory_gb, disk_percent)
+    with pytest.raises(RuntimeError, match=said):  # what the SDK itself would do
+        (_check_disk_space if "disk" in said else _check_memory_availability)()
+    with pytest.raises(BootError, match=f"Runpod's job SDK would stop this worker before its "
+                                        f"first job: {said}.*; .*{advice}") as info:
+        JobSdk().check_machine()
+    assert info.value.stage == "serve"
+
+
+def test_a_machine_the_sdk_accepts_passes(sdk_thresholds) -> None:
+    sdk_thresholds(0.0, 0.0)
+    JobSdk().check_machine()

@@ -398,6 +398,17 @@ def test_a_test_input_the_sdk_cannot_run_is_a_settings_error(argv: list[str], me
         assert """--test_input '{"input": {"prompt": "a red fox"}}'""" in str(info.value)
 
 
+def test_more_than_one_server_process_is_a_settings_error(job_dir: Path) -> None:
+    # uvicorn starts several processes only from an import string, which the SDK never passes:
+    # it warned and exited once the boot was over, after the ready webhook.
+    for argv in (["--rp_serve_api", "--rp_api_concurrency", "2"], ["--rp_serve_api", "--rp_api_conc=4"]):
+        with pytest.raises(SettingsError, match=r"--rp_api_concurrency \d: Runpod's SDK serves HTTP "
+                                                r"jobs from one process only"):
+            check_runpod_flags(argv, env={}, cwd=job_dir)
+    check_runpod_flags(["--rp_serve_api", "--rp_api_concurrency", "1"], env={}, cwd=job_dir)
+    check_runpod_flags(["--rp_api_concurrency", "2"], env=ON_RUNPOD, cwd=job_dir)  # no server: unused
+
+
 def test_a_realtime_port_the_sdk_cannot_read_is_a_settings_error(job_dir: Path) -> None:
     with pytest.raises(SettingsError, match="RUNPOD_REALTIME_PORT is not a port number"):
         check_runpod_flags([], env={"RUNPOD_REALTIME_PORT": "http"}, cwd=job_dir)
@@ -428,3 +439,19 @@ def test_local_mode_needs_a_usable_test_input_json(content: str | bytes | None, 
         check_runpod_flags([], env={"RUNPOD_REALTIME_PORT": "0"}, cwd=tmp_path)
     check_runpod_flags(["--rp_serve_api"], env={}, cwd=tmp_path)
     check_runpod_flags(["--test_input", LOCAL_JOB], env={}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("argv, env, on_queue", [
+    ([], ON_RUNPOD, True),
+    ([], {"RUNPOD_WEBHOOK_GET_JOB": ""}, True),  # set at all, as the SDK reads it
+    ([], {**ON_RUNPOD, "RUNPOD_REALTIME_PORT": "8080"}, False),  # the SDK serves HTTP instead
+    ([], {**ON_RUNPOD, "RUNPOD_REALTIME_PORT": "0"}, True),
+    (["--rp_serve_api"], ON_RUNPOD, False),
+    (["--test_input", LOCAL_JOB], ON_RUNPOD, False),  # the SDK runs that job and exits
+    (["--test_input", ""], ON_RUNPOD, True),  # an empty one: ignored, as the SDK ignores it
+    ([], {}, False),  # local: test_input.json
+])
+def test_runpod_flags_tell_whether_the_sdk_takes_queue_jobs(argv: list[str], env: dict,
+                                                             on_queue: bool, job_dir: Path) -> None:
+    """Only on the queue does the SDK check the machine before its first job (runtime/serve.py)."""
+    assert check_runpod_flags(argv, env=env, cwd=job_dir) is on_queue
