@@ -74,3 +74,16 @@ def test_a_machine_the_sdk_would_refuse_fails_the_serve_stage(sdk_thresholds, me
 def test_a_machine_the_sdk_accepts_passes(sdk_thresholds) -> None:
     sdk_thresholds(0.0, 0.0)
     JobSdk().check_machine()
+
+
+def test_the_sdks_own_switch_turns_the_check_off(sdk_thresholds, monkeypatch) -> None:
+    """RUNPOD_SKIP_AUTO_SYSTEM_CHECKS=true turns the SDK's checks off (a baked image whose weights
+    fill most of its container disk): the worker's copy of them must not fail that boot."""
+    from runpod.serverless.modules import rp_fitness
+
+    sdk_thresholds(0.0, 100.0)  # a disk the SDK would refuse
+    monkeypatch.setenv("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "True")
+    monkeypatch.setitem(rp_fitness._registration_state, "system_checks", False)
+    rp_fitness._ensure_system_checks_registered()  # what the SDK does with the switch: no checks
+    assert not any("disk" in getattr(check, "__name__", "") for check in rp_fitness._fitness_checks)
+    JobSdk().check_machine()
