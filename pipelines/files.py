@@ -159,3 +159,21 @@ def components_without_weights(model_index: Mapping[str, Any], paths: Iterable[s
         if not any(_classify(n)[0] == "weight" for n in names):
             lacking.append(component)
     return tuple(lacking)
+
+
+def components_without_config(model_index: Mapping[str, Any], paths: Iterable[str]) -> tuple[str, ...]:
+    """Components ``model_index`` names for which ``paths`` holds no configuration: a folder a
+    partial download never reached (a text encoder, a tokenizer), or a model's weights without
+    the ``config.json`` that says how to build it.
+
+    ``components_without_weights`` cannot see these: it judges only folders that have their
+    ``config.json``. diffusers fails on the first at load, and builds a tokenizer that breaks at
+    the first prompt from the second.
+    """
+    chosen = set(paths)
+    lacking = []
+    for component in pipeline_components(model_index):
+        kinds = {_classify(p.rsplit("/", 1)[-1])[0] for p in chosen if p.startswith(component + "/")}
+        if "config" not in kinds or ("weight" in kinds and f"{component}/config.json" not in chosen):
+            lacking.append(component)
+    return tuple(lacking)

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from pipelines.files import MODEL_INDEX, FileSelection, RepoFile, components_without_weights
+from pipelines.files import (MODEL_INDEX, FileSelection, RepoFile, components_without_config,
+                            components_without_weights)
 from pipelines.registry import family_class_for, read_model_index
 from pipelines.tiny import ensure_tiny, is_tiny
 from runtime.errors import BootError
@@ -181,10 +182,14 @@ def _from_runpod_cache(settings: Settings) -> FetchResult | None:
         return None
     index, precision, selection = _plan(settings, snap.path,
                                         [RepoFile(p, s) for p, s in snap.files.items()])
-    lacking = components_without_weights(index, selection.paths) + _missing_shards(snap.path, selection.paths)
+    # A partial snapshot (a download cut short, files left out) would fail at load or at the
+    # first prompt, on every boot, with no fallback: our own cache is the better source then.
+    lacking = dict.fromkeys(components_without_config(index, selection.paths)
+                            + components_without_weights(index, selection.paths)
+                            + _missing_shards(snap.path, selection.paths))
     if lacking:
-        log.warning("Runpod's model cache holds %s but no usable weights for %s: using our cache",
-                    settings.model_id, ", ".join(lacking))
+        log.warning("Runpod's model cache holds an incomplete copy of %s (nothing usable for %s): "
+                    "using our cache", settings.model_id, ", ".join(lacking))
         return None
     size = sum(snap.files[p] for p in selection.paths)
     log.info("using Runpod's model cache for %s (%s, %s): %s", settings.model_id, snap.commit[:12],

@@ -553,6 +553,25 @@ def test_a_runpod_cache_without_the_weights_falls_back_to_ours(hub: HubServer, t
     assert (result.model_dir / "unet/diffusion_pytorch_model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("left_out, needed", [
+    ("text_encoder_2/*", "text_encoder_2/model.safetensors"),  # load: "no file named model.safetensors"
+    ("tokenizer/*", "tokenizer/tokenizer.json"),  # loads, then the first prompt fails
+    ("unet/config.json", "unet/config.json"),  # load: "no file named config.json"
+])
+def test_a_partial_runpod_snapshot_falls_back_to_ours(hub: HubServer, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      left_out: str, needed: str):
+    """A snapshot missing a whole component, or a component's config, is not served from:
+    every boot would fail at load or at warmup, never reaching the complete copy on the hub."""
+    runpod_volume_with(hub, tmp_path / "volume", ignore_patterns=[left_out])
+    settings = Settings.from_env(
+        {"HF_MODEL_ID": SDXL, "DEVICE": "cpu", "VISGATE_CACHE_DIR": str(tmp_path / "cache"),
+         "HF_ENDPOINT": hub.url}, volume_root=tmp_path / "volume")
+    result = fetch(settings, FAST)
+    assert result.source == "hub" and (result.model_dir / needed).is_file()
+    assert f"incomplete copy of {SDXL} (nothing usable for {left_out.split('/')[0]})" in caplog.text
+
+
 def test_a_request_error_names_its_kind_not_the_url(tmp_path: Path):
     # requests' own messages quote the whole URL (a mirror's credentials with it): a server that
     # redirects to itself forever ends in TooManyRedirects, reported by class and host only.

@@ -6,7 +6,7 @@ what a boot of SDXL base or FLUX.1-dev downloads and what it leaves on the hub.
 
 from __future__ import annotations
 
-from pipelines.files import RepoFile, components_without_weights, select_files
+from pipelines.files import RepoFile, components_without_config, components_without_weights, select_files
 from pipelines.flux import FluxFamily
 from pipelines.sdxl import SDXLFamily
 
@@ -215,3 +215,15 @@ def test_components_without_weights_are_reported():
     assert components_without_weights(index, selection.paths) == ("unet",)
     ok = SDXLFamily.select_files(SDXL_INDEX, listing(SDXL_FILES), "fp16")
     assert components_without_weights(SDXL_INDEX, ok.paths) == ()
+
+
+def test_components_without_config_are_reported():
+    """What a partial copy lacks that components_without_weights cannot see: a whole folder, or a
+    model's config.json beside its weights."""
+    complete = SDXLFamily.select_files(SDXL_INDEX, listing(SDXL_FILES), "fp16")
+    assert components_without_config(SDXL_INDEX, complete.paths) == ()
+    partial = {p: s for p, s in SDXL_FILES.items()
+               if not p.startswith(("tokenizer_2/", "text_encoder/")) and p != "unet/config.json"}
+    selection = SDXLFamily.select_files(SDXL_INDEX, listing(partial), "fp16")
+    assert components_without_config(SDXL_INDEX, selection.paths) == ("text_encoder", "tokenizer_2", "unet")
+    assert components_without_weights(SDXL_INDEX, selection.paths) == ()  # blind to all three
