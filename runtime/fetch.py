@@ -92,6 +92,7 @@ def fetch(settings: Settings, options: FetchOptions | None = None) -> FetchResul
     local = Path(settings.model_id).expanduser()
     if local.is_dir():
         return _from_local(settings, local.resolve())
+    _check_hub_id(settings.model_id, local)
     options = options or FetchOptions()
     started = time.perf_counter()
     found = _from_runpod_cache(settings)
@@ -100,6 +101,25 @@ def fetch(settings: Settings, options: FetchOptions | None = None) -> FetchResul
         return found
     with _disk_full_reported(settings):
         return _from_hub(settings, options, started)
+
+
+def _check_hub_id(model_id: str, local: Path) -> None:
+    """A model id that names a file, or can only be a path (``/runpod-volume/models/flux``, ``./m``,
+    ``~/m``), stops here: sent to the hub as a repository id, it came back as "not found, or
+    gated: set HF_TOKEN", or offline as "unset HF_HUB_OFFLINE to fill the cache", neither of which
+    helps with a path that is wrong or a network volume that is not attached."""
+    if local.is_file():
+        raise BootError(f"HF_MODEL_ID={model_id} is a file: single-file checkpoints are not "
+                        "supported; set HF_MODEL_ID to a diffusers model directory (the folder "
+                        "with model_index.json) or a Hugging Face model id", stage="fetch")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError:
+        raise BootError(f"HF_MODEL_ID={model_id} is not a directory on this worker (no such path) "
+                        "nor a Hugging Face model id (org/name): check the path, and that the "
+                        "network volume holding it is attached to the endpoint", stage="fetch") from None
 
 
 @contextlib.contextmanager

@@ -267,6 +267,24 @@ def fetch_error(settings, options: FetchOptions = FAST) -> str:
     return str(info.value)
 
 
+@pytest.mark.parametrize("offline", ["0", "1"])
+def test_a_model_path_that_is_no_directory_is_never_sent_to_the_hub(hub: HubServer, tmp_path: Path,
+                                                                    offline: str):
+    """A mistyped path or a network volume not attached: said as such, not answered with the hub's
+    "not found, or gated: set HF_TOKEN" or offline's "unset HF_HUB_OFFLINE to fill the cache"."""
+    checkpoint = tmp_path / "flux1-dev.safetensors"
+    checkpoint.write_bytes(b"\0" * 8)
+    missing = [str(tmp_path / "volume" / "models" / "flux"), "./models/flux", "~/models/flux",
+               str(tmp_path / "volume" / "models" / "flux") + "/"]
+    for model_id in missing:
+        message = fetch_error(hub_settings(hub, tmp_path / "cache", model_id, HF_HUB_OFFLINE=offline))
+        assert message.startswith(f"HF_MODEL_ID={model_id} is not a directory on this worker")
+        assert "network volume" in message and "HF_TOKEN" not in message
+    message = fetch_error(hub_settings(hub, tmp_path / "cache", str(checkpoint), HF_HUB_OFFLINE=offline))
+    assert "is a file: single-file checkpoints are not supported" in message
+    assert hub.log == [] and not (tmp_path / "cache" / "hf").exists()
+
+
 def test_gated_model_without_token(hub: HubServer, tmp_path: Path):
     message = fetch_error(hub_settings(hub, tmp_path, GATED))
     assert "gated" in message and "HF_TOKEN is not set" in message
