@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+# A commit's short form, as the hub's pages show it (7 characters) and its API accepts.
+SHORT_COMMIT_RE = re.compile(r"^[0-9a-f]{7,39}$")
 
 
 @dataclass(frozen=True)
@@ -71,14 +73,29 @@ def _remove(tmp: Path) -> None:
 
 def resolve_ref(folder: Path, revision: str) -> str | None:
     """The commit a cached repository folder's ``refs/`` names for ``revision`` (a commit itself
-    resolves to itself); None when the cache does not know it."""
+    resolves to itself, a short commit to the one snapshot it begins); None when the cache does
+    not know it."""
     if COMMIT_RE.match(revision):
         return revision
     try:
         commit = (folder / "refs" / revision).read_text().strip()
     except OSError:
-        return None
+        return _snapshot_by_prefix(folder, revision)
     return commit if COMMIT_RE.match(commit) else None
+
+
+def _snapshot_by_prefix(folder: Path, revision: str) -> str | None:
+    """The cached commit that a short commit names. No ``refs/`` entry is written for one except
+    by a fetch that asked the hub with it: a Runpod cache, or ours filled under another revision,
+    holds it as a snapshot only."""
+    if not SHORT_COMMIT_RE.match(revision):
+        return None
+    try:
+        found = [p.name for p in (folder / "snapshots").iterdir()
+                 if COMMIT_RE.match(p.name) and p.name.startswith(revision)]
+    except OSError:
+        return None
+    return found[0] if len(found) == 1 else None  # two that begin alike: ask the hub
 
 
 class RepoCache:

@@ -96,6 +96,20 @@ def test_a_pinned_revision_is_used_and_warm_boots_stay_offline(hub: HubServer, t
     assert fetch(settings, FAST).report["cache"] == "hit"
 
 
+def test_a_short_commit_finds_the_snapshot_it_begins(hub: HubServer, tmp_path: Path):
+    """HF_MODEL_REVISION as the hub's pages show a commit (7 characters): a cache filled under
+    another revision serves it with the hub gone, and a prefix two snapshots share serves none."""
+    commit = hub.repos[SDXL].commit
+    fetch(hub_settings(hub, tmp_path), FAST)  # main
+    short = hub_settings(hub, tmp_path, HF_MODEL_REVISION=commit[:7], HF_HUB_OFFLINE="1")
+    hub.stop()
+    warm = fetch(short, FAST)
+    assert warm.report["cache"] == "hit" and warm.model_dir.name == commit
+    snapshots = tmp_path / "hf" / "hub" / repo_folder(SDXL) / "snapshots"
+    (snapshots / (commit[:7] + "0" * 33)).mkdir()
+    assert "HF_HUB_OFFLINE is set and no complete copy" in fetch_error(short)
+
+
 def test_another_precision_fetches_its_own_variant_into_the_same_snapshot(hub: HubServer,
                                                                           tmp_path: Path):
     full = fetch(hub_settings(hub, tmp_path, VISGATE_PRECISION="fp32"), FAST)
@@ -569,6 +583,17 @@ def test_a_runpod_cache_without_the_weights_falls_back_to_ours(hub: HubServer, t
     result = fetch(settings, FAST)
     assert result.source == "hub" and result.report["cache"] == "miss"
     assert (result.model_dir / "unet/diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_a_runpod_cache_serves_a_short_commit_of_its_snapshot(hub: HubServer, tmp_path: Path):
+    root = runpod_volume_with(hub, tmp_path / "volume")
+    commit = hub.repos[SDXL].commit
+    settings = Settings.from_env(
+        {"HF_MODEL_ID": SDXL, "DEVICE": "cpu", "VISGATE_CACHE_DIR": str(tmp_path / "cache"),
+         "HF_ENDPOINT": hub.url, "HF_MODEL_REVISION": commit[:7]}, volume_root=tmp_path / "volume")
+    hub.stop()
+    result = fetch(settings, FAST)
+    assert result.source == "runpod-cache" and result.model_dir == root / repo_folder(SDXL) / "snapshots" / commit
 
 
 @pytest.mark.parametrize("left_out, needed", [
