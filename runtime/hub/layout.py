@@ -51,6 +51,22 @@ def repo_folder(repo_id: str) -> str:
     return "models--" + repo_id.replace("/", "--")
 
 
+def repo_dir(hub_root: Path, repo_id: str) -> Path:
+    """The repository's folder in a hub cache, matched as the hub matches ids: whatever their
+    case. huggingface_hub names the folder as the id was spelt, so the same repository asked for
+    as ``black-forest-labs/flux.1-dev`` (an HF_MODEL_ID edited, Runpod's "model" setting written
+    otherwise) would otherwise get a second folder and a second download of every weight."""
+    exact = Path(hub_root) / repo_folder(repo_id)
+    if exact.is_dir():
+        return exact
+    try:
+        found = [p for p in Path(hub_root).iterdir()
+                 if p.name.lower() == exact.name.lower() and p.is_dir()]
+    except OSError:
+        return exact
+    return found[0] if len(found) == 1 else exact
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Readers (other workers) see the old content or the new one, never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,10 +119,10 @@ class RepoCache:
 
     def __init__(self, hub_root: Path, state_root: Path, repo_id: str) -> None:
         self.repo_id = repo_id
-        self.folder = Path(hub_root) / repo_folder(repo_id)
+        self.folder = repo_dir(Path(hub_root), repo_id)
         self.blobs = self.folder / "blobs"
         self.state = Path(state_root)
-        self._name = repo_folder(repo_id)
+        self._name = self.folder.name  # locks and stamps follow the folder, whatever the spelling
 
     def blob(self, f: RemoteFile) -> Path:
         return self.blobs / f.blob_name

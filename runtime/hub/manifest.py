@@ -48,8 +48,9 @@ class Manifest:
             data: Any = json.loads(path.read_text())
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
-            if data.get("version") != VERSION or data.get("repo_id") != cache.repo_id:
-                return None  # written by another version, or for another repository
+            if data.get("version") != VERSION or str(data.get("repo_id")).lower() != cache.repo_id.lower():
+                return None  # written by another version, or for another repository (the hub's
+                # ids match whatever their case: so does the folder, RepoCache's)
             if (data.get("commit"), data.get("precision")) != (commit, precision):
                 raise ValueError("commit or precision differ from its name")
             return cls(repo_id=cache.repo_id, commit=commit, precision=precision,

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.hub.layout import COMMIT_RE, repo_folder, resolve_ref
+from runtime.hub.layout import COMMIT_RE, repo_dir, resolve_ref
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class RunpodSnapshot:
 
 
 def find_snapshot(root: Path, repo_id: str, revision: str) -> RunpodSnapshot | None:
-    folder = Path(root) / repo_folder(repo_id)
+    folder = repo_dir(Path(root), repo_id)  # named after the endpoint's "model" setting
     snapshots = folder / "snapshots"
     if not snapshots.is_dir():
         return None

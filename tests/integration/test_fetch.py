@@ -110,6 +110,18 @@ def test_a_short_commit_finds_the_snapshot_it_begins(hub: HubServer, tmp_path: P
     assert "HF_HUB_OFFLINE is set and no complete copy" in fetch_error(short)
 
 
+@pytest.mark.parametrize("offline", ["0", "1"])
+def test_a_model_id_spelt_in_another_case_shares_the_cached_copy(hub: HubServer, tmp_path: Path,
+                                                                offline: str):
+    """The hub takes ids whatever their case: an HF_MODEL_ID edited to another spelling boots
+    warm from the same folder, not from a second download of every weight into another."""
+    cold = fetch(hub_settings(hub, tmp_path), FAST)
+    hub.clear()
+    warm = fetch(hub_settings(hub, tmp_path, SDXL.upper(), HF_HUB_OFFLINE=offline), FAST)
+    assert warm.report["cache"] == "hit" and warm.model_dir == cold.model_dir and hub.log == []
+    assert [p.name for p in (tmp_path / "hf" / "hub").iterdir()] == [repo_folder(SDXL)]
+
+
 def test_another_precision_fetches_its_own_variant_into_the_same_snapshot(hub: HubServer,
                                                                           tmp_path: Path):
     full = fetch(hub_settings(hub, tmp_path, VISGATE_PRECISION="fp32"), FAST)
@@ -594,6 +606,18 @@ def test_a_runpod_cache_serves_a_short_commit_of_its_snapshot(hub: HubServer, tm
     hub.stop()
     result = fetch(settings, FAST)
     assert result.source == "runpod-cache" and result.model_dir == root / repo_folder(SDXL) / "snapshots" / commit
+
+
+def test_a_runpod_cache_serves_a_model_id_spelt_in_another_case(hub: HubServer, tmp_path: Path):
+    """The hub takes ids whatever their case; Runpod names the folder as the endpoint's model
+    setting spells the id, which HF_MODEL_ID may spell otherwise."""
+    root = runpod_volume_with(hub, tmp_path / "volume")
+    settings = Settings.from_env(
+        {"HF_MODEL_ID": SDXL.upper(), "DEVICE": "cpu", "VISGATE_CACHE_DIR": str(tmp_path / "cache"),
+         "HF_ENDPOINT": hub.url}, volume_root=tmp_path / "volume")
+    hub.stop()
+    result = fetch(settings, FAST)
+    assert result.source == "runpod-cache" and result.model_dir.parent.parent == root / repo_folder(SDXL)
 
 
 @pytest.mark.parametrize("left_out, needed", [
