@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import struct
 import subprocess
 import sys
@@ -34,6 +35,27 @@ TINY_SDXL = "visgate/tiny-sdxl"
 TINY_SDXL_TURBO = "visgate/tiny-sdxl-turbo"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONTRACT_KEYS = {"image_base64", "model_id", "seed", "height", "width"}
+
+
+# ---- logging -------------------------------------------------------------------------------------
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """prefetch.main() (the bake step) installs the worker's log handler on the root logger, its
+    redacting record factory and the process's secrets: put pytest's back."""
+    from runtime.errors import register_secrets
+
+    root = logging.getLogger()
+    handlers, level, factory = list(root.handlers), root.level, logging.getLogRecordFactory()
+    yield
+    register_secrets(())
+    logging.setLogRecordFactory(factory)
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 # ---- PNG helpers ---------------------------------------------------------------------------------

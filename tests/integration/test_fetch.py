@@ -553,6 +553,25 @@ def test_progress_is_logged_and_the_token_never_is(hub: HubServer, tmp_path: Pat
     assert not [line for line in lines if TOKEN in line or TOKEN[:-1] + "X" in line]
 
 
+# ---- a baked image -----------------------------------------------------------------------------------
+def test_a_variant_repository_bakes_and_boots_offline(hub: HubServer, tmp_path: Path,
+                                                      restore_logging: None):
+    """The Dockerfile's bake step (no GPU, DEVICE unset: the files a GPU worker loads), then the
+    baked image's worker: SDXL's fp16 files only, loaded as that variant, with no hub."""
+    from runtime.prefetch import main
+
+    link = tmp_path / "opt" / "models" / SDXL
+    argv = ["--model", SDXL, "--cache-dir", str(tmp_path / "baked"), "--link", str(link)]
+    assert main(argv, environ={"HF_ENDPOINT": hub.url}) == 0
+    hub.stop()
+    worker = Settings.from_env({"HF_MODEL_ID": str(link), "HF_HUB_OFFLINE": "1"},
+                               volume_root=tmp_path / "no-volume")
+    baked = fetch(worker, FAST)
+    assert baked.source == "local" and baked.variant == "fp16"
+    weights = {p.name for p in baked.model_dir.rglob("*.safetensors")}
+    assert weights and all(".fp16." in name for name in weights)
+
+
 # ---- Runpod's model cache -------------------------------------------------------------------------
 def runpod_volume_with(hub: HubServer, volume: Path, **patterns: list[str]) -> Path:
     """What Runpod does before the worker starts: the real hub client downloads the repository

@@ -15,7 +15,6 @@ import ast
 import datetime as dt
 import importlib.metadata as md
 import json
-import logging
 import os
 import re
 import shlex
@@ -986,26 +985,6 @@ def test_dockerignore_matcher_follows_docker_semantics() -> None:
 
 
 # ---- baking a model: the prefetch step -------------------------------------------------------------
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """prefetch.main() installs the worker's log handler on the root logger, its redacting record
-    factory and the process's secrets: put pytest's back."""
-    from runtime.errors import register_secrets
-
-    root = logging.getLogger()
-    handlers, level, factory = list(root.handlers), root.level, logging.getLogRecordFactory()
-    yield
-    register_secrets(())
-    logging.setLogRecordFactory(factory)
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
-
-
 def bake_step() -> str:
     runs = [rest for keyword, rest in instructions() if keyword == "RUN" and "runtime.prefetch" in rest]
     assert len(runs) == 1, "one RUN bakes the model"
