@@ -167,8 +167,32 @@ def _from_local(settings: Settings, model_dir: Path) -> FetchResult:
     if (model_dir / "model_index.json").is_file():  # else the load stage says what is wrong
         files = [RepoFile(p.relative_to(model_dir).as_posix(), p.stat().st_size)
                  for p in model_dir.rglob("*") if p.is_file()]
-        variant = _plan(settings, model_dir, files)[2].variant
+        selection = _plan(settings, model_dir, files)[2]
+        _refuse_lfs_pointers(settings, model_dir, files, selection.paths)
+        variant = selection.variant
     return FetchResult(model_dir, "local", {"cache": "local directory", "variant": variant}, variant)
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _refuse_lfs_pointers(settings: Settings, model_dir: Path, files: list[RepoFile],
+                         chosen: tuple[str, ...]) -> None:
+    """A repository cloned without git-lfs holds ~130-byte pointer files where its weights should
+    be; loading one fails with safetensors' "header too large", which names neither the file
+    nor the cause. Only files under 1 KB are opened: no real weight file is that small."""
+    sizes = {f.path: f.size for f in files}
+    pointers = []
+    for path in chosen:
+        if sizes[path] < 1024 and path.endswith((".safetensors", ".bin")):
+            with open(model_dir / path, "rb") as fh:
+                if fh.read(len(LFS_POINTER)) == LFS_POINTER:
+                    pointers.append(path)
+    if pointers:
+        raise BootError(f"{settings.model_id} holds Git LFS pointer files, not weights "
+                        f"({', '.join(pointers[:3])}{', ...' if len(pointers) > 3 else ''}): it was "
+                        "cloned without git-lfs; run `git lfs pull` in it, or set HF_MODEL_ID to "
+                        "the hub id", stage="fetch")
 
 
 # ---- Runpod's model cache ------------------------------------------------------------------------

@@ -572,6 +572,19 @@ def test_a_variant_repository_bakes_and_boots_offline(hub: HubServer, tmp_path: 
     assert weights and all(".fp16." in name for name in weights)
 
 
+def test_a_directory_cloned_without_git_lfs_is_named_as_such(hub_repo_dirs: dict[str, Path],
+                                                             tmp_path: Path):
+    """Its weights are pointer files: load would fail with safetensors' "header too large"."""
+    clone = tmp_path / "clone"
+    shutil.copytree(hub_repo_dirs["sdxl"], clone)
+    for weights in clone.rglob("*.safetensors"):
+        weights.write_text("version https://git-lfs.github.com/spec/v1\n"
+                           f"oid sha256:{'0' * 64}\nsize {weights.stat().st_size}\n")
+    message = fetch_error(Settings.from_env({"HF_MODEL_ID": str(clone), "DEVICE": "cpu"}))
+    assert message.startswith(f"{clone} holds Git LFS pointer files, not weights (")
+    assert "text_encoder/model.safetensors" in message and "git lfs pull" in message
+
+
 # ---- Runpod's model cache -------------------------------------------------------------------------
 def runpod_volume_with(hub: HubServer, volume: Path, **patterns: list[str]) -> Path:
     """What Runpod does before the worker starts: the real hub client downloads the repository
