@@ -164,6 +164,12 @@ def _from_local(settings: Settings, model_dir: Path) -> FetchResult:
     """A model directory baked into the image: used as it is, with the variant its files hold
     (a baked SDXL holds only ``*.fp16.safetensors``, which load needs ``variant="fp16"`` for)."""
     variant = None
+    if (model_dir / "snapshots").is_dir() and not (model_dir / MODEL_INDEX).is_file():
+        # Runpod's documentation shows its cached models' folders: one is easily taken for a model.
+        raise BootError(f"HF_MODEL_ID={settings.model_id} is a Hugging Face cache folder, not a "
+                        "model directory: set HF_MODEL_ID to the model's hub id (a copy in Runpod's "
+                        "model cache is found by it) or to one of the folders under its snapshots/",
+                        stage="fetch")
     if (model_dir / "model_index.json").is_file():  # else the load stage says what is wrong
         files = [RepoFile(p.relative_to(model_dir).as_posix(), p.stat().st_size)
                  for p in model_dir.rglob("*") if p.is_file()]

@@ -652,6 +652,14 @@ def test_a_runpod_cache_serves_a_model_id_spelt_in_another_case(hub: HubServer, 
     assert result.source == "runpod-cache" and result.model_dir.parent.parent == root / repo_folder(SDXL)
 
 
+def test_a_runpod_cache_folder_given_as_the_model_says_what_to_set(hub: HubServer, tmp_path: Path):
+    """Not "has no model_index.json: it is not a diffusers pipeline repository" from the load stage."""
+    root = runpod_volume_with(hub, tmp_path / "volume")
+    message = fetch_error(hub_settings(hub, tmp_path / "cache", str(root / repo_folder(SDXL))))
+    assert "is a Hugging Face cache folder, not a model directory: set HF_MODEL_ID to the model's " \
+           "hub id" in message and "snapshots/" in message
+
+
 @pytest.mark.parametrize("left_out, needed", [
     ("text_encoder_2/*", "text_encoder_2/model.safetensors"),  # load: "no file named model.safetensors"
     ("tokenizer/*", "tokenizer/tokenizer.json"),  # loads, then the first prompt fails
