@@ -2,8 +2,10 @@
 
 Where the files come from, in order:
 
-1. a built-in tiny model (built into the cache) or a local directory (used as it is);
-2. Runpod's model cache, read-only, when it holds the model (``runtime.hub.runpod``);
+1. a built-in tiny model (built into the cache) or a local directory (used as it is, after the
+   checks in ``runtime.sources``);
+2. Runpod's model cache, read-only, when it holds a complete copy of the model
+   (``runtime.sources``, ``runtime.hub.runpod``);
 3. our Hugging Face cache under ``VISGATE_CACHE_DIR``, when a complete-set marker says it holds
    every needed file: no hub request at all, so a warm boot works with the hub unreachable;
 4. the hub: one listing request, then only the files the pipeline family selects (right variant,
@@ -18,18 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
-from pipelines.files import (MODEL_INDEX, FileSelection, RepoFile, components_without_config,
-                            components_without_weights)
+from pipelines.files import MODEL_INDEX, FileSelection, RepoFile, components_without_weights
 from pipelines.registry import family_class_for, read_model_index
 from pipelines.tiny import ensure_tiny, is_tiny
 from runtime.errors import BootError
@@ -38,21 +38,13 @@ from runtime.hub.integrity import stamp_valid
 from runtime.hub.layout import NO_ROOM, RemoteFile, RepoCache
 from runtime.hub.manifest import Manifest
 from runtime.hub.progress import Progress, human_bytes
-from runtime.hub.runpod import find_snapshot
 from runtime.hub.transfer import Transfer, TransferOptions, disk_free, part_size
 from runtime.settings import Settings
+from runtime.sources import (FetchResult, check_hub_id, fetch_precision, from_local, from_runpod_cache,
+                             plan, shard_maps)
 from runtime.warmup import serving_plan
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FetchResult:
-    model_dir: Path
-    source: str  # "builtin", "local", "runpod-cache" or "hub"
-    report: dict[str, Any] = field(default_factory=dict)
-    # The weight variant to load (diffusers ``from_pretrained(variant=...)``); None: plain files.
-    variant: str | None = None
 
 
 def _inodes_free(path: Path) -> int | None:
@@ -91,35 +83,16 @@ def fetch(settings: Settings, options: FetchOptions | None = None) -> FetchResul
         return FetchResult(path, "builtin", {"cache": "built-in"})
     local = Path(settings.model_id).expanduser()
     if local.is_dir():
-        return _from_local(settings, local.resolve())
-    _check_hub_id(settings.model_id, local)
+        return from_local(settings, local.resolve())
+    check_hub_id(settings.model_id, local)
     options = options or FetchOptions()
     started = time.perf_counter()
-    found = _from_runpod_cache(settings)
+    found = from_runpod_cache(settings)
     if found is not None:
         found.report["seconds"] = round(time.perf_counter() - started, 3)
         return found
     with _disk_full_reported(settings):
         return _from_hub(settings, options, started)
-
-
-def _check_hub_id(model_id: str, local: Path) -> None:
-    """A model id that names a file, or can only be a path (``/runpod-volume/models/flux``, ``./m``,
-    ``~/m``), stops here: sent to the hub as a repository id, it came back as "not found, or
-    gated: set HF_TOKEN", or offline as "unset HF_HUB_OFFLINE to fill the cache", neither of which
-    helps with a path that is wrong or a network volume that is not attached."""
-    if local.is_file():
-        raise BootError(f"HF_MODEL_ID={model_id} is a file: single-file checkpoints are not "
-                        "supported; set HF_MODEL_ID to a diffusers model directory (the folder "
-                        "with model_index.json) or a Hugging Face model id", stage="fetch")
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(model_id)
-    except HFValidationError:
-        raise BootError(f"HF_MODEL_ID={model_id} is not a directory on this worker (no such path) "
-                        "nor a Hugging Face model id (org/name): check the path, and that the "
-                        "network volume holding it is attached to the endpoint", stage="fetch") from None
 
 
 @contextlib.contextmanager
@@ -136,118 +109,6 @@ def _disk_full_reported(settings: Settings) -> Iterator[None]:
                         f"{settings.cache_dir / 'hf'} ({exc.strerror or os.strerror(exc.errno)}): "
                         "free space there or set VISGATE_CACHE_DIR to a larger disk",
                         stage="fetch") from None
-
-
-def fetch_precision(settings: Settings, family_cls: type, model_dir: Path,
-                    index: dict[str, Any]) -> str:
-    """The precision load will use, as far as files go.
-
-    Mirrors ``runtime.load.choose_precision``; its bf16 -> fp16 fallback on pre-Ampere GPUs needs
-    torch and does not change the files (both are half precision), so it is left out here.
-    """
-    if settings.precision != "auto":
-        return settings.precision
-    return str(family_cls(model_dir, index).preferred_dtype(settings.device))
-
-
-def _plan(settings: Settings, root: Path, files: list[RepoFile]
-          ) -> tuple[dict[str, Any], str, FileSelection]:
-    """(model_index, precision, selection): the family named by ``root``'s model_index.json picks,
-    among ``files``, what load will read at the precision it will use."""
-    index = read_model_index(root)
-    family_cls = family_class_for(index)
-    precision = fetch_precision(settings, family_cls, root, index)
-    return index, precision, family_cls.select_files(index, files, precision)
-
-
-def _from_local(settings: Settings, model_dir: Path) -> FetchResult:
-    """A model directory baked into the image: used as it is, with the variant its files hold
-    (a baked SDXL holds only ``*.fp16.safetensors``, which load needs ``variant="fp16"`` for)."""
-    variant = None
-    if (model_dir / "snapshots").is_dir() and not (model_dir / MODEL_INDEX).is_file():
-        # Runpod's documentation shows its cached models' folders: one is easily taken for a model.
-        raise BootError(f"HF_MODEL_ID={settings.model_id} is a Hugging Face cache folder, not a "
-                        "model directory: set HF_MODEL_ID to the model's hub id (a copy in Runpod's "
-                        "model cache is found by it) or to one of the folders under its snapshots/",
-                        stage="fetch")
-    if (model_dir / "model_index.json").is_file():  # else the load stage says what is wrong
-        files = [RepoFile(p.relative_to(model_dir).as_posix(), p.stat().st_size)
-                 for p in model_dir.rglob("*") if p.is_file()]
-        selection = _plan(settings, model_dir, files)[2]
-        _refuse_lfs_pointers(settings, model_dir, files, selection.paths)
-        variant = selection.variant
-    return FetchResult(model_dir, "local", {"cache": "local directory", "variant": variant}, variant)
-
-
-LFS_POINTER = b"version https://git-lfs.github.com/spec/"
-
-
-def _refuse_lfs_pointers(settings: Settings, model_dir: Path, files: list[RepoFile],
-                         chosen: tuple[str, ...]) -> None:
-    """A repository cloned without git-lfs holds ~130-byte pointer files where its weights should
-    be; loading one fails with safetensors' "header too large", which names neither the file
-    nor the cause. Only files under 1 KB are opened: no real weight file is that small."""
-    sizes = {f.path: f.size for f in files}
-    pointers = []
-    for path in chosen:
-        if sizes[path] < 1024 and path.endswith((".safetensors", ".bin")):
-            with open(model_dir / path, "rb") as fh:
-                if fh.read(len(LFS_POINTER)) == LFS_POINTER:
-                    pointers.append(path)
-    if pointers:
-        raise BootError(f"{settings.model_id} holds Git LFS pointer files, not weights "
-                        f"({', '.join(pointers[:3])}{', ...' if len(pointers) > 3 else ''}): it was "
-                        "cloned without git-lfs; run `git lfs pull` in it, or set HF_MODEL_ID to "
-                        "the hub id", stage="fetch")
-
-
-# ---- Runpod's model cache ------------------------------------------------------------------------
-def _shard_maps(root: Path, paths: Iterable[str]) -> dict[str, set[str] | None]:
-    """Each sharded-weights index among ``paths`` and the shards its weight_map names, as paths
-    beside it (None: the index is unreadable)."""
-    maps: dict[str, set[str] | None] = {}
-    for path in paths:
-        if not path.endswith(".index.json") and ".index." not in path:
-            continue
-        folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
-        try:
-            shards = json.loads((root / path).read_text()).get("weight_map", {}).values()
-            maps[path] = {folder + shard for shard in shards}
-        except (OSError, ValueError, AttributeError, TypeError):
-            maps[path] = None
-    return maps
-
-
-def _missing_shards(root: Path, paths: tuple[str, ...]) -> tuple[str, ...]:
-    """Components whose sharded weights' index names a shard the cache does not hold: a partly
-    cached model that would only fail later, at load, with no fallback."""
-    chosen = set(paths)
-    return tuple(path.split("/", 1)[0] for path, shards in _shard_maps(root, paths).items()
-                 if shards is None or not shards <= chosen)
-
-
-def _from_runpod_cache(settings: Settings) -> FetchResult | None:
-    snap = find_snapshot(settings.runpod_model_cache, settings.model_id, settings.revision)
-    if snap is None:
-        return None
-    index, precision, selection = _plan(settings, snap.path,
-                                        [RepoFile(p, s) for p, s in snap.files.items()])
-    # A partial snapshot (a download cut short, files left out) would fail at load or at the
-    # first prompt, on every boot, with no fallback: our own cache is the better source then.
-    lacking = dict.fromkeys(components_without_config(index, selection.paths)
-                            + components_without_weights(index, selection.paths)
-                            + _missing_shards(snap.path, selection.paths))
-    if lacking:
-        log.warning("Runpod's model cache holds an incomplete copy of %s (nothing usable for %s): "
-                    "using our cache", settings.model_id, ", ".join(lacking))
-        return None
-    size = sum(snap.files[p] for p in selection.paths)
-    log.info("using Runpod's model cache for %s (%s, %s): %s", settings.model_id, snap.commit[:12],
-             precision, snap.path)
-    report = {"cache": "runpod", "commit": snap.commit, "precision": precision,
-              "variant": selection.variant, "files": len(selection.paths), "bytes_needed": size,
-              "bytes_downloaded": 0, "hub_requests": 0}
-    return FetchResult(snap.path, "runpod-cache", report, selection.variant)
 
 
 # ---- our cache, then the hub ---------------------------------------------------------------------
@@ -329,7 +190,7 @@ def _cold(settings: Settings, cache: RepoCache, client: HubClient, options: Fetc
 def _select(settings: Settings, snapshot: Path, listing: Listing
             ) -> tuple[str, FileSelection, list[RemoteFile]]:
     """The family of model_index.json decides which files, for the precision load will use."""
-    index, precision, selection = _plan(settings, snapshot,
+    index, precision, selection = plan(settings, snapshot,
                                         [RepoFile(f.path, f.size) for f in listing.files.values()])
     files = _checked_files(settings, listing, index, selection)
     _log_plan(settings, listing, files, selection, precision)
@@ -344,7 +205,7 @@ def _shards_left_out(settings: Settings, snapshot: Path, listing: Listing,
     the weights would be marked complete and every boot would fail at load instead.
     """
     chosen = {f.path for f in files}
-    maps = _shard_maps(snapshot, sorted(chosen))
+    maps = shard_maps(snapshot, sorted(chosen))
     unreadable = [index for index, shards in maps.items() if shards is None]
     named = {p for shards in maps.values() for p in shards or ()}
     absent = sorted(named - listing.files.keys())

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from runtime.fetch import _missing_shards
+from runtime.sources import missing_shards
 from runtime.hub.transfer import LockLost, _part_size
 
 INDEX = "transformer/diffusion_pytorch_model.safetensors.index.json"
@@ -27,14 +27,14 @@ def _snapshot(root: Path) -> Path:
 def test_a_component_missing_a_shard_is_reported(tmp_path: Path) -> None:
     root = _snapshot(tmp_path)
     complete = (INDEX, "transformer/config.json", *(f"transformer/{s}" for s in SHARDS))
-    assert _missing_shards(root, complete) == ()
-    assert _missing_shards(root, complete[:-1]) == ("transformer",)
+    assert missing_shards(root, complete) == ()
+    assert missing_shards(root, complete[:-1]) == ("transformer",)
 
 
 def test_an_unreadable_index_counts_as_incomplete(tmp_path: Path) -> None:
     root = _snapshot(tmp_path)
     (root / INDEX).write_text("{not json")
-    assert _missing_shards(root, (INDEX,)) == ("transformer",)
+    assert missing_shards(root, (INDEX,)) == ("transformer",)
 
 
 def test_an_adopted_partial_means_lock_lost_not_a_failed_boot(tmp_path: Path) -> None:
