@@ -501,6 +501,40 @@ def test_compile_cache_hit_in_a_fresh_process_and_recovery_from_corruption(
         assert all(tar.extractfile(m).read(5) != b"\x7fELF\0" for m in tar.getmembers() if m.name.endswith(".so"))
 
 
+def test_a_worker_that_ends_up_eager_still_records_what_became_of_its_archive(
+        start_worker, built_tiny_repo, tmp_path):
+    """Compiled warmup failing for good (here the C++ compiler itself is broken): the worker
+    serves eagerly, and the warmup stage's compile_cache entry still says what happened to the
+    archive. It used to be left out, so the record said only "restored: hit" (the optimize
+    stage's view), while the archive had been discarded: removed from the shared volume."""
+    volume = tmp_path / "volume"
+    shutil.copytree(built_tiny_repo("visgate/tiny-flux").parent, volume / "builtin")
+
+    def boot(local: str) -> dict[str, Any]:
+        (tmp_path / local).mkdir()
+        worker = start_worker("visgate/tiny-flux", VISGATE_COMPILE="regional", TMPDIR=str(tmp_path / local),
+                              VISGATE_CACHE_DIR=str(volume), CXX="/bin/false")
+        record = _boot_record(worker.log_text())
+        worker.stop()
+        assert "compile" in record["stages"]["optimize"]["skipped"], record["stages"]["optimize"]
+        return record["stages"]
+
+    cold = boot("local-1")["warmup"]["compile_cache"]
+    assert cold["restored"] == "miss" and "saved_bytes" not in cold, cold
+    # An archive for this key, as another worker left it: restored, then its code fails.
+    archive = Path(cold["archive"])
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w") as tar:
+        for name, data in {"meta.json": json.dumps({"key": archive.stem}).encode(), "mega-cache.bin": b""}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    stages = boot("local-2")
+    assert stages["optimize"]["compile_cache"]["restored"] == "hit"
+    assert stages["warmup"]["compile_cache"]["restored"] == "discarded", stages["warmup"]
+    assert not archive.exists()
+
+
 def _damage_shared_libraries(archive: Path) -> int:
     """Rewrite ``archive`` with every compiled .so inside replaced by garbage; return how many."""
     entries = []
