@@ -425,6 +425,47 @@ def test_an_unwarmed_shape_is_served_eagerly_without_recompiling(compiled_tiny_f
     assert compiles() == before and again.shape == (256, 256, 3)
 
 
+def test_a_block_run_at_several_sizes_per_image_stays_compiled_at_every_warmed_shape():
+    """An SD 1.x/2.x UNet runs one transformer block class at three resolutions per image: three
+    graphs per warmed shape for one compiled function. The recompile limit allowed two per shape:
+    warmed at three shapes, the fullgraph compile hit it (FailOnRecompileLimitHit), the compiled
+    warmup failed and the worker served eagerly on every boot (tiny blocks here: the mechanism)."""
+    import torch
+
+    from runtime.optimize import OptimizationReport, configure_dynamo, serve_stance
+
+    class Block(torch.nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(width, width)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.proj(x).relu()
+
+    levels = [Block(width) for width in (8, 16, 32)]  # one class, three sizes, as in the UNet
+    for block in levels:
+        block.compile(fullgraph=True)
+
+    def image(side: int) -> None:  # one denoising step: each level at its own resolution
+        for level, block in enumerate(levels):
+            block(torch.randn(2, (side >> level) ** 2, 8 << level))
+
+    sides = [32, 40, 48]  # the default shape and two from VISGATE_WARMUP_SHAPES
+    with torch._dynamo.config.patch(recompile_limit=8, automatic_dynamic_shapes=True), torch.no_grad():
+        try:
+            configure_dynamo(len(sides))
+            for side in sides:  # warmup: two steps per shape
+                image(side)
+                image(side)
+            serve_stance(OptimizationReport(applied={"compile": "Block"}))
+            with torch.compiler.set_stance("fail_on_recompile"):  # raises where it would run eagerly
+                for side in sides:
+                    image(side)
+        finally:
+            torch.compiler.set_stance("default")
+            torch._dynamo.reset()
+
+
 # ---- the compile cache across fresh processes -----------------------------------------------------
 def _boot_record(log: str) -> dict[str, Any]:
     lines = [line for line in log.splitlines() if "boot record {" in line]
