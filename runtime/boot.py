@@ -76,6 +76,10 @@ def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], Non
                                             discard_restored=cache.discard if cache else None)
         if cache and tuning.compiled:
             report["compile_cache"] = compile_cache.finish(cache)
+        elif cache:
+            # Serving eagerly after all: nothing to save, but the record must still say what
+            # became of the archive (a restored one may have been discarded from the volume).
+            report["compile_cache"] = dict(cache.status)
         serve_stance(tuning)
     encoder = PngEncoder()
     record.info["png_encoder"] = encoder.name

@@ -355,6 +355,9 @@ def _compile_ahead_of_time(ctx: Context) -> str:
             f"AOTInductor{graphs}), per warmed input signature")
 
 
+GRAPHS_PER_SHAPE = 8  # per compiled block class: see configure_dynamo
+
+
 def configure_dynamo(static_shapes: int) -> None:
     """Static graphs per warmed shape; unseen shapes are served eagerly (see serve_stance).
 
@@ -365,8 +368,13 @@ def configure_dynamo(static_shapes: int) -> None:
     import torch._dynamo
 
     torch._dynamo.config.automatic_dynamic_shapes = False
-    # Two entries per shape: the first call of a block can see other strides than the next ones.
-    torch._dynamo.config.recompile_limit = max(8, 2 * static_shapes + 2)
+    # Graphs per warmed shape, per compiled block class: one per size the class is called at in
+    # one image (an SD 1.x/2.x UNet runs the same transformer block at three resolutions), each
+    # maybe twice (the first call of a block can see other strides than the next ones). Past the
+    # limit a fullgraph compile fails outright: with two per shape, an SD 1.x model warmed at
+    # three shapes failed its compiled warmup and served eagerly on every boot. The limit bounds
+    # warmup alone (serving never compiles, see serve_stance), whose calls are finite: be generous.
+    torch._dynamo.config.recompile_limit = GRAPHS_PER_SHAPE * static_shapes + 2
 
 
 def serve_stance(report: OptimizationReport) -> None:

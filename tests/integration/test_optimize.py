@@ -425,6 +425,47 @@ def test_an_unwarmed_shape_is_served_eagerly_without_recompiling(compiled_tiny_f
     assert compiles() == before and again.shape == (256, 256, 3)
 
 
+def test_a_block_run_at_several_sizes_per_image_stays_compiled_at_every_warmed_shape():
+    """An SD 1.x/2.x UNet runs one transformer block class at three resolutions per image: three
+    graphs per warmed shape for one compiled function. The recompile limit allowed two per shape:
+    warmed at three shapes, the fullgraph compile hit it (FailOnRecompileLimitHit), the compiled
+    warmup failed and the worker served eagerly on every boot (tiny blocks here: the mechanism)."""
+    import torch
+
+    from runtime.optimize import OptimizationReport, configure_dynamo, serve_stance
+
+    class Block(torch.nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(width, width)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.proj(x).relu()
+
+    levels = [Block(width) for width in (8, 16, 32)]  # one class, three sizes, as in the UNet
+    for block in levels:
+        block.compile(fullgraph=True)
+
+    def image(side: int) -> None:  # one denoising step: each level at its own resolution
+        for level, block in enumerate(levels):
+            block(torch.randn(2, (side >> level) ** 2, 8 << level))
+
+    sides = [32, 40, 48]  # the default shape and two from VISGATE_WARMUP_SHAPES
+    with torch._dynamo.config.patch(recompile_limit=8, automatic_dynamic_shapes=True), torch.no_grad():
+        try:
+            configure_dynamo(len(sides))
+            for side in sides:  # warmup: two steps per shape
+                image(side)
+                image(side)
+            serve_stance(OptimizationReport(applied={"compile": "Block"}))
+            with torch.compiler.set_stance("fail_on_recompile"):  # raises where it would run eagerly
+                for side in sides:
+                    image(side)
+        finally:
+            torch.compiler.set_stance("default")
+            torch._dynamo.reset()
+
+
 # ---- the compile cache across fresh processes -----------------------------------------------------
 def _boot_record(log: str) -> dict[str, Any]:
     lines = [line for line in log.splitlines() if "boot record {" in line]
@@ -499,6 +540,40 @@ def test_compile_cache_hit_in_a_fresh_process_and_recovery_from_corruption(
     assert diff <= MAX_PIXEL_DIFF and psnr(image, reference) >= MIN_PSNR_DB, diff
     with tarfile.open(archive) as tar:
         assert all(tar.extractfile(m).read(5) != b"\x7fELF\0" for m in tar.getmembers() if m.name.endswith(".so"))
+
+
+def test_a_worker_that_ends_up_eager_still_records_what_became_of_its_archive(
+        start_worker, built_tiny_repo, tmp_path):
+    """Compiled warmup failing for good (here the C++ compiler itself is broken): the worker
+    serves eagerly, and the warmup stage's compile_cache entry still says what happened to the
+    archive. It used to be left out, so the record said only "restored: hit" (the optimize
+    stage's view), while the archive had been discarded: removed from the shared volume."""
+    volume = tmp_path / "volume"
+    shutil.copytree(built_tiny_repo("visgate/tiny-flux").parent, volume / "builtin")
+
+    def boot(local: str) -> dict[str, Any]:
+        (tmp_path / local).mkdir()
+        worker = start_worker("visgate/tiny-flux", VISGATE_COMPILE="regional", TMPDIR=str(tmp_path / local),
+                              VISGATE_CACHE_DIR=str(volume), CXX="/bin/false")
+        record = _boot_record(worker.log_text())
+        worker.stop()
+        assert "compile" in record["stages"]["optimize"]["skipped"], record["stages"]["optimize"]
+        return record["stages"]
+
+    cold = boot("local-1")["warmup"]["compile_cache"]
+    assert cold["restored"] == "miss" and "saved_bytes" not in cold, cold
+    # An archive for this key, as another worker left it: restored, then its code fails.
+    archive = Path(cold["archive"])
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w") as tar:
+        for name, data in {"meta.json": json.dumps({"key": archive.stem}).encode(), "mega-cache.bin": b""}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    stages = boot("local-2")
+    assert stages["optimize"]["compile_cache"]["restored"] == "hit"
+    assert stages["warmup"]["compile_cache"]["restored"] == "discarded", stages["warmup"]
+    assert not archive.exists()
 
 
 def _damage_shared_libraries(archive: Path) -> int:
