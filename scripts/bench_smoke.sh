@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark once, in tiny mode on the CPU, as a smoke test (called by .ci/run after the
+# Every benchmark once, in tiny mode on the CPU, as a smoke test (called by .ci/run before the
 # tests). Each must run to its end and write its results; timings are printed, never asserted.
 # Results go to out/bench-smoke/ (BENCH_SMOKE_OUT), not warmup/results/: the committed figures
 # stay as measured. About 6 minutes on 2 cores.
