@@ -197,7 +197,7 @@ def check_runpod_flags(argv: Sequence[str], env: Mapping[str, str] | None = None
         return False
     if _sdk_serves(env):
         # The queue, unless a realtime port makes the SDK serve HTTP instead.
-        return int(env.get("RUNPOD_REALTIME_PORT", "0")) == 0
+        return _realtime_port(env) == 0
     path = (Path.cwd() if cwd is None else cwd) / "test_input.json"
     try:
         text = path.read_text(encoding="utf-8")
@@ -212,16 +212,20 @@ def check_runpod_flags(argv: Sequence[str], env: Mapping[str, str] | None = None
     return False
 
 
-def _sdk_serves(env: Mapping[str, str]) -> bool:
-    """Whether the SDK will serve jobs rather than run one local job, judged as it judges: its
-    job queue's URL set at all (even empty), or a realtime port other than 0. A port that is not
-    a number would crash the SDK as serving starts, so it is refused now."""
+def _realtime_port(env: Mapping[str, str]) -> int:
+    """The SDK's realtime HTTP port (0: none). One that is not a number would crash the SDK as
+    serving starts, so it is refused now."""
     try:
-        realtime_port = int(env.get("RUNPOD_REALTIME_PORT", "0"))
+        return int(env.get("RUNPOD_REALTIME_PORT", "0"))
     except ValueError:
         raise SettingsError("RUNPOD_REALTIME_PORT is not a port number (Runpod's SDK would fail "
                             "on it after the boot)") from None
-    return env.get("RUNPOD_WEBHOOK_GET_JOB") is not None or realtime_port != 0
+
+
+def _sdk_serves(env: Mapping[str, str]) -> bool:
+    """Whether the SDK will serve jobs rather than run one local job, judged as it judges: its
+    job queue's URL set at all (even empty), or a realtime port other than 0."""
+    return env.get("RUNPOD_WEBHOOK_GET_JOB") is not None or _realtime_port(env) != 0
 
 
 def _check_local_job(text: str, where: str) -> None:
