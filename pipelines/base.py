@@ -204,6 +204,14 @@ class PipelineFamily(ABC):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def fix_input_shapes(self, pipe: Any) -> str | None:
+        """Called before compiling: make the denoiser's input shapes depend on the job's size
+        alone, where the family's text embeddings vary in length with the prompt. Graphs are
+        compiled static at warmup and served without recompiling (runtime/optimize.py), so a
+        length that varies would send nearly every job down the eager path. Returns what it
+        changed, or None where nothing needed to (a tokenizer that pads to a fixed length)."""
+        return None
+
     def call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
         """Family-specific keyword arguments beyond prompt/steps/guidance/size/generator (one
         named here replaces the standard one)."""

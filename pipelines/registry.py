@@ -14,12 +14,14 @@ from typing import Any
 from pipelines.base import PipelineFamily
 from pipelines.flux import FluxFamily
 from pipelines.generic import GenericFamily, text2image_class_names
+from pipelines.qwenimage import QwenImageFamily
 from pipelines.sdxl import SDXLFamily
 from runtime.errors import UnsupportedModelError
 
 FAMILIES: tuple[type[PipelineFamily], ...] = (
     FluxFamily,
     SDXLFamily,
+    QwenImageFamily,
     GenericFamily,  # last: anything AutoPipelineForText2Image can build
 )
 

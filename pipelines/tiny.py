@@ -1,4 +1,4 @@
-"""Built-in tiny models: Flux- and SDXL-shaped pipelines with random weights.
+"""Built-in tiny models: Flux-, SDXL-, SD- and Qwen-Image-shaped pipelines with random weights.
 
 They exist so that the demo and the tests run the real load and job path on a CPU with no hub.
 Each is built deterministically (fixed seeds, fixed vocabularies) into the Hugging Face repository
@@ -158,12 +158,46 @@ def build_sd(dest: Path) -> None:
                             requires_safety_checker=False).save_pretrained(dest, safe_serialization=True)
 
 
+def build_qwen_image(dest: Path) -> None:
+    """A Qwen-Image-shaped pipeline (Qwen2.5-VL text encoder, 3-D VAE): its text embeddings
+    vary in length with the prompt, which the qwen-image family pads for compilation. The
+    tokenizer is byte-level with no merges: one token per byte of the prompt."""
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokenizer = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(bytes_to_unicode().values())}, merges=[])
+    vocab = len(tokenizer)
+    _seeded(0)
+    text = {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "vocab_size": vocab, "bos_token_id": None, "eos_token_id": None,
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}}
+    encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=text, vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16,
+                                         "num_heads": 2, "out_hidden_size": 16},
+        hidden_size=16, vocab_size=vocab, vision_start_token_id=vocab - 2, vision_end_token_id=vocab - 1,
+        vision_token_id=vocab - 3))
+    _seeded(1)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=3,
+                                              joint_attention_dim=16, guidance_embeds=False,
+                                              axes_dims_rope=(8, 4, 4))
+    _seeded(2)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4,
+                                 latents_std=[1.0] * 4)
+    QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=encoder,
+                      tokenizer=tokenizer, transformer=transformer).save_pretrained(dest, safe_serialization=True)
+
+
 TINY_MODELS: dict[str, Callable[[Path], None]] = {
     TINY_PREFIX + "tiny-flux": lambda d: build_flux(d, dev=False),
     TINY_PREFIX + "tiny-flux-dev": lambda d: build_flux(d, dev=True),
     TINY_PREFIX + "tiny-sdxl": lambda d: build_sdxl(d, turbo=False),
     TINY_PREFIX + "tiny-sdxl-turbo": lambda d: build_sdxl(d, turbo=True),
     TINY_PREFIX + "tiny-sd": build_sd,
+    TINY_PREFIX + "tiny-qwen-image": build_qwen_image,
 }
 
 _COMPLETE = ".complete"

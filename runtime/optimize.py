@@ -297,12 +297,15 @@ def compile_models(ctx: Context) -> str:
         raise Skip("VISGATE_COMPILE=off")
     configure_dynamo(len(ctx.settings.warmup_shapes) + 1)
     if mode == "aot":
-        return _compile_ahead_of_time(ctx)
-    decoder = _vae_decoder(ctx.pipe)
-    compiled = [_compile_denoiser(ctx.denoiser, mode),
-                _compile_decoder(decoder) if decoder is not None else "no VAE decoder"]
-    # Compilation happens lazily at the first call: the warmup stage pays for it.
-    return "; ".join(compiled)
+        compiled = [_compile_ahead_of_time(ctx)]
+    else:
+        decoder = _vae_decoder(ctx.pipe)
+        compiled = [_compile_denoiser(ctx.denoiser, mode),
+                    _compile_decoder(decoder) if decoder is not None else "no VAE decoder"]
+    # Compilation happens lazily at the first call (the warmup stage pays for it), so input
+    # shapes fixed now are the ones compiled.
+    fixed = ctx.loaded.family.fix_input_shapes(ctx.pipe)
+    return "; ".join(compiled + ([fixed] if fixed else []))
 
 
 def _compile_denoiser(target: Any, mode: str) -> str:

@@ -286,36 +286,10 @@ def test_the_generic_warm_key_knows_classifier_free_guidance(generic_sd, flux_sc
 
 # ---- Qwen-Image: classifier-free guidance is true_cfg_scale -------------------------------------
 @pytest.fixture(scope="module")
-def qwen_image(tmp_path_factory):
-    """A tiny Qwen-Image pipeline (random weights; a byte-level tokenizer with no merges), saved in
-    the Hugging Face layout and served by the generic family."""
-    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
-                           QwenImageTransformer2DModel)
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    tokenizer = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(bytes_to_unicode().values())}, merges=[])
-    vocab = len(tokenizer)
-    torch.manual_seed(0)
-    text = {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "num_key_value_heads": 2, "vocab_size": vocab, "bos_token_id": None, "eos_token_id": None,
-            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}}
-    encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
-        text_config=text, vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
-                                         "out_hidden_size": 16},
-        hidden_size=16, vocab_size=vocab, vision_start_token_id=vocab - 2, vision_end_token_id=vocab - 1,
-        vision_token_id=vocab - 3))
-    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
-                                              attention_head_dim=16, num_attention_heads=3,
-                                              joint_attention_dim=16, guidance_embeds=False,
-                                              axes_dims_rope=(8, 4, 4))
-    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
-                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-    repo = tmp_path_factory.mktemp("qwen-image")
-    QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=encoder,
-                      tokenizer=tokenizer, transformer=transformer).save_pretrained(repo, safe_serialization=True)
-    family = detect_family(repo)
-    return family, family.load(torch.float32, "cpu")
+def qwen_image(built_tiny_repo):
+    """The built-in tiny Qwen-Image pipeline (random weights; a byte-level tokenizer with no
+    merges): the generic family's facts, in the qwen-image family."""
+    return _loaded(built_tiny_repo, "visgate/tiny-qwen-image")
 
 
 def test_qwen_image_guidance_is_classifier_free_guidance(qwen_image):
@@ -324,7 +298,7 @@ def test_qwen_image_guidance_is_classifier_free_guidance(qwen_image):
     ignored. The job's guidance_scale was passed as guidance_scale with no negative prompt: it
     changed nothing, and no Qwen-Image job ever ran with guidance (one transformer pass per step)."""
     family, pipe = qwen_image
-    assert (family.name, family.variant) == ("generic", "QwenImagePipeline")
+    assert (family.name, family.variant) == ("qwen-image", "QwenImagePipeline")
     assert family.defaults.guidance == 4.0  # the pipeline's true_cfg_scale
     passes = _seen(pipe.transformer, lambda a, k: 1, family, pipe, _request(steps=2, guidance=4.0))
     assert len(passes) == 4  # a conditional and an unconditional pass per step

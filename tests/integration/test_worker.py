@@ -142,7 +142,8 @@ def test_keeps_serving_after_failed_jobs(serving: Any, png_tools: Any) -> None:
 
 # ---- --test_input ---------------------------------------------------------------------------------------
 # visgate/tiny-sd has no family of its own: the generic family (AutoPipelineForText2Image) serves it.
-@pytest.mark.parametrize("model_id", ["visgate/tiny-flux", "visgate/tiny-sdxl", "visgate/tiny-sd"])
+@pytest.mark.parametrize("model_id", ["visgate/tiny-flux", "visgate/tiny-sdxl", "visgate/tiny-sd",
+                                      "visgate/tiny-qwen-image"])
 def test_test_input_good_job(run_worker_once: Callable, model_id: str) -> None:
     run = run_worker_once({"HF_MODEL_ID": model_id}, job(seed=5))
     assert run.returncode == 0, run.log[-3000:]

@@ -15,7 +15,7 @@ from pipelines.tiny import TINY_MODELS, build_to, ensure_tiny, is_tiny
 pytestmark = pytest.mark.timeout(120)
 
 NAMES = ["visgate/tiny-flux", "visgate/tiny-flux-dev", "visgate/tiny-sdxl", "visgate/tiny-sdxl-turbo",
-         "visgate/tiny-sd"]
+         "visgate/tiny-sd", "visgate/tiny-qwen-image"]
 
 
 def digests(root: Path) -> dict[str, str]:
