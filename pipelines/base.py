@@ -204,6 +204,11 @@ class PipelineFamily(ABC):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    # Whether the denoiser's input shapes are the same for every prompt (text embeddings padded
+    # to a fixed length, as CLIP's and FLUX's T5's are). Where not known, a compiled warmup
+    # checks it once with a prompt of another length (runtime/warmup.py, check_prompt_lengths).
+    fixed_prompt_shapes: ClassVar[bool] = False
+
     def fix_input_shapes(self, pipe: Any) -> str | None:
         """Called before compiling: make the denoiser's input shapes depend on the job's size
         alone, where the family's text embeddings vary in length with the prompt. Graphs are

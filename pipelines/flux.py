@@ -15,6 +15,7 @@ class FluxFamily(PipelineFamily):
     name = "flux"
     pipeline_classes = ("FluxPipeline",)
     denoiser_attr = "transformer"
+    fixed_prompt_shapes = True  # CLIP's 77 tokens and T5's padded max length
 
     def _detect_variant(self) -> str:
         config = self.component_config("transformer")

@@ -31,6 +31,7 @@ TEXT_TOKENS = 256
 class QwenImageFamily(GenericFamily):
     name = "qwen-image"
     pipeline_classes = ("QwenImagePipeline",)
+    fixed_prompt_shapes = True  # when compiled: fix_input_shapes pads every prompt
 
     @classmethod
     def matches(cls, model_index: dict[str, Any]) -> bool:

@@ -25,7 +25,7 @@ from runtime.handler import Service
 from runtime.load import Loaded, load
 from runtime.optimize import optimize, serve_stance, warm_with_fallback
 from runtime.settings import Settings, unknown_names, webhook_settings
-from runtime.warmup import serving_plan, warmup, warmup_requests
+from runtime.warmup import check_prompt_lengths, serving_plan, warmup, warmup_requests
 
 log = logging.getLogger("runtime")
 
@@ -81,6 +81,9 @@ def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], Non
             # became of the archive (a restored one may have been discarded from the volume).
             report["compile_cache"] = dict(cache.status)
         serve_stance(tuning)
+        if tuning.compiled and not loaded.family.fixed_prompt_shapes:
+            report["other_prompt_lengths"] = check_prompt_lengths(loaded.family, loaded.pipe, shapes[0],
+                                                                  tuning.aot_modules)
     encoder = PngEncoder()
     record.info["png_encoder"] = encoder.name
     return Service(model_id=settings.model_id, family=loaded.family, pipe=loaded.pipe,

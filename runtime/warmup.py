@@ -26,6 +26,47 @@ WARMUP_PROMPT = "a photo of a cat sitting on a wooden table, warm light"
 WARMUP_STEPS = 2
 
 
+# Longer than WARMUP_PROMPT in any tokenizer, and within CLIP's 77 tokens: a text encoder whose
+# output follows the prompt's length, even rounded up to 16 or 32 tokens (CogView4, Z-Image),
+# gives the denoiser other shapes for it than for warmup's.
+PROBE_PROMPT = ("a wide view of a quiet harbour town at dawn, fishing boats on still water, gulls "
+                "over the pier, soft mist, warm light on old stone houses")
+
+
+def check_prompt_lengths(family: PipelineFamily, pipe: Any, shape: tuple[int, int],
+                         aot_modules: list[Any]) -> str:
+    """After a compiled warmup and ``serve_stance``: whether a prompt of another length than
+    warmup's runs the compiled graphs ("compiled") or eagerly ("served eagerly", with a warning).
+
+    A pipeline that cuts its text embeddings to the prompt's token count gives the denoiser
+    other shapes for nearly every prompt, and serving never recompiles: without this check such
+    a model served almost every job eagerly, having paid for the compile, and said nothing.
+    One step at the first warmed shape, with recompiling made an error: it finds the first
+    mismatching call, and compiles nothing."""
+    import torch
+
+    height, width = shape
+    request = GenerationRequest(prompt=PROBE_PROMPT, steps=1, guidance=family.serving_defaults.guidance,
+                                height=height, width=width, seed=0)
+    eager_calls = sum(module.eager_calls for module in aot_modules)
+    try:
+        with torch.compiler.set_stance("fail_on_recompile"):
+            family.generate(pipe, request)
+        eager = sum(module.eager_calls for module in aot_modules) > eager_calls
+    except ImageRejected:  # the whole pipeline ran: its graphs matched
+        eager = False
+    except RuntimeError as exc:
+        if "fail_on_recompile" not in str(exc):
+            raise
+        eager = True
+    if not eager:
+        return "compiled"
+    log.warning("compiled graphs serve only prompts of the warmup prompt's length in tokens: this "
+                "model's text embeddings follow the prompt's length, so most jobs will be served "
+                "eagerly; VISGATE_COMPILE=off saves the compile at boot")
+    return "served eagerly"
+
+
 def serving_plan(family: PipelineFamily, settings: "Settings") -> list[tuple[int, int]]:
     """Bind the settings' default overrides to ``family`` and return the shapes to serve and
     warm up; a BootError (stage "settings") for an override or shape this model refuses."""

@@ -9,7 +9,9 @@ prompt up to that length needs another graph (``fail_on_recompile`` raises where
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from typing import Any
 
 import numpy as np
@@ -128,3 +130,69 @@ def test_no_padding_where_nothing_is_compiled(built_tiny_repo):
     loaded, settings = _loaded(built_tiny_repo("visgate/tiny-qwen-image"), VISGATE_COMPILE="off")
     optimize(loaded, settings)
     assert not hasattr(loaded.pipe.encode_prompt, "text_tokens")
+
+
+# ---- any other model: a compiled warmup checks whether other prompt lengths stay compiled ----------
+def _generic(repo: Any) -> Any:
+    """The generic family on ``repo`` (a Qwen-Image repository as served before its family)."""
+    from pipelines.generic import GenericFamily
+    from pipelines.registry import read_model_index
+
+    return GenericFamily(repo, read_model_index(repo))
+
+
+@pytest.mark.parametrize("model, as_generic, expected", [
+    ("visgate/tiny-qwen-image", True, "served eagerly"),  # embeddings cut to each prompt's length
+    ("visgate/tiny-qwen-image", False, "compiled"),  # padded by its family
+    ("visgate/tiny-sd", False, "compiled"),  # generic, CLIP pads to 77 tokens
+    # The families that skip the check at boot (fixed_prompt_shapes): it holds for them.
+    ("visgate/tiny-flux-dev", False, "compiled"),
+    ("visgate/tiny-sdxl", False, "compiled"),
+])
+def test_a_compiled_warmup_finds_whether_other_prompt_lengths_stay_compiled(
+        built_tiny_repo, tmp_path, caplog, monkeypatch, model, as_generic, expected):
+    import torch
+
+    if model == "visgate/tiny-qwen-image":
+        # The tiny tokenizer has no merges: one token per byte, and ~150 of its template's are
+        # left after the pipeline drops the 34 a real Qwen tokenizer makes of it. The probe
+        # prompt (~30 real tokens) would pass the padded length here; this one is as short.
+        monkeypatch.setattr("runtime.warmup.PROBE_PROMPT", "a red fox at dawn")
+
+    from runtime.load import load
+    from runtime.optimize import optimize, serve_stance
+    from runtime.settings import Settings
+    from runtime.warmup import check_prompt_lengths, warmup
+
+    repo = built_tiny_repo(model)
+    settings = Settings.from_env({"HF_MODEL_ID": str(repo), "DEVICE": "cpu", "VISGATE_COMPILE": "regional",
+                                  "VISGATE_CACHE_DIR": str(tmp_path)})
+    family = _generic(repo) if as_generic else None
+    loaded = load(settings, repo, family=family)
+    assert loaded.family.fixed_prompt_shapes is (model != "visgate/tiny-sd" and not as_generic)
+    report = optimize(loaded, settings)
+    try:
+        warmup(loaded.family, loaded.pipe, [(256, 256)])
+        serve_stance(report)
+        caplog.set_level(logging.WARNING)
+        assert check_prompt_lengths(loaded.family, loaded.pipe, (256, 256), report.aot_modules) == expected
+        warned = [r for r in caplog.records if "most jobs will be served eagerly" in r.getMessage()]
+        assert len(warned) == (expected == "served eagerly")
+        # Serving goes on as before: eagerly where nothing was compiled for the job, no error.
+        loaded.family.generate(loaded.pipe, GenerationRequest(prompt="a red fox", steps=1, guidance=0.0,
+                                                              height=256, width=320, seed=1))
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
+
+
+def test_the_boot_record_says_whether_other_prompt_lengths_stay_compiled(run_worker_once, tmp_path):
+    """The worker runs the check after a compiled warmup for a family that does not know its
+    prompt shapes are fixed (the generic one), and the boot record (so the ready webhook) has it."""
+    run = run_worker_once({"HF_MODEL_ID": "visgate/tiny-sd", "VISGATE_COMPILE": "regional",
+                           "VISGATE_DEFAULT_STEPS": "2", "TMPDIR": str(tmp_path)},
+                          {"prompt": "a red fox", "num_inference_steps": 2}, timeout=600)
+    assert run.returncode == 0, run.log[-3000:]
+    record = json.loads(re.search(r"boot record (\{.*\})\n", run.log)[1])
+    assert record["stages"]["warmup"]["other_prompt_lengths"] == "compiled", record["stages"]["warmup"]
+    assert "most jobs will be served eagerly" not in run.log
