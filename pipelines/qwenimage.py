@@ -39,7 +39,7 @@ class QwenImageFamily(GenericFamily):
 
     def fix_input_shapes(self, pipe: Any) -> str | None:
         if getattr(pipe.encode_prompt, "text_tokens", None) == TEXT_TOKENS:
-            return None  # already padded (an eager retry compiles the same pipeline again)
+            return None  # already padded: wrapping twice would change nothing but the report
         pipe.encode_prompt = padded_encoder(pipe.encode_prompt, TEXT_TOKENS)
         return f"prompt embeddings padded to {TEXT_TOKENS} tokens (masked)"
 
