@@ -23,6 +23,13 @@ bench() {
     python3 -m warmup.check_args "$module" "$@" || { echo "refused: a $module spec; nothing has run" >&2; return 1; }
   else
     timeout "$limit" python3 -m "warmup.$module" "$@" 2>&1 | summary "$lines" "$name"
+    local status=${PIPESTATUS[0]}
+    # A killed run's last lines are a figure from its middle: say so where they are read.
+    if [ "$status" = 124 ]; then
+      echo "$name: TIMED OUT after ${limit}s; its results are partial" | tee -a "$OUT/$name"
+    elif [ "$status" != 0 ]; then
+      echo "$name: FAILED (exit $status)" | tee -a "$OUT/$name"
+    fi
     return 0  # a failed benchmark leaves the next ones their time; its output says why
   fi
 }

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,26 @@ def test_the_cpu_smoke_runs_every_benchmark_and_mode_the_gpu_workflow_runs() -> 
     gpu = runs(ROOT / ".github" / "workflows" / "gpu-benchmarks.yml") - {("check_regression", "tiny"), ("report", "tiny")}
     assert {("bench_latency", "synthetic"), ("bench_coldstart", "synthetic")} <= gpu
     assert gpu <= runs(ROOT / "scripts" / "bench_smoke.sh")
+
+
+@pytest.mark.parametrize("limit, args, said", [
+    # Killed while it imports torch: a run past its time limit.
+    ("0.3", ["warmup.bench_latency", "--mode", "tiny", "--size", "256", "--steps", "1", "--runs", "1",
+             "--no-cache-phases"], "bench-x.txt: TIMED OUT after 0.3s; its results are partial"),
+    ("60", ["warmup.bench_latency", "--mode", "nonsense"], "bench-x.txt: FAILED (exit 2)"),
+])
+def test_gpu_check_summary_says_when_a_benchmark_did_not_finish(limit: str, args: list[str], said: str,
+                                                                 tmp_path: Path) -> None:
+    """The summary file keeps a run's last lines; after a timeout those are a figure from the
+    middle of it, which read as the result unless the summary says otherwise. The script's own
+    ``summary`` and ``bench`` functions, run on a benchmark that does not finish."""
+    script = (ROOT / "warmup" / "gpu_check.sh").read_text()
+    functions = "\n".join(re.search(rf"^{name}\(\) {{.*?^}}$", script, re.M | re.S)[0] for name in ("summary", "bench"))
+    module = args[0].split(".", 1)[1]
+    run = subprocess.run(["bash", "-c", functions + '\nbench run "$@"', "gpu_check", limit, "30", "bench-x.txt",
+                          module, *args[1:], "--out", str(tmp_path / "x.json")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OUT": str(tmp_path), "PYTHONPATH": str(ROOT),
+                              # python3 there is this interpreter, with torch (seconds to import)
+                              "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert run.returncode == 0, run.stderr  # the next benchmarks still run
+    assert (tmp_path / "bench-x.txt").read_text().splitlines()[-1] == said
