@@ -207,14 +207,17 @@ class PipelineFamily(ABC):
     # Whether the denoiser's input shapes are the same for every prompt (text embeddings padded
     # to a fixed length, as CLIP's and FLUX's T5's are). Where not known, a compiled warmup
     # checks it once with a prompt of another length (runtime/warmup.py, check_prompt_lengths).
-    fixed_prompt_shapes: ClassVar[bool] = False
+    # A family may set it on its instance once fix_input_shapes has made it so.
+    fixed_prompt_shapes: bool = False
 
-    def fix_input_shapes(self, pipe: Any) -> str | None:
+    def fix_input_shapes(self, pipe: Any, masks: bool) -> str | None:
         """Called before compiling: make the denoiser's input shapes depend on the job's size
         alone, where the family's text embeddings vary in length with the prompt. Graphs are
         compiled static at warmup and served without recompiling (runtime/optimize.py), so a
-        length that varies would send nearly every job down the eager path. Returns what it
-        changed, or None where nothing needed to (a tokenizer that pads to a fixed length)."""
+        length that varies would send nearly every job down the eager path. ``masks``: whether
+        the denoiser's attention backend takes an attention mask (FlashAttention does not), which
+        padding needs. Returns what it did, or None where nothing needed doing (a tokenizer that
+        pads to a fixed length)."""
         return None
 
     def call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:

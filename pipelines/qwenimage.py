@@ -31,16 +31,21 @@ TEXT_TOKENS = 256
 class QwenImageFamily(GenericFamily):
     name = "qwen-image"
     pipeline_classes = ("QwenImagePipeline",)
-    fixed_prompt_shapes = True  # when compiled: fix_input_shapes pads every prompt
 
     @classmethod
     def matches(cls, model_index: dict[str, Any]) -> bool:
         return model_index.get("_class_name") in cls.pipeline_classes
 
-    def fix_input_shapes(self, pipe: Any) -> str | None:
-        if getattr(pipe.encode_prompt, "text_tokens", None) == TEXT_TOKENS:
-            return None  # already padded: wrapping twice would change nothing but the report
-        pipe.encode_prompt = padded_encoder(pipe.encode_prompt, TEXT_TOKENS)
+    def fix_input_shapes(self, pipe: Any, masks: bool) -> str | None:
+        if not masks:
+            # FlashAttention 2/3 refuse a mask: padded, every job would fail. Unpadded, the boot's
+            # prompt-length check (runtime/warmup.py) warns that most jobs run eagerly.
+            log.warning("prompt embeddings not padded: this attention backend takes no attention "
+                        "mask; VISGATE_ATTENTION=sdpa pads them and serves every prompt compiled")
+            return "prompt embeddings not padded (the attention backend takes no mask)"
+        if getattr(pipe.encode_prompt, "text_tokens", None) != TEXT_TOKENS:  # not wrapped twice
+            pipe.encode_prompt = padded_encoder(pipe.encode_prompt, TEXT_TOKENS)
+        self.fixed_prompt_shapes = True
         return f"prompt embeddings padded to {TEXT_TOKENS} tokens (masked)"
 
 

@@ -16,7 +16,7 @@ class SDXLFamily(PipelineFamily):
     name = "sdxl"
     pipeline_classes = ("StableDiffusionXLPipeline",)
     denoiser_attr = "unet"
-    fixed_prompt_shapes = True  # CLIP's 77 tokens and T5's padded max length
+    fixed_prompt_shapes = True  # CLIP pads to 77 tokens
 
     def _detect_variant(self) -> str:
         scheduler = self.component_config("scheduler", "scheduler_config.json")

@@ -235,9 +235,10 @@ def attention(ctx: Context) -> str:
     return choice
 
 
-def _probe_attention(denoiser: Any, backend: str) -> None:
+def _probe_attention(denoiser: Any, backend: str, masked: bool = False) -> None:
     """One small attention call through diffusers' dispatcher, on the denoiser's device and
-    dtype at its head size: what the backend's checks and kernels would meet at warmup."""
+    dtype at its head size: what the backend's checks and kernels would meet at warmup.
+    ``masked``: with a key padding mask, as a padded prompt's attention has."""
     import torch
     from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 
@@ -246,8 +247,35 @@ def _probe_attention(denoiser: Any, backend: str) -> None:
     head_dim = head_dim if isinstance(head_dim, int) else 64
     q = torch.randn(1, 16, 2, head_dim, device=weight.device,
                     dtype=weight.dtype if weight.is_floating_point() else torch.bfloat16)
+    mask = None
+    if masked:
+        mask = torch.ones(1, 1, 1, 16, dtype=torch.bool, device=weight.device)
+        mask[..., -4:] = False
     with torch.no_grad():
-        dispatch_attention_fn(q, q, q, backend=AttentionBackendName(backend))
+        dispatch_attention_fn(q, q, q, attn_mask=mask, backend=AttentionBackendName(backend))
+
+
+def _active_backend(denoiser: Any) -> str:
+    """The diffusers attention backend the denoiser's attention runs: its own (set by the
+    attention step) or, where none is set, diffusers' process-wide one."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    for module in denoiser.modules():
+        backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
+        if backend is not None:
+            return str(getattr(backend, "value", backend))
+    backend = _AttentionBackendRegistry.get_active_backend()[0]
+    return str(getattr(backend, "value", backend))
+
+
+def attention_takes_masks(denoiser: Any) -> bool:
+    """Whether the denoiser's attention accepts an attention mask: FlashAttention 2/3 and
+    PyTorch's flash-only backend refuse one (a ValueError at every call)."""
+    try:
+        _probe_attention(denoiser, _active_backend(denoiser), masked=True)
+    except Exception:  # noqa: BLE001 - refused, or a backend this probe cannot name: no masks
+        return False
+    return True
 
 
 def _vae(pipe: Any) -> Any:
@@ -304,7 +332,7 @@ def compile_models(ctx: Context) -> str:
                     _compile_decoder(decoder) if decoder is not None else "no VAE decoder"]
     # Compilation happens lazily at the first call (the warmup stage pays for it), so input
     # shapes fixed now are the ones compiled.
-    fixed = ctx.loaded.family.fix_input_shapes(ctx.pipe)
+    fixed = ctx.loaded.family.fix_input_shapes(ctx.pipe, masks=attention_takes_masks(ctx.denoiser))
     return "; ".join(compiled + ([fixed] if fixed else []))
 
 

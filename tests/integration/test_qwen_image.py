@@ -169,8 +169,8 @@ def test_a_compiled_warmup_finds_whether_other_prompt_lengths_stay_compiled(
                                   "VISGATE_CACHE_DIR": str(tmp_path)})
     family = _generic(repo) if as_generic else None
     loaded = load(settings, repo, family=family)
-    assert loaded.family.fixed_prompt_shapes is (model != "visgate/tiny-sd" and not as_generic)
     report = optimize(loaded, settings)
+    assert loaded.family.fixed_prompt_shapes is (model != "visgate/tiny-sd" and not as_generic)
     try:
         warmup(loaded.family, loaded.pipe, [(256, 256)])
         serve_stance(report)
@@ -196,3 +196,34 @@ def test_the_boot_record_says_whether_other_prompt_lengths_stay_compiled(run_wor
     record = json.loads(re.search(r"boot record (\{.*\})\n", run.log)[1])
     assert record["stages"]["warmup"]["other_prompt_lengths"] == "compiled", record["stages"]["warmup"]
     assert "most jobs will be served eagerly" not in run.log
+
+
+def test_an_attention_backend_that_takes_no_mask_leaves_prompts_unpadded(built_tiny_repo, tmp_path, caplog,
+                                                                         monkeypatch):
+    """FlashAttention 2/3 (``auto`` picks FA3 on Hopper where installed) refuse an attention
+    mask: padded prompts would fail every job and the warmup. Such a backend gets no padding, a
+    warning naming the setting that would, and the boot's prompt-length check. PyTorch's
+    flash-only SDPA backend refuses masks the same way, and runs on a CPU."""
+    import torch
+
+    from runtime.optimize import optimize, serve_stance
+    from runtime.warmup import check_prompt_lengths, warmup
+
+    loaded, settings = _loaded(built_tiny_repo("visgate/tiny-qwen-image"), VISGATE_COMPILE="regional",
+                               VISGATE_CACHE_DIR=str(tmp_path))
+    loaded.pipe.transformer.set_attention_backend("_native_flash")
+    caplog.set_level(logging.WARNING)
+    report = optimize(loaded, settings)
+    assert "prompt embeddings not padded (the attention backend takes no mask)" in report.applied["compile"]
+    assert any("VISGATE_ATTENTION=sdpa" in r.getMessage() for r in caplog.records)
+    assert not hasattr(loaded.pipe.encode_prompt, "text_tokens") and not loaded.family.fixed_prompt_shapes
+    try:
+        warmup(loaded.family, loaded.pipe, [(256, 256)])
+        serve_stance(report)
+        monkeypatch.setattr("runtime.warmup.PROBE_PROMPT", "a red fox at dawn")  # see above
+        assert check_prompt_lengths(loaded.family, loaded.pipe, (256, 256), report.aot_modules) == "served eagerly"
+        for prompt in PROMPTS:  # served (eagerly), not failed
+            assert loaded.family.generate(loaded.pipe, _request(prompt)).shape == (256, 256, 3)
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
