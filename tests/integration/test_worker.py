@@ -189,7 +189,8 @@ def test_cuda_asked_without_a_gpu_fails_boot(run_worker_once: Callable) -> None:
 @pytest.mark.parametrize("files, message", [
     ({"model_index.json": {"_class_name": "StableVideoDiffusionPipeline", "_diffusers_version": "0.24.0"}},
      "StableVideoDiffusionPipeline is not a supported text-to-image pipeline. Supported: flux "
-     "(FluxPipeline), sdxl (StableDiffusionXLPipeline), and through the generic family any of: "),
+     "(FluxPipeline), sdxl (StableDiffusionXLPipeline), qwen-image (QwenImagePipeline), and through the "
+     "generic family any of: "),
     ({"config.json": {"architectures": ["BertForMaskedLM"], "model_type": "bert"}},
      "has no model_index.json: it is not a diffusers pipeline repository. Supported: flux"),
 ], ids=["video-pipeline", "transformers-model"])
