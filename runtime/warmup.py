@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pipelines.base import GenerationRequest, PipelineFamily
-from runtime.errors import BootError, ImageRejected, JobInputError
+from runtime.errors import BootError, ImageRejected, JobInputError, brief
 from runtime.validate import check_shape
 
 if TYPE_CHECKING:
@@ -55,9 +55,10 @@ def check_prompt_lengths(family: PipelineFamily, pipe: Any, shape: tuple[int, in
         eager = sum(module.eager_calls for module in aot_modules) > eager_calls
     except ImageRejected:  # the whole pipeline ran: its graphs matched
         eager = False
-    except RuntimeError as exc:
-        if "fail_on_recompile" not in str(exc):
-            raise
+    except Exception as exc:  # noqa: BLE001 - a check: what it cannot tell must not stop the boot
+        if not (isinstance(exc, RuntimeError) and "fail_on_recompile" in str(exc)):
+            log.warning("the prompt-length check did not run to its end (%s)", brief(exc))
+            return f"not checked ({brief(exc, 120)})"
         eager = True
     if not eager:
         return "compiled"

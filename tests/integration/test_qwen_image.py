@@ -227,3 +227,20 @@ def test_an_attention_backend_that_takes_no_mask_leaves_prompts_unpadded(built_t
     finally:
         torch.compiler.set_stance("default")
         torch._dynamo.reset()
+
+
+def test_a_prompt_length_check_that_fails_does_not_fail_the_boot(built_tiny_repo, caplog, monkeypatch):
+    """The check is one more generation after warmup: whatever stops it (here the pipeline itself
+    failing) is a warning and "not checked" in the boot record, never a failed boot."""
+    from runtime.warmup import check_prompt_lengths
+
+    loaded, _ = _loaded(built_tiny_repo("visgate/tiny-sd"))
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(loaded.pipe, "encode_prompt", broken)
+    caplog.set_level(logging.WARNING)
+    said = check_prompt_lengths(loaded.family, loaded.pipe, (256, 256), [])
+    assert said == "not checked (RuntimeError: CUDA error: an illegal memory access was encountered)"
+    assert any("did not run to its end" in r.getMessage() for r in caplog.records)
