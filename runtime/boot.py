@@ -25,7 +25,7 @@ from runtime.handler import Service
 from runtime.load import Loaded, load
 from runtime.optimize import optimize, serve_stance, warm_with_fallback
 from runtime.settings import Settings, unknown_names, webhook_settings
-from runtime.warmup import check_prompt_lengths, serving_plan, warmup, warmup_requests
+from runtime.warmup import fit_prompt_lengths, serving_plan, warmup, warmup_requests
 
 log = logging.getLogger("runtime")
 
@@ -74,6 +74,9 @@ def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], Non
     with record.stage("warmup") as report:
         report["runs"] = warm_with_fallback(lambda: warmup(loaded.family, loaded.pipe, shapes), tuning,
                                             discard_restored=cache.discard if cache else None)
+        check_lengths = tuning.compiled and not loaded.family.fixed_prompt_shapes
+        if check_lengths and not tuning.aot_modules:  # before the save: the archive keeps its graphs
+            report["other_prompt_lengths"] = fit_prompt_lengths(loaded.family, loaded.pipe, shapes, [])
         if cache and tuning.compiled:
             report["compile_cache"] = compile_cache.finish(cache)
         elif cache:
@@ -81,9 +84,9 @@ def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], Non
             # became of the archive (a restored one may have been discarded from the volume).
             report["compile_cache"] = dict(cache.status)
         serve_stance(tuning)
-        if tuning.compiled and not loaded.family.fixed_prompt_shapes:
-            report["other_prompt_lengths"] = check_prompt_lengths(loaded.family, loaded.pipe, shapes[0],
-                                                                  tuning.aot_modules)
+        if check_lengths and tuning.aot_modules:  # once frozen: before, a new signature compiles
+            report["other_prompt_lengths"] = fit_prompt_lengths(loaded.family, loaded.pipe, shapes,
+                                                                tuning.aot_modules)
     encoder = PngEncoder()
     record.info["png_encoder"] = encoder.name
     return Service(model_id=settings.model_id, family=loaded.family, pipe=loaded.pipe,

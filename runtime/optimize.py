@@ -11,10 +11,11 @@ goes on; invalid option *values* never get this far (settings rejects them befor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from runtime.errors import brief, is_fatal_device_error, is_out_of_memory
 from runtime.load import Loaded
@@ -406,6 +407,25 @@ def configure_dynamo(static_shapes: int) -> None:
     # three shapes failed its compiled warmup and served eagerly on every boot. The limit bounds
     # warmup alone (serving never compiles, see serve_stance), whose calls are finite: be generous.
     torch._dynamo.config.recompile_limit = GRAPHS_PER_SHAPE * static_shapes + 2
+
+
+@contextlib.contextmanager
+def dynamic_lengths(static_shapes: int) -> Iterator[None]:
+    """While a second warmup pass runs prompts of another length: a graph whose input sizes
+    changed is compiled again with those sizes symbolic (Dynamo's automatic dynamic shapes), so
+    that one graph serves every prompt length. For models whose text embeddings follow the
+    prompt's length (runtime/warmup.py, fit_prompt_lengths); room for the new graphs in the
+    recompile limit."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    saved = config.automatic_dynamic_shapes, config.recompile_limit
+    config.automatic_dynamic_shapes = True
+    config.recompile_limit = saved[1] + GRAPHS_PER_SHAPE * static_shapes
+    try:
+        yield
+    finally:
+        config.automatic_dynamic_shapes, config.recompile_limit = saved
 
 
 def serve_stance(report: OptimizationReport) -> None:

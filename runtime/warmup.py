@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pipelines.base import GenerationRequest, PipelineFamily
@@ -26,28 +27,32 @@ WARMUP_PROMPT = "a photo of a cat sitting on a wooden table, warm light"
 WARMUP_STEPS = 2
 
 
-# Longer than WARMUP_PROMPT in any tokenizer, and within CLIP's 77 tokens: a text encoder whose
-# output follows the prompt's length, even rounded up to 16 or 32 tokens (CogView4, Z-Image),
-# gives the denoiser other shapes for it than for warmup's.
+# Longer than WARMUP_PROMPT in any tokenizer, each longer than the one before, and within CLIP's
+# 77 tokens: a text encoder whose output follows the prompt's length, even rounded up to 16 or 32
+# tokens (CogView4, Z-Image), gives the denoiser other shapes for each than for warmup's (~12
+# tokens, then ~30 and ~60 here).
 PROBE_PROMPT = ("a wide view of a quiet harbour town at dawn, fishing boats on still water, gulls "
                 "over the pier, soft mist, warm light on old stone houses")
+SECOND_PROBE_PROMPT = (PROBE_PROMPT + ", a red lighthouse on the far rocks, nets drying on the "
+                       "quay, a cat asleep on a barrel, children running along the sea wall, "
+                       "clouds breaking over the hills")
 
 
 def check_prompt_lengths(family: PipelineFamily, pipe: Any, shape: tuple[int, int],
-                         aot_modules: list[Any]) -> str:
-    """After a compiled warmup and ``serve_stance``: whether a prompt of another length than
-    warmup's runs the compiled graphs ("compiled") or eagerly ("served eagerly", with a warning).
+                         aot_modules: list[Any], prompt: str | None = None) -> str:
+    """After a compiled warmup: whether a prompt of another length than warmup's runs the
+    compiled graphs ("compiled") or would not ("served eagerly"), compiling nothing: one step at
+    ``shape`` with recompiling made an error (and, for frozen ``aot_modules``, no eager call).
 
     A pipeline that cuts its text embeddings to the prompt's token count gives the denoiser
     other shapes for nearly every prompt, and serving never recompiles: without this check such
-    a model served almost every job eagerly, having paid for the compile, and said nothing.
-    One step at the first warmed shape, with recompiling made an error: it finds the first
-    mismatching call, and compiles nothing."""
+    a model served almost every job eagerly, having paid for the compile, and said nothing."""
     import torch
 
     height, width = shape
-    request = GenerationRequest(prompt=PROBE_PROMPT, steps=1, guidance=family.serving_defaults.guidance,
-                                height=height, width=width, seed=0)
+    request = GenerationRequest(prompt=prompt or PROBE_PROMPT, steps=1,
+                                guidance=family.serving_defaults.guidance, height=height, width=width,
+                                seed=0)
     eager_calls = sum(module.eager_calls for module in aot_modules)
     try:
         with torch.compiler.set_stance("fail_on_recompile"):
@@ -60,12 +65,44 @@ def check_prompt_lengths(family: PipelineFamily, pipe: Any, shape: tuple[int, in
             log.warning("the prompt-length check did not run to its end (%s)", brief(exc))
             return f"not checked ({brief(exc, 120)})"
         eager = True
-    if not eager:
-        return "compiled"
-    log.warning("compiled graphs serve only prompts of the warmup prompt's length in tokens: this "
-                "model's text embeddings follow the prompt's length, so most jobs will be served "
-                "eagerly; VISGATE_COMPILE=off saves the compile at boot")
-    return "served eagerly"
+    return "served eagerly" if eager else "compiled"
+
+
+def fit_prompt_lengths(family: PipelineFamily, pipe: Any, shapes: list[tuple[int, int]],
+                       aot_modules: list[Any]) -> str:
+    """After a compiled warmup, before the compile cache is saved: make prompts of any length
+    run compiled, where the text embeddings follow the prompt's length and the static graphs
+    warmup made would serve only prompts as long as its own.
+
+    Such a model gets a second warmup pass at every shape with a prompt of another length, in
+    which Dynamo compiles the graphs again with the sizes that changed symbolic (one graph then
+    serves every length; the compile cache keeps it for the next boot), and a check with a third
+    length. Ahead-of-time packages are static per input signature, so ``aot`` only checks.
+    Returns what the boot record says: "compiled", "compiled, dynamic in prompt length",
+    "served eagerly" (with a warning) or "not checked (...)"."""
+    from runtime.optimize import dynamic_lengths
+
+    found = check_prompt_lengths(family, pipe, shapes[0], aot_modules)
+    if found != "served eagerly":
+        return found
+    if not aot_modules:
+        t0 = time.perf_counter()
+        try:
+            with dynamic_lengths(len(shapes)):
+                for request in warmup_requests(family, shapes):
+                    family.generate(pipe, replace(request, prompt=PROBE_PROMPT))
+        except Exception as exc:  # noqa: BLE001 - the static graphs still serve warmup's length
+            log.warning("compiling for other prompt lengths failed (%s)", brief(exc))
+        else:
+            found = check_prompt_lengths(family, pipe, shapes[0], aot_modules, SECOND_PROBE_PROMPT)
+            log.info("compiled for other prompt lengths in %.2fs: %s", time.perf_counter() - t0, found)
+            if found == "compiled":
+                return "compiled, dynamic in prompt length"
+    if found == "served eagerly":
+        log.warning("compiled graphs serve only prompts of the warmup prompt's length in tokens: this "
+                    "model's text embeddings follow the prompt's length, so most jobs will be served "
+                    "eagerly; VISGATE_COMPILE=off saves the compile at boot")
+    return found
 
 
 def serving_plan(family: PipelineFamily, settings: "Settings") -> list[tuple[int, int]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -150,7 +151,7 @@ def _generic(repo: Any) -> Any:
     ("visgate/tiny-sdxl", False, "compiled"),
 ])
 def test_a_compiled_warmup_finds_whether_other_prompt_lengths_stay_compiled(
-        built_tiny_repo, tmp_path, caplog, monkeypatch, model, as_generic, expected):
+        built_tiny_repo, tmp_path, monkeypatch, model, as_generic, expected):
     import torch
 
     if model == "visgate/tiny-qwen-image":
@@ -174,10 +175,7 @@ def test_a_compiled_warmup_finds_whether_other_prompt_lengths_stay_compiled(
     try:
         warmup(loaded.family, loaded.pipe, [(256, 256)])
         serve_stance(report)
-        caplog.set_level(logging.WARNING)
         assert check_prompt_lengths(loaded.family, loaded.pipe, (256, 256), report.aot_modules) == expected
-        warned = [r for r in caplog.records if "most jobs will be served eagerly" in r.getMessage()]
-        assert len(warned) == (expected == "served eagerly")
         # Serving goes on as before: eagerly where nothing was compiled for the job, no error.
         loaded.family.generate(loaded.pipe, GenerationRequest(prompt="a red fox", steps=1, guidance=0.0,
                                                               height=256, width=320, seed=1))
@@ -198,16 +196,16 @@ def test_the_boot_record_says_whether_other_prompt_lengths_stay_compiled(run_wor
     assert "most jobs will be served eagerly" not in run.log
 
 
-def test_an_attention_backend_that_takes_no_mask_leaves_prompts_unpadded(built_tiny_repo, tmp_path, caplog,
-                                                                         monkeypatch):
+def test_an_attention_backend_that_takes_no_mask_leaves_prompts_unpadded(built_tiny_repo, tmp_path, caplog):
     """FlashAttention 2/3 (``auto`` picks FA3 on Hopper where installed) refuse an attention
     mask: padded prompts would fail every job and the warmup. Such a backend gets no padding, a
-    warning naming the setting that would, and the boot's prompt-length check. PyTorch's
-    flash-only SDPA backend refuses masks the same way, and runs on a CPU."""
+    warning naming the setting that would, and the boot's compile for other prompt lengths
+    (dynamic in length) instead. PyTorch's flash-only SDPA backend refuses masks the same way,
+    and runs on a CPU."""
     import torch
 
     from runtime.optimize import optimize, serve_stance
-    from runtime.warmup import check_prompt_lengths, warmup
+    from runtime.warmup import fit_prompt_lengths, warmup
 
     loaded, settings = _loaded(built_tiny_repo("visgate/tiny-qwen-image"), VISGATE_COMPILE="regional",
                                VISGATE_CACHE_DIR=str(tmp_path))
@@ -219,11 +217,12 @@ def test_an_attention_backend_that_takes_no_mask_leaves_prompts_unpadded(built_t
     assert not hasattr(loaded.pipe.encode_prompt, "text_tokens") and not loaded.family.fixed_prompt_shapes
     try:
         warmup(loaded.family, loaded.pipe, [(256, 256)])
+        assert fit_prompt_lengths(loaded.family, loaded.pipe, [(256, 256)], []) == \
+            "compiled, dynamic in prompt length"
         serve_stance(report)
-        monkeypatch.setattr("runtime.warmup.PROBE_PROMPT", "a red fox at dawn")  # see above
-        assert check_prompt_lengths(loaded.family, loaded.pipe, (256, 256), report.aot_modules) == "served eagerly"
-        for prompt in PROMPTS:  # served (eagerly), not failed
-            assert loaded.family.generate(loaded.pipe, _request(prompt)).shape == (256, 256, 3)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            for prompt in PROMPTS:
+                assert loaded.family.generate(loaded.pipe, _request(prompt)).shape == (256, 256, 3)
     finally:
         torch.compiler.set_stance("default")
         torch._dynamo.reset()
@@ -244,3 +243,67 @@ def test_a_prompt_length_check_that_fails_does_not_fail_the_boot(built_tiny_repo
     said = check_prompt_lengths(loaded.family, loaded.pipe, (256, 256), [])
     assert said == "not checked (RuntimeError: CUDA error: an illegal memory access was encountered)"
     assert any("did not run to its end" in r.getMessage() for r in caplog.records)
+
+
+def test_where_lengths_change_the_shapes_a_second_pass_compiles_graphs_dynamic_in_length(
+        built_tiny_repo, tmp_path, caplog):
+    """A model whose text embeddings follow the prompt's length (Qwen-Image as the generic family
+    serves it: CogView4 and Z-Image are built the same way) gets its graphs compiled again with
+    the sizes that changed symbolic, at every warmed shape: then prompts of lengths neither pass
+    saw run compiled (``fail_on_recompile`` raises nowhere) and agree with eager."""
+    import torch
+
+    from runtime.load import load
+    from runtime.optimize import optimize, serve_stance
+    from runtime.settings import Settings
+    from runtime.warmup import fit_prompt_lengths, warmup
+
+    repo = built_tiny_repo("visgate/tiny-qwen-image")
+    settings = Settings.from_env({"HF_MODEL_ID": str(repo), "DEVICE": "cpu", "VISGATE_COMPILE": "regional",
+                                  "VISGATE_CACHE_DIR": str(tmp_path)})
+    loaded = load(settings, repo, family=_generic(repo))
+    family, pipe = loaded.family, loaded.pipe
+    shapes = [(256, 256), (256, 320)]
+    prompts = ("a fox", "a lighthouse at dusk on a rocky coast, long exposure, stars")
+    eager = {(p, shape): family.generate(pipe, replace(_request(p), height=shape[0], width=shape[1]))
+             for p in prompts for shape in shapes}
+    report = optimize(loaded, settings)
+    caplog.set_level(logging.WARNING)
+    try:
+        warmup(family, pipe, shapes)
+        assert fit_prompt_lengths(family, pipe, shapes, []) == "compiled, dynamic in prompt length"
+        serve_stance(report)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            for (prompt, shape), image in eager.items():
+                served = family.generate(pipe, replace(_request(prompt), height=shape[0], width=shape[1]))
+                assert psnr(served, image) >= MIN_PSNR_DB
+        assert not [r for r in caplog.records if "served eagerly" in r.getMessage()]
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
+
+
+def test_ahead_of_time_packages_are_only_checked_and_the_log_says_so(built_tiny_repo, tmp_path, caplog):
+    """aot packages are static per input signature: no second pass there, a warning instead."""
+    import torch
+
+    from runtime.aot import AotStore
+    from runtime.load import load
+    from runtime.optimize import optimize, serve_stance
+    from runtime.settings import Settings
+    from runtime.warmup import fit_prompt_lengths, warmup
+
+    repo = built_tiny_repo("visgate/tiny-qwen-image")
+    settings = Settings.from_env({"HF_MODEL_ID": str(repo), "DEVICE": "cpu", "VISGATE_COMPILE": "aot",
+                                  "VISGATE_CACHE_DIR": str(tmp_path)})
+    loaded = load(settings, repo, family=_generic(repo))
+    report = optimize(loaded, settings, aot_store=AotStore(tmp_path / "aot", "testkey"))
+    caplog.set_level(logging.WARNING)
+    try:
+        warmup(loaded.family, loaded.pipe, [(256, 256)])
+        serve_stance(report)
+        assert fit_prompt_lengths(loaded.family, loaded.pipe, [(256, 256)], report.aot_modules) == "served eagerly"
+        assert any("most jobs will be served eagerly" in r.getMessage() for r in caplog.records)
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
