@@ -38,10 +38,11 @@ class QwenImageFamily(GenericFamily):
 
     def fix_input_shapes(self, pipe: Any, masks: bool) -> str | None:
         if not masks:
-            # FlashAttention 2/3 refuse a mask: padded, every job would fail. Unpadded, the boot's
-            # prompt-length check (runtime/warmup.py) warns that most jobs run eagerly.
+            # FlashAttention 2/3 refuse a mask: padded, every job would fail. Unpadded, the boot
+            # compiles graphs dynamic in the prompt's length instead (runtime/warmup.py,
+            # fit_prompt_lengths): a second compile at boot, and kernels for any length.
             log.warning("prompt embeddings not padded: this attention backend takes no attention "
-                        "mask; VISGATE_ATTENTION=sdpa pads them and serves every prompt compiled")
+                        "mask; VISGATE_ATTENTION=sdpa pads them to one static length")
             return "prompt embeddings not padded (the attention backend takes no mask)"
         if getattr(pipe.encode_prompt, "text_tokens", None) != TEXT_TOKENS:  # not wrapped twice
             pipe.encode_prompt = padded_encoder(pipe.encode_prompt, TEXT_TOKENS)
