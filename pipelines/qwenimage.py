@@ -8,7 +8,7 @@ Under compilation this family pads every prompt's embeddings (and the negative p
 ``TEXT_TOKENS`` with an attention mask that hides the padding, so one graph per image size
 serves every prompt up to that length. The transformer takes the mask for any padding pattern
 (``encoder_hidden_states_mask``) and positions its text tokens from 0 whatever the length, so
-the image is the one the unpadded prompt gives (tests/integration/test_qwen_image.py).
+the image is the one the unpadded prompt gives (tests/integration/test_prompt_lengths.py).
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ PROBE_PROMPT = ("a wide view of a quiet harbour town at dawn, fishing boats on s
 SECOND_PROBE_PROMPT = (PROBE_PROMPT + ", a red lighthouse on the far rocks, nets drying on the "
                        "quay, a cat asleep on a barrel, children running along the sea wall, "
                        "clouds breaking over the hills")
+# As short as a prompt gets: as long as the empty negative prompt once rounded up, where the
+# denoiser then runs without the mask it needs between a batch's prompts of unequal lengths
+# (Z-Image with classifier-free guidance): another graph again.
+SHORT_PROMPTS = ("a fox", "a red fox")
 
 
 def check_prompt_lengths(family: PipelineFamily, pipe: Any, shape: tuple[int, int],
@@ -74,10 +78,11 @@ def fit_prompt_lengths(family: PipelineFamily, pipe: Any, shapes: list[tuple[int
     run compiled, where the text embeddings follow the prompt's length and the static graphs
     warmup made would serve only prompts as long as its own.
 
-    Such a model gets a second warmup pass at every shape with a prompt of another length, in
-    which Dynamo compiles the graphs again with the sizes that changed symbolic (one graph then
-    serves every length; the compile cache keeps it for the next boot), and a check with a third
-    length. Ahead-of-time packages are static per input signature, so ``aot`` only checks.
+    Such a model gets a second warmup pass at every shape with prompts of other lengths (a long
+    one and a short one), in which Dynamo compiles the graphs again with the sizes that changed
+    symbolic (one graph then serves every length; the compile cache keeps it for the next boot),
+    and a check with lengths neither pass saw. Ahead-of-time packages are static per input
+    signature, so ``aot`` only checks.
     Returns what the boot record says: "compiled", "compiled, dynamic in prompt length",
     "served eagerly" (with a warning) or "not checked (...)"."""
     from runtime.optimize import dynamic_lengths
@@ -89,12 +94,16 @@ def fit_prompt_lengths(family: PipelineFamily, pipe: Any, shapes: list[tuple[int
         t0 = time.perf_counter()
         try:
             with dynamic_lengths(len(shapes)):
-                for request in warmup_requests(family, shapes):
-                    family.generate(pipe, replace(request, prompt=PROBE_PROMPT))
+                for prompt in (PROBE_PROMPT, SHORT_PROMPTS[0]):
+                    for request in warmup_requests(family, shapes):
+                        family.generate(pipe, replace(request, prompt=prompt))
         except Exception as exc:  # noqa: BLE001 - the static graphs still serve warmup's length
             log.warning("compiling for other prompt lengths failed (%s)", brief(exc))
         else:
-            found = check_prompt_lengths(family, pipe, shapes[0], aot_modules, SECOND_PROBE_PROMPT)
+            for prompt in (SECOND_PROBE_PROMPT, SHORT_PROMPTS[1]):
+                found = check_prompt_lengths(family, pipe, shapes[0], aot_modules, prompt)
+                if found != "compiled":
+                    break
             log.info("compiled for other prompt lengths in %.2fs: %s", time.perf_counter() - t0, found)
             if found == "compiled":
                 return "compiled, dynamic in prompt length"

@@ -1,10 +1,12 @@
-"""Qwen-Image under compilation: one graph per image size serves prompts of any length.
+"""The prompt's length under compilation: one graph per image size serves prompts of any length.
 
-QwenImagePipeline cuts its text embeddings to each prompt's token count. Compiled as the generic
-family, the graphs warmup made matched only prompts of the warmup prompt's length: every other
-job ran eagerly, silently. The qwen-image family pads the embeddings to a fixed length under a
-mask; what must hold is that the padded image is the unpadded one, and that after warmup no
-prompt up to that length needs another graph (``fail_on_recompile`` raises where it would).
+Compiled graphs are static and serving never recompiles, so a model whose text embeddings
+follow the prompt's length served almost every job eagerly, silently. Qwen-Image (its own
+family) pads them to a fixed length under a mask: the padded image must be the unpadded one, and
+after warmup no prompt up to that length may need another graph (``fail_on_recompile`` raises
+where it would). Any other model is checked at boot, and where the lengths change the shapes
+(Qwen-Image served as the generic family, Z-Image) a second warmup pass compiles graphs dynamic
+in the sizes that changed.
 """
 
 from __future__ import annotations
@@ -226,6 +228,9 @@ def test_an_attention_backend_that_takes_no_mask_leaves_prompts_unpadded(built_t
     finally:
         torch.compiler.set_stance("default")
         torch._dynamo.reset()
+        # set_attention_backend also sets diffusers' process-wide backend: back to PyTorch SDPA
+        # for the tests after this one.
+        loaded.pipe.transformer.set_attention_backend("native")
 
 
 def test_a_prompt_length_check_that_fails_does_not_fail_the_boot(built_tiny_repo, caplog, monkeypatch):
@@ -304,6 +309,71 @@ def test_ahead_of_time_packages_are_only_checked_and_the_log_says_so(built_tiny_
         serve_stance(report)
         assert fit_prompt_lengths(loaded.family, loaded.pipe, [(256, 256)], report.aot_modules) == "served eagerly"
         assert any("most jobs will be served eagerly" in r.getMessage() for r in caplog.records)
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
+
+
+# ---- Z-Image: one sequence of caption and image tokens, the caption rounded up to 32 -------------
+@pytest.fixture(scope="module")
+def tiny_z_image(tmp_path_factory) -> Any:
+    """A tiny Z-Image pipeline (random weights, a byte-level tokenizer with a chat template),
+    served by the generic family: its caption embeddings keep each prompt's own length (rounded
+    up to 32 inside the transformer), and with classifier-free guidance the empty negative
+    prompt's length decides whether the batch needs a mask."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    from pipelines.tiny import _vae
+
+    tokenizer = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(bytes_to_unicode().values())}, merges=[])
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                               "<|im_end|>\n{% endfor %}<|im_start|>assistant\n")
+    torch.manual_seed(0)
+    encoder = Qwen3Model(Qwen3Config(hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                     vocab_size=len(tokenizer)))
+    torch.manual_seed(1)
+    transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32,
+                                           n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
+                                           cap_feat_dim=16, axes_dims=[4, 6, 6], axes_lens=[1024, 512, 512])
+    torch.manual_seed(2)
+    repo = tmp_path_factory.mktemp("z-image")
+    ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(latent_channels=16, flux=True),
+                   text_encoder=encoder, tokenizer=tokenizer,
+                   transformer=transformer).save_pretrained(repo, safe_serialization=True)
+    return repo
+
+
+def test_z_image_serves_every_prompt_length_compiled(tiny_z_image, tmp_path):
+    """Z-Image as the generic family serves it, compiled, with classifier-free guidance: before,
+    only prompts rounding up to warmup's length ran compiled. A short prompt matters on its own:
+    as long as the empty negative prompt, the batch runs without a mask, another graph."""
+    import torch
+
+    from runtime.optimize import optimize, serve_stance
+    from runtime.warmup import fit_prompt_lengths, warmup
+
+    loaded, settings = _loaded(tiny_z_image, VISGATE_COMPILE="regional", VISGATE_CACHE_DIR=str(tmp_path))
+    family, pipe = loaded.family, loaded.pipe
+    assert (family.name, family.variant) == ("generic", "ZImagePipeline")
+    guidance = family.serving_defaults.guidance
+    assert guidance > 1  # the batch holds the prompt and the negative one
+    shapes = [(256, 256), (256, 320)]
+    requests = [GenerationRequest(prompt=p, steps=2, guidance=guidance, height=h, width=w, seed=3)
+                for p in ("a cat", "a lighthouse at dusk on a rocky coast, long exposure, stars over the sea")
+                for h, w in shapes]
+    eager = [family.generate(pipe, r) for r in requests]
+    report = optimize(loaded, settings)
+    try:
+        warmup(family, pipe, shapes)
+        assert fit_prompt_lengths(family, pipe, shapes, []) == "compiled, dynamic in prompt length"
+        serve_stance(report)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            for request, image in zip(requests, eager):
+                assert psnr(family.generate(pipe, request), image) >= MIN_PSNR_DB
     finally:
         torch.compiler.set_stance("default")
         torch._dynamo.reset()
