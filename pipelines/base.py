@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 from runtime.errors import ImageRejected, WorkerError
 
@@ -210,14 +210,14 @@ class PipelineFamily(ABC):
     # A family may set it on its instance once fix_input_shapes has made it so.
     fixed_prompt_shapes: bool = False
 
-    def fix_input_shapes(self, pipe: Any, masks: bool) -> str | None:
+    def fix_input_shapes(self, pipe: Any, masks: Callable[[], bool]) -> str | None:
         """Called before compiling: make the denoiser's input shapes depend on the job's size
         alone, where the family's text embeddings vary in length with the prompt. Graphs are
         compiled static at warmup and served without recompiling (runtime/optimize.py), so a
-        length that varies would send nearly every job down the eager path. ``masks``: whether
+        length that varies would send nearly every job down the eager path. ``masks()``: whether
         the denoiser's attention backend takes an attention mask (FlashAttention does not), which
-        padding needs. Returns what it did, or None where nothing needed doing (a tokenizer that
-        pads to a fixed length)."""
+        padding needs; it runs an attention call, so only a family that pads asks. Returns what
+        it did, or None where nothing needed doing (a tokenizer that pads to a fixed length)."""
         return None
 
     def call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from pipelines.generic import GenericFamily
 
@@ -36,8 +36,8 @@ class QwenImageFamily(GenericFamily):
     def matches(cls, model_index: dict[str, Any]) -> bool:
         return model_index.get("_class_name") in cls.pipeline_classes
 
-    def fix_input_shapes(self, pipe: Any, masks: bool) -> str | None:
-        if not masks:
+    def fix_input_shapes(self, pipe: Any, masks: Callable[[], bool]) -> str | None:
+        if not masks():
             # FlashAttention 2/3 refuse a mask: padded, every job would fail. Unpadded, the boot
             # compiles graphs dynamic in the prompt's length instead (runtime/warmup.py,
             # fit_prompt_lengths): a second compile at boot, and kernels for any length.

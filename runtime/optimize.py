@@ -333,7 +333,8 @@ def compile_models(ctx: Context) -> str:
                     _compile_decoder(decoder) if decoder is not None else "no VAE decoder"]
     # Compilation happens lazily at the first call (the warmup stage pays for it), so input
     # shapes fixed now are the ones compiled.
-    fixed = ctx.loaded.family.fix_input_shapes(ctx.pipe, masks=attention_takes_masks(ctx.denoiser))
+    # The attention probe only for a family that pads (a call on the GPU at every boot otherwise).
+    fixed = ctx.loaded.family.fix_input_shapes(ctx.pipe, masks=lambda: attention_takes_masks(ctx.denoiser))
     return "; ".join(compiled + ([fixed] if fixed else []))
 
 
