@@ -30,6 +30,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 PROMPTS = ("a red fox", "a lighthouse at dusk on a rocky coast, long exposure")
 
 
+@pytest.fixture(autouse=True)
+def _dynamo_as_found():
+    """Each test compiles its own pipeline: none of its graphs or stance reach the next test."""
+    yield
+    import torch
+
+    torch.compiler.set_stance("default")
+    torch._dynamo.reset()
+
+
 def _request(prompt: str, guidance: float = 4.0) -> GenerationRequest:
     # 4.0 > 1: true classifier-free guidance, so the negative prompt's pass is served too.
     return GenerationRequest(prompt=prompt, steps=2, guidance=guidance, height=256, width=256, seed=3)
@@ -99,31 +109,27 @@ def test_compiled_graphs_serve_prompts_of_every_length(built_tiny_repo, tmp_path
     eager = {p: family.generate(pipe, _request(p)) for p in PROMPTS}
     report = optimize(loaded, settings, aot_store=AotStore(tmp_path / "aot", "testkey"))
     assert f"prompt embeddings padded to {TEXT_TOKENS} tokens" in report.applied["compile"]
-    try:
-        warmup(family, pipe, [(256, 256)])
-        serve_stance(report)
-        caplog.set_level(logging.WARNING)
-        # A recompile (torch.compile) raises here; an unseen aot signature would run eagerly
-        # with a warning.
-        with torch.compiler.set_stance("fail_on_recompile"):
-            for prompt, image in eager.items():
-                for guidance in (4.0, 1.0):  # with and without the negative prompt's pass
-                    served = family.generate(pipe, _request(prompt, guidance))
-                    if guidance == 4.0:
-                        assert psnr(served, image) >= MIN_PSNR_DB
-        assert not [r for r in caplog.records if "eagerly" in r.getMessage()]
-        for wrapper in report.aot_modules:
-            assert wrapper.eager_calls == 0
+    warmup(family, pipe, [(256, 256)])
+    serve_stance(report)
+    caplog.set_level(logging.WARNING)
+    # A recompile (torch.compile) raises here; an unseen aot signature would run eagerly
+    # with a warning.
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for prompt, image in eager.items():
+            for guidance in (4.0, 1.0):  # with and without the negative prompt's pass
+                served = family.generate(pipe, _request(prompt, guidance))
+                if guidance == 4.0:
+                    assert psnr(served, image) >= MIN_PSNR_DB
+    assert not [r for r in caplog.records if "eagerly" in r.getMessage()]
+    for wrapper in report.aot_modules:
+        assert wrapper.eager_calls == 0
 
-        # A prompt past the padded length keeps its own (the pipeline's limit is 512 tokens) and
-        # is served eagerly, with a warning that says why.
-        long = family.generate(pipe, _request("a fox " * 60))
-        assert long.shape == (256, 256, 3)
-        assert any(f"longer than the {TEXT_TOKENS} the compiled graphs take" in r.getMessage()
-                   for r in caplog.records)
-    finally:
-        torch.compiler.set_stance("default")
-        torch._dynamo.reset()
+    # A prompt past the padded length keeps its own (the pipeline's limit is 512 tokens) and
+    # is served eagerly, with a warning that says why.
+    long = family.generate(pipe, _request("a fox " * 60))
+    assert long.shape == (256, 256, 3)
+    assert any(f"longer than the {TEXT_TOKENS} the compiled graphs take" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_no_padding_where_nothing_is_compiled(built_tiny_repo):
@@ -136,12 +142,16 @@ def test_no_padding_where_nothing_is_compiled(built_tiny_repo):
 
 
 # ---- any other model: a compiled warmup checks whether other prompt lengths stay compiled ----------
-def _generic(repo: Any) -> Any:
-    """The generic family on ``repo`` (a Qwen-Image repository as served before its family)."""
+def _loaded_generic(repo: Any, **env: str) -> tuple[Any, Any]:
+    """``_loaded``, with the generic family serving ``repo`` (a Qwen-Image repository as served
+    before its own family)."""
     from pipelines.generic import GenericFamily
     from pipelines.registry import read_model_index
+    from runtime.load import load
+    from runtime.settings import Settings
 
-    return GenericFamily(repo, read_model_index(repo))
+    settings = Settings.from_env({"HF_MODEL_ID": str(repo), "DEVICE": "cpu", **env})
+    return load(settings, repo, family=GenericFamily(repo, read_model_index(repo))), settings
 
 
 @pytest.mark.parametrize("model, as_generic, expected", [
@@ -154,36 +164,25 @@ def _generic(repo: Any) -> Any:
 ])
 def test_a_compiled_warmup_finds_whether_other_prompt_lengths_stay_compiled(
         built_tiny_repo, tmp_path, monkeypatch, model, as_generic, expected):
-    import torch
-
     if model == "visgate/tiny-qwen-image":
         # The tiny tokenizer has no merges: one token per byte, and ~150 of its template's are
         # left after the pipeline drops the 34 a real Qwen tokenizer makes of it. The probe
         # prompt (~30 real tokens) would pass the padded length here; this one is as short.
         monkeypatch.setattr("runtime.warmup.PROBE_PROMPT", "a red fox at dawn")
 
-    from runtime.load import load
     from runtime.optimize import optimize, serve_stance
-    from runtime.settings import Settings
     from runtime.warmup import check_prompt_lengths, warmup
 
-    repo = built_tiny_repo(model)
-    settings = Settings.from_env({"HF_MODEL_ID": str(repo), "DEVICE": "cpu", "VISGATE_COMPILE": "regional",
-                                  "VISGATE_CACHE_DIR": str(tmp_path)})
-    family = _generic(repo) if as_generic else None
-    loaded = load(settings, repo, family=family)
+    loaded, settings = (_loaded_generic if as_generic else _loaded)(
+        built_tiny_repo(model), VISGATE_COMPILE="regional", VISGATE_CACHE_DIR=str(tmp_path))
     report = optimize(loaded, settings)
     assert loaded.family.fixed_prompt_shapes is (model != "visgate/tiny-sd" and not as_generic)
-    try:
-        warmup(loaded.family, loaded.pipe, [(256, 256)])
-        serve_stance(report)
-        assert check_prompt_lengths(loaded.family, loaded.pipe, (256, 256), report.aot_modules) == expected
-        # Serving goes on as before: eagerly where nothing was compiled for the job, no error.
-        loaded.family.generate(loaded.pipe, GenerationRequest(prompt="a red fox", steps=1, guidance=0.0,
-                                                              height=256, width=320, seed=1))
-    finally:
-        torch.compiler.set_stance("default")
-        torch._dynamo.reset()
+    warmup(loaded.family, loaded.pipe, [(256, 256)])
+    serve_stance(report)
+    assert check_prompt_lengths(loaded.family, loaded.pipe, (256, 256), report.aot_modules) == expected
+    # Serving goes on as before: eagerly where nothing was compiled for the job, no error.
+    loaded.family.generate(loaded.pipe, GenerationRequest(prompt="a red fox", steps=1, guidance=0.0,
+                                                          height=256, width=320, seed=1))
 
 
 def test_the_boot_record_says_whether_other_prompt_lengths_stay_compiled(run_worker_once, tmp_path):
@@ -226,8 +225,6 @@ def test_an_attention_backend_that_takes_no_mask_leaves_prompts_unpadded(built_t
             for prompt in PROMPTS:
                 assert loaded.family.generate(loaded.pipe, _request(prompt)).shape == (256, 256, 3)
     finally:
-        torch.compiler.set_stance("default")
-        torch._dynamo.reset()
         # set_attention_backend also sets diffusers' process-wide backend: back to PyTorch SDPA
         # for the tests after this one.
         loaded.pipe.transformer.set_attention_backend("native")
@@ -258,15 +255,11 @@ def test_where_lengths_change_the_shapes_a_second_pass_compiles_graphs_dynamic_i
     saw run compiled (``fail_on_recompile`` raises nowhere) and agree with eager."""
     import torch
 
-    from runtime.load import load
     from runtime.optimize import optimize, serve_stance
-    from runtime.settings import Settings
     from runtime.warmup import fit_prompt_lengths, warmup
 
-    repo = built_tiny_repo("visgate/tiny-qwen-image")
-    settings = Settings.from_env({"HF_MODEL_ID": str(repo), "DEVICE": "cpu", "VISGATE_COMPILE": "regional",
-                                  "VISGATE_CACHE_DIR": str(tmp_path)})
-    loaded = load(settings, repo, family=_generic(repo))
+    loaded, settings = _loaded_generic(built_tiny_repo("visgate/tiny-qwen-image"), VISGATE_COMPILE="regional",
+                                       VISGATE_CACHE_DIR=str(tmp_path))
     family, pipe = loaded.family, loaded.pipe
     shapes = [(256, 256), (256, 320)]
     prompts = ("a fox", "a lighthouse at dusk on a rocky coast, long exposure, stars")
@@ -274,44 +267,30 @@ def test_where_lengths_change_the_shapes_a_second_pass_compiles_graphs_dynamic_i
              for p in prompts for shape in shapes}
     report = optimize(loaded, settings)
     caplog.set_level(logging.WARNING)
-    try:
-        warmup(family, pipe, shapes)
-        assert fit_prompt_lengths(family, pipe, shapes, []) == "compiled, dynamic in prompt length"
-        serve_stance(report)
-        with torch.compiler.set_stance("fail_on_recompile"):
-            for (prompt, shape), image in eager.items():
-                served = family.generate(pipe, replace(_request(prompt), height=shape[0], width=shape[1]))
-                assert psnr(served, image) >= MIN_PSNR_DB
-        assert not [r for r in caplog.records if "served eagerly" in r.getMessage()]
-    finally:
-        torch.compiler.set_stance("default")
-        torch._dynamo.reset()
+    warmup(family, pipe, shapes)
+    assert fit_prompt_lengths(family, pipe, shapes, []) == "compiled, dynamic in prompt length"
+    serve_stance(report)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for (prompt, shape), image in eager.items():
+            served = family.generate(pipe, replace(_request(prompt), height=shape[0], width=shape[1]))
+            assert psnr(served, image) >= MIN_PSNR_DB
+    assert not [r for r in caplog.records if "served eagerly" in r.getMessage()]
 
 
 def test_ahead_of_time_packages_are_only_checked_and_the_log_says_so(built_tiny_repo, tmp_path, caplog):
     """aot packages are static per input signature: no second pass there, a warning instead."""
-    import torch
-
     from runtime.aot import AotStore
-    from runtime.load import load
     from runtime.optimize import optimize, serve_stance
-    from runtime.settings import Settings
     from runtime.warmup import fit_prompt_lengths, warmup
 
-    repo = built_tiny_repo("visgate/tiny-qwen-image")
-    settings = Settings.from_env({"HF_MODEL_ID": str(repo), "DEVICE": "cpu", "VISGATE_COMPILE": "aot",
-                                  "VISGATE_CACHE_DIR": str(tmp_path)})
-    loaded = load(settings, repo, family=_generic(repo))
+    loaded, settings = _loaded_generic(built_tiny_repo("visgate/tiny-qwen-image"), VISGATE_COMPILE="aot",
+                                       VISGATE_CACHE_DIR=str(tmp_path))
     report = optimize(loaded, settings, aot_store=AotStore(tmp_path / "aot", "testkey"))
     caplog.set_level(logging.WARNING)
-    try:
-        warmup(loaded.family, loaded.pipe, [(256, 256)])
-        serve_stance(report)
-        assert fit_prompt_lengths(loaded.family, loaded.pipe, [(256, 256)], report.aot_modules) == "served eagerly"
-        assert any("most jobs will be served eagerly" in r.getMessage() for r in caplog.records)
-    finally:
-        torch.compiler.set_stance("default")
-        torch._dynamo.reset()
+    warmup(loaded.family, loaded.pipe, [(256, 256)])
+    serve_stance(report)
+    assert fit_prompt_lengths(loaded.family, loaded.pipe, [(256, 256)], report.aot_modules) == "served eagerly"
+    assert any("most jobs will be served eagerly" in r.getMessage() for r in caplog.records)
 
 
 # ---- Z-Image: one sequence of caption and image tokens, the caption rounded up to 32 -------------
@@ -367,13 +346,9 @@ def test_z_image_serves_every_prompt_length_compiled(tiny_z_image, tmp_path):
                 for h, w in shapes]
     eager = [family.generate(pipe, r) for r in requests]
     report = optimize(loaded, settings)
-    try:
-        warmup(family, pipe, shapes)
-        assert fit_prompt_lengths(family, pipe, shapes, []) == "compiled, dynamic in prompt length"
-        serve_stance(report)
-        with torch.compiler.set_stance("fail_on_recompile"):
-            for request, image in zip(requests, eager):
-                assert psnr(family.generate(pipe, request), image) >= MIN_PSNR_DB
-    finally:
-        torch.compiler.set_stance("default")
-        torch._dynamo.reset()
+    warmup(family, pipe, shapes)
+    assert fit_prompt_lengths(family, pipe, shapes, []) == "compiled, dynamic in prompt length"
+    serve_stance(report)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for request, image in zip(requests, eager):
+            assert psnr(family.generate(pipe, request), image) >= MIN_PSNR_DB
