@@ -9,6 +9,7 @@ ready webhook.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from runtime.announce import Announcer
@@ -51,7 +52,17 @@ def main() -> int:
     except (Exception, Stopped) as exc:  # noqa: BLE001 - every boot failure is reported, then final
         report_failure(announcer, exc, record)
         return exc.exit_code if isinstance(exc, Stopped) else 1
-    announce_ready(announcer, service, record)  # only now, and before any job is taken
+    try:
+        # Runpod may scale the worker down while the receiver is slow to answer "ready". As PID 1
+        # the worker had no handler here, so SIGTERM was dropped: it went on to take jobs until
+        # the SIGKILL cut them short. Stopped now, it exits without serving; "ready" was (or is
+        # being) announced, and no other event follows it, as after any stop while serving.
+        with stop_signals_raise():
+            announce_ready(announcer, service, record)  # only now, and before any job is taken
+    except Stopped as exc:
+        log.warning("stopped by %s while announcing ready: exiting, no job taken",
+                    signal.Signals(exc.signum).name)
+        return exc.exit_code
     start({"handler": make_handler(service)})
     return 0
 

@@ -7,7 +7,9 @@ that records when each POST arrived and whether the worker's port was accepting 
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -18,8 +20,8 @@ import pytest
 
 from runtime import announce
 from runtime.announce import verify_signature
-from tests.support.receiver import Reply, WebhookReceiver
-from warmup.local_worker import ROOT, LocalWorker, worker_env
+from tests.support.receiver import Reply, WebhookReceiver, port_listening
+from warmup.local_worker import ROOT, LocalWorker, free_port, worker_env
 
 SECRET = "whsec-lifecycle-5d2e8b1f"
 HF_TOKEN = "hf_lifecycleTokenDoNotLeak"
@@ -177,6 +179,48 @@ def test_receiver_that_never_answers_does_not_hold_boot_beyond_the_budget(cache_
     assert spent <= budget + 0.3
     # From the first attempt to a serving port: the budget, plus importing runpod and starting.
     assert serving_at - received[0].at < budget + 15
+
+
+
+def as_pid_1(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` run as PID 1 of a new PID namespace, as the worker runs in its container, where
+    user namespaces allow it (as on Docker, a signal sent from outside with no handler for it
+    is then dropped); else as it is."""
+    probe = subprocess.run(["unshare", "-Urpf", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode:
+        return argv, False
+    return ["unshare", "-Urpf", "--mount-proc", *argv], True
+
+
+def test_sigterm_while_announcing_ready_exits_143_without_serving(cache_dir, tmp_path):
+    """Runpod may scale a worker down while its receiver is slow to take "ready". The stop
+    handlers ended with the boot: as PID 1 the worker dropped the SIGTERM, waited out the
+    webhook budget and took jobs until Runpod's SIGKILL (not PID 1: killed with no log line)."""
+    port = free_port()
+    argv, pid_1 = as_pid_1([sys.executable, "-m", "runtime", "--rp_serve_api",
+                            "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)])
+    with WebhookReceiver(default=Reply(hang=True), watch_port=port) as hook:
+        env = env_for(cache_dir, hook, VISGATE_WEBHOOK_TIMEOUT="60", VISGATE_WEBHOOK_BUDGET="120")
+        proc = subprocess.Popen(argv, cwd=ROOT, env=worker_env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        try:
+            [ready] = hook.wait_for(1, timeout=300)
+            worker = proc.pid
+            if pid_1:  # the worker is unshare's child, PID 1 inside
+                worker = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+            stopped_at = time.monotonic()
+            os.kill(worker, signal.SIGTERM)
+            log = proc.communicate(timeout=30)[0].decode(errors="replace")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 143, log[-3000:]
+    assert time.monotonic() - stopped_at < 30  # not the webhook's 120 s budget
+    assert ready.json()["status"] == "ready" and not ready.port_listening
+    assert "stopped by SIGTERM while announcing ready: exiting, no job taken" in log
+    assert "Traceback" not in log and not port_listening(port)
+    assert len(hook.received) == 1  # no second event after "ready"
+    assert_no_secrets(log)
 
 
 # ---- failed -----------------------------------------------------------------------------------
