@@ -101,10 +101,12 @@ class CompileCache:
         if not self.archive.is_file():
             self.status["restored"] = "miss"
             return self.status
+        # Marked used before it is read: a worker saving its own archive meanwhile prunes those
+        # unused for two weeks, and would take this one from under the restore (see finish).
+        mark_used(self.archive)
         try:
             self._restore()
             self.status["restored"] = "hit"
-            mark_used(self.archive)
         except Exception as exc:  # corrupt or foreign archive: compile again, overwrite later
             log.warning("compile cache %s unusable (%s); compiling from scratch",
                         self.archive.name, brief(exc))
@@ -285,7 +287,8 @@ def finish(cache: CompileCache) -> dict[str, Any]:
     counters = inductor_cache_counters()
     cache.status["counters"] = counters
     cache.status["compile_seconds"] = compile_seconds()
-    if cache.status.get("restored") == "hit" and not counters.get("fxgraph_cache_miss"):
+    if (cache.status.get("restored") == "hit" and not counters.get("fxgraph_cache_miss")
+            and cache.archive.is_file()):  # else removed since (pruned, discarded): write it again
         return cache.status
     try:
         cache.status.update(cache.save())

@@ -193,6 +193,38 @@ def test_archives_unused_for_two_weeks_are_removed_when_a_new_one_is_written(tmp
     assert in_use.archive.is_file() and cache.archive.is_file()
 
 
+
+def test_an_old_archive_being_restored_is_not_pruned_and_one_pruned_anyway_is_written_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Workers of two endpoints share a volume; one restores an archive last used 15 days ago
+    # while the other saves its own, which prunes archives unused for two weeks. The restoring
+    # worker marked the archive used only once it was read: the other took it from under the
+    # restore. And an archive removed after a clean hit was not written again: every boot after
+    # compiled from nothing, none saving what it compiled.
+    first = _cache(tmp_path, local="first")
+    first.activate()
+    first.save()
+    long_ago = time.time() - compile_cache.STALE_ARCHIVE_S - 3600
+    os.utime(first.archive, (long_ago, long_ago))
+    other_endpoint = _cache(tmp_path, local="other", model="another model")
+    other_endpoint.activate()
+
+    class RestoredWhileAnotherSaves(CompileCache):
+        def _restore(self) -> None:
+            other_endpoint.save()  # prunes what is unused for two weeks
+            super()._restore()
+
+    reboot = RestoredWhileAnotherSaves(volume_dir=first.volume_dir, parts=first.parts,
+                                       local_root=tmp_path / "reboot")
+    assert reboot.activate()["restored"] == "hit"
+    assert first.archive.is_file() and other_endpoint.archive.is_file()
+
+    first.archive.unlink()  # pruned or discarded by another worker after all
+    monkeypatch.setattr(compile_cache, "inductor_cache_counters", lambda: {"fxgraph_cache_hit": 3})
+    status = compile_cache.finish(reboot)
+    assert status["restored"] == "hit" and status["saved_bytes"] == first.archive.stat().st_size
+
+
 def test_every_boot_option_that_changes_compiled_code_changes_the_key(tmp_path: Path) -> None:
     # boot.compile_cache_for: what the worker actually keys its archive by.
     from runtime.boot import compile_cache_for
