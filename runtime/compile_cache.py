@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Mapping
 
 from runtime.boot_report import cpu_isa, package_version
 from runtime.errors import brief
@@ -55,6 +55,7 @@ def environment_key_parts(device: str) -> dict[str, Any]:
         # The attention kernels compiled in: VISGATE_ATTENTION=auto picks FlashAttention 3 where
         # it is installed, so the same options name different code with and without it.
         "attention_libraries": {name: package_version(name) for name in ("flash_attn_3", "flash_attn", "xformers")},
+        "inductor_env": inductor_env(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         parts["gpu"] = torch.cuda.get_device_name(device)
@@ -63,6 +64,16 @@ def environment_key_parts(device: str) -> dict[str, Any]:
         # CPU code is compiled for this CPU's instruction set.
         parts["cpu"] = cpu_isa()
     return parts
+
+
+def inductor_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``TORCHINDUCTOR_*`` settings the image or endpoint sets (MAX_AUTOTUNE, FREEZING, ...):
+    inductor's own caches key by them, but an AOTInductor package is found by our key alone, so
+    without them a worker given ``TORCHINDUCTOR_MAX_AUTOTUNE=1`` kept loading the untuned package.
+    Directories are left out: where files go changes no code (and activate() sets the cache's)."""
+    env = os.environ if env is None else env
+    return {name: value for name, value in sorted(env.items())
+            if name.startswith("TORCHINDUCTOR_") and not name.endswith("_DIR")}
 
 
 def make_key(parts: dict[str, Any]) -> str:

@@ -55,6 +55,23 @@ def test_key_covers_what_invalidates_compiled_code() -> None:
     assert make_key(with_fa3) != make_key(base)
 
 
+
+def test_inductor_settings_from_the_environment_are_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An AOTInductor package is found by this key alone: without them a worker given
+    # TORCHINDUCTOR_MAX_AUTOTUNE=1 loaded the package compiled without autotuning, every boot.
+    for name in [n for n in os.environ if n.startswith("TORCHINDUCTOR_")]:
+        monkeypatch.delenv(name)
+    base = make_key(_boot_parts())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/else")  # where files go: no new code
+    assert make_key(_boot_parts()) == base
+    monkeypatch.setenv("TORCHINDUCTOR_MAX_AUTOTUNE", "1")
+    tuned = _boot_parts()
+    assert tuned["inductor_env"] == {"TORCHINDUCTOR_MAX_AUTOTUNE": "1"}
+    assert make_key(tuned) != base
+    monkeypatch.setenv("TORCHINDUCTOR_FREEZING", "1")
+    assert make_key(_boot_parts()) not in (base, make_key(tuned))
+
+
 def test_missing_archive_is_a_miss_and_points_inductor_at_a_local_dir(tmp_path: Path) -> None:
     cache = _cache(tmp_path)
     status = cache.activate()
