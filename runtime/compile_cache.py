@@ -55,8 +55,9 @@ def environment_key_parts(device: str) -> dict[str, Any]:
         # The attention kernels compiled in: VISGATE_ATTENTION=auto picks FlashAttention 3 where
         # it is installed, so the same options name different code with and without it.
         "attention_libraries": {name: package_version(name) for name in ("flash_attn_3", "flash_attn", "xformers")},
-        "inductor_env": inductor_env(),
     }
+    if settings := inductor_env():  # only when set: the keys of existing archives stay as they were
+        parts["inductor_env"] = settings
     if device.startswith("cuda") and torch.cuda.is_available():
         parts["gpu"] = torch.cuda.get_device_name(device)
         parts["capability"] = list(torch.cuda.get_device_capability(device))

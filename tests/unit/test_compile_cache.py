@@ -61,6 +61,7 @@ def test_inductor_settings_from_the_environment_are_part_of_the_key(monkeypatch:
     # TORCHINDUCTOR_MAX_AUTOTUNE=1 loaded the package compiled without autotuning, every boot.
     for name in [n for n in os.environ if n.startswith("TORCHINDUCTOR_")]:
         monkeypatch.delenv(name)
+    assert "inductor_env" not in _boot_parts()  # the keys of archives saved before stay the same
     base = make_key(_boot_parts())
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/else")  # where files go: no new code
     assert make_key(_boot_parts()) == base
