@@ -275,6 +275,8 @@ def compile_seconds(every_timer: bool = False, minimum: float = 0.0) -> dict[str
 def for_boot(cache_dir: Path, model_id: str, model_dir: Path, revision: str, family: str,
              variant: str, device: str, options: dict[str, Any],
              shapes: list[tuple[int, int]]) -> CompileCache:
+    if model_id.startswith(("/", ".", "~")):  # a local directory: "/m/flux/" is "/m/flux"
+        model_id = os.path.normpath(model_id)
     parts = {
         "model": model_id, "revision": revision,
         # A hub snapshot directory is named by its commit: a new commit means new weights.

@@ -271,6 +271,9 @@ def test_every_boot_option_that_changes_compiled_code_changes_the_key(tmp_path: 
                key(VISGATE_DEFAULT_GUIDANCE="0")]
     assert len({base, *changed}) == len(changed) + 1
     assert key(VISGATE_DEFAULT_STEPS="4") == base  # steps change no graph
+    # A local directory's path as written: a trailing slash made a second archive, compiled again
+    assert key(model="/models/flux/") == key(model="/models/flux") != key(model="/models/flux2")
+    assert key(model="./models//flux/") == key(model="./models/flux")
     settings = Settings.from_env({"HF_MODEL_ID": "m", "DEVICE": "cpu", "VISGATE_COMPILE": "off"})
     assert compile_cache_for(settings, Path("/x"), None, []) is None  # type: ignore[arg-type]
 
