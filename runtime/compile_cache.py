@@ -18,6 +18,7 @@ A missing, stale or corrupt archive means "compile again and overwrite", never a
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -120,10 +121,18 @@ class CompileCache:
             self._restore()
             self.status["restored"] = "hit"
         except Exception as exc:  # corrupt or foreign archive: compile again, overwrite later
-            log.warning("compile cache %s unusable (%s); compiling from scratch",
-                        self.archive.name, brief(exc))
             shutil.rmtree(self.local_dir / INDUCTOR_DIR_NAME, ignore_errors=True)
-            self.status["restored"] = "corrupt"
+            if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+                # This container's disk is full, not the archive broken: overwritten with what
+                # compiles here (into the same full disk), a good archive would be lost to the
+                # workers that can restore it. finish() leaves it alone.
+                log.warning("compile cache %s not restored: no space left in %s; compiling from "
+                            "scratch, the archive is kept", self.archive.name, self.local_root)
+                self.status["restored"] = "no local space"
+            else:
+                log.warning("compile cache %s unusable (%s); compiling from scratch",
+                            self.archive.name, brief(exc))
+                self.status["restored"] = "corrupt"
         return self.status
 
     def discard(self) -> bool:
@@ -184,6 +193,8 @@ class CompileCache:
         return {"saved_bytes": size, "mega_cache_bytes": len(blob)}
 
 
+# The local disk (container disk, /tmp) is full or over its quota.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # A worker writes its archive in seconds; a temp file this old belongs to a worker that was killed
 # mid-save and would otherwise sit on the volume forever.
 ABANDONED_TEMP_S = 3600
@@ -303,6 +314,8 @@ def finish(cache: CompileCache) -> dict[str, Any]:
     cache.status["compile_seconds"] = compile_seconds()
     if (cache.status.get("restored") == "hit" and not counters.get("fxgraph_cache_miss")
             and cache.archive.is_file()):  # else removed since (pruned, discarded): write it again
+        return cache.status
+    if cache.status.get("restored") == "no local space":  # the archive is sound; this disk is not
         return cache.status
     try:
         cache.status.update(cache.save())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from runtime import compile_cache
 from runtime.compile_cache import CompileCache, for_boot, make_key
+from tests.support.small_disk import require_small_disk, run_on_small_disk
 
 
 @pytest.fixture(autouse=True)
@@ -146,6 +148,37 @@ def test_unusable_archive_means_compile_again_never_a_crash(tmp_path: Path, memb
     # and the next save overwrites it with a good archive
     cache.save()
     assert _cache(tmp_path, local="other").activate()["restored"] == "hit"
+
+
+
+def test_a_full_local_disk_at_restore_leaves_the_archive_on_the_volume_as_it_was(tmp_path: Path) -> None:
+    # The archive is restored into the container's disk (/tmp). Full, the restore failed as if
+    # the archive were "corrupt", and the worker then overwrote the volume's good archive with
+    # what it could compile on that full disk: every other worker lost the cache.
+    require_small_disk()
+    cache = _cache(tmp_path)
+    cache.activate()
+    kernel = cache.local_dir / "inductor" / "fxgraph" / "ab" / "entry"
+    kernel.parent.mkdir(parents=True)
+    kernel.write_bytes(os.urandom(512 * 1024))
+    cache.save()
+    archive = cache.archive.read_bytes()
+    code = ("import json, sys\n"
+            "from pathlib import Path\n"
+            "from runtime import compile_cache\n"
+            "cache = compile_cache.CompileCache(volume_dir=Path(sys.argv[1]), parts=json.loads(sys.argv[2]),\n"
+            "                                   local_root=Path(sys.argv[3]))\n"
+            "cache.activate()\n"
+            "compile_cache.inductor_cache_counters = lambda: {'fxgraph_cache_miss': 1}  # compiled here\n"
+            "print(json.dumps(compile_cache.finish(cache)))\n")
+    disk = tmp_path / "small-tmp"
+    child = run_on_small_disk(disk, "size=128k", [sys.executable, "-c", code, str(cache.volume_dir),
+                                                  json.dumps(cache.parts), str(disk)])
+    assert child.returncode == 0, child.stderr[-2000:]
+    status = json.loads(child.stdout.splitlines()[-1])
+    assert status["restored"] == "no local space" and "saved_bytes" not in status
+    assert "no space left in" in child.stderr and "the archive is kept" in child.stderr
+    assert cache.archive.read_bytes() == archive
 
 
 def test_finish_keeps_a_clean_hit_and_saves_anything_new(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
