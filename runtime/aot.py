@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from runtime.compile_cache import (ABANDONED_TEMP_S, STALE_ARCHIVE_S, atomic_file, mark_used,
                                    remove_older_than)
-from runtime.errors import brief, is_out_of_memory
+from runtime.errors import brief, is_no_space, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,9 @@ class AotModule:
         after running out of memory (as a package reports it too: a RuntimeError), which says
         nothing about a package other workers share."""
         self.store.status.pop(f"{self.name}-{sig}", None)
-        if not is_out_of_memory(exc):
+        # Nor after this container's disk filled up: the package is extracted (and compiled)
+        # into the local temporary directory, so a full one fails them all, sound or not.
+        if not is_out_of_memory(exc) and not is_no_space(exc):
             try:
                 self.store.path(self.name, sig).unlink(missing_ok=True)
             except OSError:  # a read-only volume (EROFS comes before "missing"): still fall back

@@ -18,7 +18,6 @@ A missing, stale or corrupt archive means "compile again and overwrite", never a
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Mapping
 
 from runtime.boot_report import cpu_isa, package_version
-from runtime.errors import brief
+from runtime.errors import brief, is_no_space
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ class CompileCache:
             self.status["restored"] = "hit"
         except Exception as exc:  # corrupt or foreign archive: compile again, overwrite later
             shutil.rmtree(self.local_dir / INDUCTOR_DIR_NAME, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            if is_no_space(exc):
                 # This container's disk is full, not the archive broken: overwritten with what
                 # compiles here (into the same full disk), a good archive would be lost to the
                 # workers that can restore it. finish() leaves it alone.
@@ -193,8 +192,6 @@ class CompileCache:
         return {"saved_bytes": size, "mega_cache_bytes": len(blob)}
 
 
-# The local disk (container disk, /tmp) is full or over its quota.
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # A worker writes its archive in seconds; a temp file this old belongs to a worker that was killed
 # mid-save and would otherwise sit on the volume forever.
 ABANDONED_TEMP_S = 3600

@@ -6,6 +6,7 @@ no secrets). Job errors carry a message for the client and whether the worker mu
 
 from __future__ import annotations
 
+import errno
 import signal
 from typing import Any
 from urllib.parse import urlsplit
@@ -135,6 +136,20 @@ def is_out_of_memory(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError) and any(marker in text for marker in (
         "cuda out of memory", "cuda error: out of memory",
         "cublas_status_alloc_failed", "cudnn_status_alloc_failed"))  # a library's workspace
+
+
+def is_no_space(exc: BaseException | None) -> bool:
+    """A disk is full or over quota (ENOSPC, EDQUOT), anywhere in the exception's chain: inductor
+    wraps the OSError in its own error, and AOTInductor's C++ loader reports only the text."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "no space left on device" in str(exc).lower() or "disk quota exceeded" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 # Substrings of errors after which a CUDA context is unusable: only a new process recovers.

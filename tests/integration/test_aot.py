@@ -370,3 +370,57 @@ def test_the_local_copy_of_a_package_is_removed_when_the_process_ends(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "LIVE 1" in done.stdout, done.stdout  # the copy served while the process lived
     assert list(local_tmp.glob("visgate-aot-*")) == []
+
+
+def test_a_full_container_disk_leaves_the_shared_package_on_the_volume(tmp_path):
+    """A package is extracted, and compiled when it will not load, into the container's own
+    temporary directory. With that full, both failed, and the failure removed the package from
+    the volume as if it were broken: every worker sharing the volume then compiled it again."""
+    import os
+    import sys
+
+    import torch
+
+    from runtime.aot import AotModule, AotStore
+    from tests.support.small_disk import require_small_disk, run_on_small_disk
+
+    require_small_disk()
+    volume = tmp_path / "compile"
+    script = (
+        "import json, sys, torch\n"
+        "from runtime.aot import AotModule, AotStore\n"
+        "store = AotStore(__import__('pathlib').Path(sys.argv[1]), 'k')\n"
+        "module = torch.nn.Linear(4, 3)\n"
+        "AotModule(module, 'linear', store, 'cpu', fallback=lambda: 'eager')\n"
+        "x = torch.randn(2, 4)\n"
+        "with torch.no_grad():\n"
+        "    assert torch.allclose(module(x), torch.nn.functional.linear(x, module.weight, module.bias))\n"
+        "print(json.dumps(store.status))\n")
+    module = torch.nn.Linear(4, 3)
+    store = AotStore(volume, "k")
+    wrapper = AotModule(module, "linear", store, "cpu", fallback=lambda: "eager")
+    try:
+        with torch.no_grad():
+            module(torch.randn(2, 4))
+    finally:
+        wrapper.uninstall()
+    [package] = volume.glob("*.pt2")
+    sound = package.read_bytes()
+
+    disk = tmp_path / "small-tmp"
+    child = run_on_small_disk(disk, "size=256k", [sys.executable, "-c", script, str(volume)],
+                              env={**os.environ, "TMPDIR": str(disk),
+                                   "TORCHINDUCTOR_CACHE_DIR": str(disk / "inductor")}, timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    status = json.loads(child.stdout.splitlines()[-1])
+    assert "No space left on device" in status["linear-fallback"]["reason"], status  # served eagerly
+    assert package.read_bytes() == sound  # kept for the workers whose disk has room
+
+    again = AotStore(volume, "k")
+    wrapper = AotModule(torch.nn.Linear(4, 3), "linear", again, "cpu", fallback=lambda: "eager")
+    try:
+        with torch.no_grad():
+            wrapper.module(torch.randn(2, 4))
+    finally:
+        wrapper.uninstall()
+    assert [entry["result"] for entry in again.status.values()] == ["hit"]
