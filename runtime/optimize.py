@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from runtime.errors import brief, is_fatal_device_error, is_out_of_memory
+from runtime.errors import brief, is_fatal_device_error, is_no_space, is_out_of_memory
 from runtime.load import Loaded
 from runtime.settings import Settings
 
@@ -456,10 +456,11 @@ def warm_with_fallback(run: Callable[[], Any], report: OptimizationReport,
             raise
         import torch
 
-        # Not after running out of memory or losing the GPU: those say nothing about the
-        # archive, which other workers share, and a second compile would meet them again.
+        # Not after running out of memory, losing the GPU or filling this container's disk
+        # (inductor writes its code there): those say nothing about the archive, which other
+        # workers share, and a second compile would meet them again.
         if (discard_restored is not None and not is_out_of_memory(exc)
-                and not is_fatal_device_error(exc) and discard_restored()):
+                and not is_fatal_device_error(exc) and not is_no_space(exc) and discard_restored()):
             log.warning("compiled warmup failed with the restored compile cache (%s); discarded "
                         "it, compiling from scratch", brief(exc))
             torch._dynamo.reset()

@@ -6,6 +6,7 @@ torch.compile works on CPU, so everything here is the real thing, only slower th
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -678,9 +679,13 @@ def test_a_failure_with_a_restored_cache_discards_it_and_compiles_once_more(seco
 
 
 @pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                                   RuntimeError("CUDA error: an illegal memory access was encountered")])
+                                   RuntimeError("CUDA error: an illegal memory access was encountered"),
+                                   # inductor writing its code into a full container disk
+                                   RuntimeError("InductorError: OSError: [Errno 28] No space left on device"),
+                                   OSError(errno.ENOSPC, "No space left on device")])
 def test_a_device_failure_at_warmup_keeps_the_shared_compile_cache(error):
-    """Out of memory, a poisoned GPU: this worker's trouble, not the archive other workers use."""
+    """Out of memory, a poisoned GPU, a full local disk: this worker's trouble, not the archive
+    other workers use."""
     from runtime.optimize import OptimizationReport, warm_with_fallback
 
     report = OptimizationReport(applied={"compile": "FluxTransformer2DModel repeated blocks"})
