@@ -11,9 +11,12 @@ in the sizes that changed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +26,7 @@ import pytest
 from pipelines.base import GenerationRequest
 from pipelines.qwenimage import TEXT_TOKENS, padded_encoder
 from tests.integration.test_optimize import MAX_PIXEL_DIFF, MIN_PSNR_DB, _loaded, psnr
+from warmup.local_worker import ROOT, worker_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -323,6 +327,10 @@ def tiny_z_image(tmp_path_factory) -> Any:
     ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(latent_channels=16, flux=True),
                    text_encoder=encoder, tokenizer=tokenizer,
                    transformer=transformer).save_pretrained(repo, safe_serialization=True)
+    # The generic family's default size is the denoiser's sample_size in latents (1024² without
+    # one): 256², so that a worker booting this model warms a tiny image (diffusers ignores the key).
+    config = repo / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "sample_size": 32}))
     return repo
 
 
@@ -352,3 +360,74 @@ def test_z_image_serves_every_prompt_length_compiled(tiny_z_image, tmp_path):
     with torch.compiler.set_stance("fail_on_recompile"):
         for request, image in zip(requests, eager):
             assert psnr(family.generate(pipe, request), image) >= MIN_PSNR_DB
+
+
+# The worker's boot (runtime.boot.boot, every stage), then jobs through the job path, each under
+# fail_on_recompile: serving runs eager_on_recompile, which falls back to eager without a word,
+# so only this stance tells a job that ran compiled from one that did not.
+_BOOT_THEN_SERVE = """
+import json, sys
+import torch
+from runtime.boot import boot, read_settings
+from runtime.boot_report import BootRecord
+from runtime.compile_cache import inductor_cache_counters
+from runtime.handler import generate_png
+record = BootRecord()
+service = boot(read_settings(), record)
+with torch.compiler.set_stance("fail_on_recompile"):
+    for prompt in json.loads(sys.argv[1]):
+        generate_png(service, {"prompt": prompt})
+# The whole process's cache counters: the record's are taken when the archive is saved, and
+# would not see a graph compiled after that.
+print("WARMUP STAGE " + json.dumps({**record.stages["warmup"], "process_counters": inductor_cache_counters()}))
+"""
+
+
+def _boot_in_a_fresh_process(env: dict[str, str], prompts: tuple[str, ...]) -> dict[str, Any]:
+    """The boot record's warmup stage of a boot in a new process, which then served ``prompts``."""
+    proc = subprocess.run([sys.executable, "-c", _BOOT_THEN_SERVE, json.dumps(prompts)], cwd=ROOT,
+                          env=worker_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=600)
+    log = proc.stdout.decode("utf-8", errors="replace")
+    assert proc.returncode == 0, log[-4000:]
+    return json.loads(log.split("WARMUP STAGE ", 1)[1])
+
+
+def test_the_next_boot_restores_the_graphs_dynamic_in_prompt_length(tiny_z_image, tmp_path):
+    """The dynamic-length graphs are compiled before the compile cache is saved, so that the
+    next cold start restores them: a second boot, in a fresh process on a fresh local disk with
+    the first one's volume, compiles nothing (every graph the first compiled, static and dynamic,
+    is a cache hit), leaves the archive as it was (it would otherwise rewrite it on every boot,
+    hundreds of MB for a full-size model) and serves prompts of lengths neither boot saw
+    compiled."""
+    volume = tmp_path / "volume"
+    env = {"HF_MODEL_ID": str(tiny_z_image), "VISGATE_COMPILE": "regional", "VISGATE_CACHE_DIR": str(volume),
+           "VISGATE_DEFAULT_STEPS": "2"}
+    # Captions of 67 and 121 tokens (the template's 49 and one per byte): lengths neither boot's
+    # passes saw, longer than the negative prompt's (so under a mask). Not a multiple of 32: those
+    # take another graph, which neither pass compiles (README), on the first boot as on the next.
+    prompts = ("a red cat on a mat", "a lighthouse at dusk on a rocky coast, long exposure, stars over the sea")
+
+    def boot(local: str) -> dict[str, Any]:
+        (tmp_path / local).mkdir()  # TMPDIR: a new container's empty disk, inductor's cache on it
+        return _boot_in_a_fresh_process({**env, "TMPDIR": str(tmp_path / local)}, prompts)
+
+    first = boot("local-1")
+    cold = first["compile_cache"]
+    assert first["other_prompt_lengths"] == "compiled, dynamic in prompt length", first
+    assert cold["restored"] == "miss" and cold["saved_bytes"] > 0, cold
+    archive = volume / "compile" / f"{cold['key']}.tar"
+    saved = hashlib.sha256(archive.read_bytes()).hexdigest()
+
+    second = boot("local-2")
+    warm = second["compile_cache"]
+    assert second["other_prompt_lengths"] == "compiled, dynamic in prompt length", second
+    assert warm["restored"] == "hit", warm
+    # Every graph the first boot compiled, static and dynamic, and nothing else, is a cache hit.
+    compiled, restored = first["process_counters"], second["process_counters"]
+    assert compiled["fxgraph_cache_miss"] > 0 and not compiled.get("fxgraph_cache_hit"), compiled
+    assert restored.get("fxgraph_cache_hit") == compiled["fxgraph_cache_miss"], (compiled, restored)
+    assert not restored.get("fxgraph_cache_miss") and restored == warm["counters"], (restored, warm)
+    assert "saved_bytes" not in warm and hashlib.sha256(archive.read_bytes()).hexdigest() == saved
+    # inductor's code generation is what the archive spares: what is left is tracing and loading
+    assert warm["compile_seconds"]["backend"] < cold["compile_seconds"]["backend"], (cold, warm)
