@@ -10,6 +10,13 @@ tests.support.receiver. The model is the built-in tiny FLUX, on the CPU.
 What the SDK does with our answers, checked here and not ours to change: it posts a result as
 ``{"output": <the handler's dict>}``, and an error as ``{"output": {"model_id": ...}, "error": ...}``
 (it takes ``error`` out of the dict; Runpod then shows the job FAILED with that message).
+
+Seen against this stand-in, the SDK's own and left as they are (runpod 1.12):
+- A rejected API key (401 on job-take) is retried with no pause at all: about 400 requests and
+  as many ERROR lines a second here, for as long as the worker runs. Runpod sets the key itself.
+- Runpod's per-job stop (a cancel, a timeout) cannot interrupt a running generation: the handler
+  is synchronous and runs on the SDK's event loop, which reads the stop only once the job is
+  over; the job runs to the end and its result is posted all the same.
 """
 
 from __future__ import annotations
