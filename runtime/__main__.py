@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from typing import Any
 
 from runtime.announce import Announcer
 from runtime.boot import (announce_ready, boot, read_settings, read_webhook_settings,
@@ -19,7 +20,7 @@ from runtime.boot_report import BootRecord
 from runtime.errors import Stopped
 from runtime.handler import make_handler
 from runtime.logs import setup_logging
-from runtime.serve import JobSdk
+from runtime.serve import JobSdk, StopWhenIdle
 from runtime.settings import check_runpod_flags
 
 log = logging.getLogger("runtime")
@@ -52,6 +53,12 @@ def main() -> int:
     except (Exception, Stopped) as exc:  # noqa: BLE001 - every boot failure is reported, then final
         report_failure(announcer, exc, record)
         return exc.exit_code if isinstance(exc, Stopped) else 1
+    # On Runpod's queue a stop signal from here on ends the worker once no job is in progress
+    # (the SDK's own shutdown could take a job and drop it). Installed before the announce,
+    # whose own stop handlers put it back when they end: no moment without a handler.
+    stop = StopWhenIdle() if on_queue else None
+    if stop:
+        stop.install()
     try:
         # Runpod may scale the worker down while the receiver is slow to answer "ready". As PID 1
         # the worker had no handler here, so SIGTERM was dropped: it went on to take jobs until
@@ -63,8 +70,11 @@ def main() -> int:
         log.warning("stopped by %s while announcing ready: exiting, no job taken",
                     signal.Signals(exc.signum).name)
         return exc.exit_code
-    start({"handler": make_handler(service)})
-    return 0
+    config: dict[str, Any] = {"handler": make_handler(service)}
+    if stop:
+        config["concurrency_modifier"] = stop.concurrency_modifier  # chains our stop handler
+    start(config)
+    return stop.exit_code if stop else 0
 
 
 if __name__ == "__main__":

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import importlib
 import logging
+import multiprocessing
 import os
+import signal
+import sys
 import threading
+import time
+from types import FrameType
 from typing import Any, Callable
 
 from runtime.errors import BootError, brief
 
 log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 # The SDK's switch for its start-up machine checks ("true", any case, turns them off): a baked
 # image whose weights fill most of its container disk needs it, and must get past ours too.
@@ -100,3 +107,115 @@ class JobSdk:
             except RuntimeError as exc:
                 raise BootError(f"Runpod's job SDK would stop this worker before its first job: "
                                 f"{exc}; {what_to_do}", stage="serve") from None
+
+
+class StopWhenIdle:
+    """On Runpod's job queue, from "ready" on: a SIGTERM (Runpod scaling the worker down) or
+    SIGINT ends the process as soon as no job is in progress: at once when idle, else as soon as
+    the job in progress has posted its result. Exit status 128 + the signal, as for a stop during
+    the boot.
+
+    Left to the job SDK (runpod 1.12), the same signal lost jobs and outlived Runpod's grace:
+
+    - Its job-take long-poll stays open after the signal. A job Runpod hands to it then is queued
+      after the SDK's job runner has already stopped: taken from Runpod, never run, no result.
+    - It exits only once its long-polls (job-take, job-stop; each up to 90 s) come back.
+    - Its handlers are installed only once its start-up checks are over (seconds on a GPU host:
+      nvidia-smi, a memory test on each GPU, CUDA init, a benchmark, the network). As PID 1 a
+      SIGTERM before that was dropped, and the worker then served until the SIGKILL.
+
+    So our handler is installed before "ready" is announced, and chained ahead of the SDK's when
+    the SDK first asks for its concurrency (``concurrency_modifier``, called by its job loop,
+    in the main thread, once its own handlers are in): the SDK still stops taking jobs, while a
+    thread here waits until the SDK counts no job in progress (a job leaves its count only after
+    its result is posted) and ends the process, its heartbeat process with it."""
+
+    POLL_SECONDS = 0.05
+
+    def __init__(self, jobs_in_progress: Callable[[], int] | None = None) -> None:
+        self._jobs_in_progress = jobs_in_progress or _sdk_jobs_in_progress
+        self.signum: int | None = None
+        self._pid = os.getpid()
+        self._chained = False
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stop-when-idle", daemon=True)
+
+    @property
+    def exit_code(self) -> int:
+        """What the process exits with once the SDK returns: 0 unless a stop signal came."""
+        return 0 if self.signum is None else 128 + self.signum
+
+    def install(self) -> None:
+        """In the main thread, before "ready": from then on no stop signal is dropped."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
+        self._thread.start()
+
+    def concurrency_modifier(self, current: int) -> int:
+        """The SDK's hook, asked before each job-take: the first call chains our handler ahead
+        of the SDK's (installed by then); the concurrency stays as it is."""
+        if not self._chained:
+            self._chained = True
+            try:
+                for signum in STOP_SIGNALS:
+                    sdk_handler = signal.getsignal(signum)
+                    if sdk_handler is not self._on_signal:
+                        signal.signal(signum, self._chain(sdk_handler))
+            except ValueError:  # not the main thread: another SDK version's loop
+                log.warning("cannot chain the stop handler to the job SDK's (not the main "
+                            "thread): a SIGTERM now waits for the SDK's own shutdown")
+        return current
+
+    def _chain(self, sdk_handler: Any) -> Callable[[int, FrameType | None], None]:
+        def both(signum: int, frame: FrameType | None) -> None:
+            self._on_signal(signum, frame)
+            if callable(sdk_handler):
+                sdk_handler(signum, frame)  # the SDK stops taking jobs
+
+        return both
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            # A process forked after install (the SDK's heartbeat) inherits this handler, but
+            # not the thread: there the signal must end it, as before, or multiprocessing's
+            # terminate-then-join at exit (the SDK ending by itself, refresh_worker) would hang.
+            os._exit(128 + signum)
+        if self.signum is None:  # the first decides the exit status; Runpod sends one
+            self.signum = signum
+        self._stopping.set()  # the rest in the thread: no logging inside a signal handler
+
+    def _watch(self) -> None:
+        self._stopping.wait()
+        name = signal.Signals(self.signum).name
+        if self._jobs_in_progress():
+            log.warning("stopped by %s: taking no more jobs; exiting once the job in progress has "
+                        "posted its result", name)
+            while self._jobs_in_progress():  # a count, no event to wait on: polled
+                time.sleep(self.POLL_SECONDS)
+            log.warning("stopped by %s: the job in progress posted its result; exiting", name)
+        else:
+            log.warning("stopped by %s: no job in progress; exiting", name)
+        _end_process(128 + self.signum)
+
+
+def _sdk_jobs_in_progress() -> int:
+    """Jobs the SDK has taken and not finished: it adds a job as it takes it, and removes it
+    only once the job's result is posted."""
+    from runpod.serverless.modules.worker_state import JobsProgress
+
+    return JobsProgress().get_job_count()
+
+
+def _end_process(code: int) -> None:
+    """End now, from any thread: the SDK's heartbeat process first (else, orphaned, it would
+    go on telling Runpod this worker is alive), then the logs flushed."""
+    for child in multiprocessing.active_children():
+        child.kill()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -20,6 +20,7 @@ import pytest
 
 from runtime import announce
 from runtime.announce import verify_signature
+from tests.support.pid1 import as_pid_1, inner_pid
 from tests.support.receiver import Reply, WebhookReceiver, port_listening
 from warmup.local_worker import ROOT, LocalWorker, free_port, worker_env
 
@@ -182,16 +183,6 @@ def test_receiver_that_never_answers_does_not_hold_boot_beyond_the_budget(cache_
 
 
 
-def as_pid_1(argv: list[str]) -> tuple[list[str], bool]:
-    """``argv`` run as PID 1 of a new PID namespace, as the worker runs in its container, where
-    user namespaces allow it (as on Docker, a signal sent from outside with no handler for it
-    is then dropped); else as it is."""
-    probe = subprocess.run(["unshare", "-Urpf", "--mount-proc", "true"], capture_output=True)
-    if probe.returncode:
-        return argv, False
-    return ["unshare", "-Urpf", "--mount-proc", *argv], True
-
-
 def test_sigterm_while_announcing_ready_exits_143_without_serving(cache_dir, tmp_path):
     """Runpod may scale a worker down while its receiver is slow to take "ready". The stop
     handlers ended with the boot: as PID 1 the worker dropped the SIGTERM, waited out the
@@ -205,9 +196,7 @@ def test_sigterm_while_announcing_ready_exits_143_without_serving(cache_dir, tmp
                                 stderr=subprocess.STDOUT)
         try:
             [ready] = hook.wait_for(1, timeout=300)
-            worker = proc.pid
-            if pid_1:  # the worker is unshare's child, PID 1 inside
-                worker = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+            worker = inner_pid(proc, pid_1)  # PID 1 inside its namespace
             stopped_at = time.monotonic()
             os.kill(worker, signal.SIGTERM)
             log = proc.communicate(timeout=30)[0].decode(errors="replace")

@@ -1,10 +1,19 @@
-"""The serve stage's job SDK, imported on a side thread while the worker boots."""
+"""The serve stage: the job SDK, imported on a side thread while the worker boots, and how the
+queue worker ends on a stop signal (StopWhenIdle)."""
 
 from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from runtime.serve import JobSdk
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,3 +96,62 @@ def test_the_sdks_own_switch_turns_the_check_off(sdk_thresholds, monkeypatch) ->
     rp_fitness._ensure_system_checks_registered()  # what the SDK does with the switch: no checks
     assert not any("disk" in getattr(check, "__name__", "") for check in rp_fitness._fitness_checks)
     JobSdk().check_machine()
+
+
+# ---- StopWhenIdle: the queue worker's stop signals --------------------------------------------
+# Each in a fresh interpreter: it installs signal handlers and ends its process with os._exit.
+def run_script(body: str) -> subprocess.CompletedProcess[str]:
+    script = textwrap.dedent("""
+        import logging, multiprocessing, os, signal, sys, time
+        from runtime.serve import StopWhenIdle
+        logging.basicConfig(level=logging.INFO)
+    """) + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_a_process_forked_after_install_still_ends_on_sigterm() -> None:
+    """The SDK forks its heartbeat process while our handler is in. There the handler's thread
+    does not exist: without its own way out the child ignored SIGTERM, and multiprocessing's
+    terminate-then-join at exit (the SDK ending by itself) waited for it forever."""
+    done = run_script("""
+        StopWhenIdle(jobs_in_progress=lambda: 0).install()
+        running = multiprocessing.Event()
+
+        def heartbeat():
+            running.set()
+            time.sleep(60)
+
+        child = multiprocessing.Process(target=heartbeat, daemon=True)  # forked, as the SDK's
+        child.start()
+        assert running.wait(10)  # past fork's own clean-up, which drops a signal pending then
+        os.kill(child.pid, signal.SIGTERM)
+        child.join(10)
+        print("child exit", child.exitcode)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert "child exit 143" in done.stdout
+
+
+def test_once_chained_a_sigterm_reaches_the_sdk_and_ends_the_process_when_its_job_is_done() -> None:
+    """The SDK's own handler (it stops taking jobs) still runs; the process waits for the job in
+    progress, then ends with 143 without waiting for anything else."""
+    done = run_script("""
+        jobs = [1]
+        stop = StopWhenIdle(jobs_in_progress=lambda: jobs[0])
+        stop.install()
+        # What the SDK's JobScaler does before its loop first asks for its concurrency:
+        signal.signal(signal.SIGTERM, lambda signum, frame: print("sdk handler", signum, flush=True))
+        assert stop.concurrency_modifier(1) == 1 and stop.concurrency_modifier(1) == 1
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop._stopping.wait(5)
+        time.sleep(0.5)  # ten of its polls: still here while the job runs
+        print("alive during the job", flush=True)
+        jobs[0] = 0  # the job's result is posted
+        time.sleep(20)
+        print("not ended", flush=True)
+    """)
+    assert done.returncode == 143, done.stderr
+    assert done.stdout.splitlines() == [f"sdk handler {signal.SIGTERM.value}", "alive during the job"]
+    assert "stopped by SIGTERM: taking no more jobs; exiting once the job in progress" in done.stderr
+    assert "stopped by SIGTERM: the job in progress posted its result; exiting" in done.stderr

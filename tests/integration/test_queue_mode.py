@@ -1,0 +1,254 @@
+"""The worker as Runpod runs it: ``python -m runtime`` with no flags, as PID 1 of its container,
+taking jobs from Runpod's job queue.
+
+The queue is a real HTTP server on 127.0.0.1 standing in for Runpod's job API
+(tests.support.runpod_api), reached by the real runpod SDK through the variables Runpod sets
+(RUNPOD_WEBHOOK_GET_JOB, ..., RUNPOD_AI_API_KEY). Its polls are held open as long-polls, so a
+worker that waits for them, or takes a job from one, is seen doing it. The ready webhook goes to
+tests.support.receiver. The model is the built-in tiny FLUX, on the CPU.
+
+What the SDK does with our answers, checked here and not ours to change: it posts a result as
+``{"output": <the handler's dict>}``, and an error as ``{"output": {"model_id": ...}, "error": ...}``
+(it takes ``error`` out of the dict; Runpod then shows the job FAILED with that message).
+
+Seen against this stand-in, the SDK's own and left as they are (runpod 1.12):
+- A rejected API key (401 on job-take) is retried with no pause at all: about 400 requests and
+  as many ERROR lines a second here, for as long as the worker runs. Runpod sets the key itself.
+- Runpod's per-job stop (a cancel, a timeout) cannot interrupt a running generation: the handler
+  is synchronous and runs on the SDK's event loop, which reads the stop only once the job is
+  over; the job runs to the end and its result is posted all the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Mapping
+
+import pytest
+
+from tests.support.pid1 import as_pid_1, inner_pid
+from tests.support.receiver import WebhookReceiver
+from tests.support.runpod_api import RunpodApi
+from warmup.local_worker import ROOT, worker_env
+
+MODEL = "visgate/tiny-flux"
+API_KEY = "rpa_QUEUEtestKey7f3c91d0e2b4a6"
+HF_TOKEN = "hf_queueTokenDoNotLeak4821"
+CONTRACT_KEYS = {"image_base64", "model_id", "seed", "height", "width"}  # README: the job contract
+HOLD = 30.0  # seconds a poll is held open with nothing to hand out: longer than any wait below
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_dir(warm_cache_dir: Path, built_tiny_repo) -> Path:
+    """The session's warm volume, tiny-flux already built on it (boots here skip the build)."""
+    built_tiny_repo(MODEL)
+    return warm_cache_dir
+
+
+class QueueWorker:
+    """The real entry point with no flags, as PID 1 where user namespaces allow it."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = worker_env(env)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid_1 = False
+        self.exited_at: float | None = None
+
+    def __enter__(self) -> "QueueWorker":
+        argv, self.pid_1 = as_pid_1([sys.executable, "-m", "runtime"])
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+    def signal(self, signum: int) -> float:
+        os.kill(inner_pid(self.proc, self.pid_1), signum)
+        return time.time()
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit status (of the worker: unshare passes it on), or None if still running."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self.exited_at = time.time()
+        return code
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+def queue_env(cache_dir: Path, api: RunpodApi, **extra: str) -> dict[str, str]:
+    return {"HF_MODEL_ID": MODEL, "VISGATE_CACHE_DIR": str(cache_dir), "HF_TOKEN": HF_TOKEN,
+            # The SDK's start-up checks include a TCP connection to 8.8.8.8:53: these tests must
+            # not depend on the internet. (Its memory and disk checks: test_lifecycle.py.)
+            "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
+            **api.worker_env(), **extra}
+
+
+def assert_success(png_tools, call, job_id: str, seed: int, height: int, width: int) -> None:
+    """A result as Runpod receives it: the exact contract, a PNG of the size asked for."""
+    assert call.method == "POST" and call.authorized
+    assert call.header("X-Request-ID") == job_id
+    assert call.query["gpu"] == "NVIDIA H200" and call.query["isStream"] == "false"
+    body = call.json()
+    assert list(body) == ["output"], body.keys()  # no "error", no "stopPod"
+    output = body["output"]
+    assert set(output) == CONTRACT_KEYS
+    assert (output["model_id"], output["seed"], output["height"], output["width"]) == (
+        MODEL, seed, height, width)
+    png = base64.b64decode(output["image_base64"], validate=True)
+    assert png_tools.header_size(png) == (width, height)
+    assert png_tools.decode(png).shape == (height, width, 3)
+
+
+def assert_no_secrets(text: str) -> None:
+    assert API_KEY not in text and HF_TOKEN not in text
+
+
+def test_serves_the_contract_after_ready_and_an_idle_sigterm_exits_143_at_once(cache_dir, tmp_path,
+                                                                              png_tools):
+    """One boot: ready before any request to the queue; a valid job, two invalid ones (the
+    worker keeps taking jobs), a valid one again; heartbeats; then SIGTERM while idle.
+
+    Idle, the SDK sits in a job-take long-poll. Left to itself it exited (status 0) only once
+    that poll came back (and its job-stop poll: up to 90 s each), and a job handed to the poll
+    meanwhile was taken and dropped: never run, no result. Now the worker ends at once, 143."""
+    with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api, WebhookReceiver() as hook:
+        # Queued before the boot: the worker's very first job-take would get one.
+        api.queue({"prompt": "a red apple", "height": 320, "width": 256, "seed": 7,
+                   "num_inference_steps": 1}, job_id="ok-1")
+        api.queue({"prompt": "a red apple", "width": 1000}, job_id="bad-width")
+        api.queue(None, job_id="no-input")
+        api.queue({"prompt": "a green pear", "height": 256, "width": 256, "seed": 4294967295,
+                   "num_inference_steps": 1}, job_id="ok-2")
+        env = queue_env(cache_dir, api, VISGATE_WEBHOOK=hook.url)
+        with QueueWorker(env, tmp_path / "worker.log") as worker:
+            last = api.wait_for_result("ok-2", timeout=240)
+            # Idle now: its next job-take is held open, with nothing to hand out.
+            assert api.wait_until(lambda: any(c.status is None for c in api.of_kind("take")), 10)
+            sigterm_at = worker.signal(signal.SIGTERM)
+            code = worker.wait(timeout=10)
+            # Queued after the SIGTERM: a worker still polling would take it (and drop it).
+            api.queue({"prompt": "too late"}, job_id="late")
+            taken_late = api.wait_until(lambda: "late" in api.taken(), 2)
+            exited = worker.wait(timeout=HOLD + 30) if code is None else code
+            # Heartbeats stop with the worker (an orphaned one would tell Runpod it is alive).
+            exited_at = worker.exited_at
+            late_pings = api.wait_until(
+                lambda: [p for p in api.of_kind("ping") if p.at > exited_at + 0.2], 2.5)
+            log = worker.log()
+        [ready] = hook.received
+
+    assert code == 143, f"exit {code} (then {exited}) within 10 s of SIGTERM\n{log[-3000:]}"
+    assert exited_at - sigterm_at < 5
+    assert not taken_late and api.queued() == ["late"]
+    assert not late_pings
+    assert "stopped by SIGTERM: no job in progress; exiting" in log
+
+    # "ready" before the worker asked the queue for anything (a job included).
+    assert ready.json()["status"] == "ready"
+    assert (ready.json()["worker_id"], ready.json()["endpoint_id"]) == (api.worker_id, api.endpoint_id)
+    assert api.calls and min(c.at for c in api.calls) > ready.at
+    first_take = api.of_kind("take")[0]
+    assert first_take.jobs == ["ok-1"]
+    assert first_take.path.startswith(f"/v2/{api.endpoint_id}/job-take/{api.worker_id}?")
+    assert first_take.query["job_in_progress"] == "0"
+
+    # Each job once, in order, one result each.
+    assert api.taken() == ["ok-1", "bad-width", "no-input", "ok-2"]
+    assert [c.job_id for c in api.results()] == api.taken()
+    assert_success(png_tools, api.results("ok-1")[0], "ok-1", seed=7, height=320, width=256)
+    assert_success(png_tools, last, "ok-2", seed=4294967295, height=256, width=256)
+    for job_id, said in (("bad-width", "'width' must be a multiple of 16 for this model, got 1000"),
+                         ("no-input", "input")):
+        [call] = api.results(job_id)
+        body = call.json()
+        assert set(body) == {"output", "error"} and body["output"] == {"model_id": MODEL}
+        assert isinstance(body["error"], str) and said in body["error"]
+    assert api.results("bad-width")[0].json()["error"] == (
+        "'width' must be a multiple of 16 for this model, got 1000")
+
+    # Every request carried the API key as Runpod expects it; heartbeats came.
+    assert all(c.authorized for c in api.calls), [c.path for c in api.calls if not c.authorized]
+    pings = api.of_kind("ping")
+    assert pings and {p.query["runpod_version"] for p in pings} and all(
+        p.path.startswith(f"/v2/{api.endpoint_id}/ping/{api.worker_id}?") for p in pings)
+    assert_no_secrets(log)
+    assert "Traceback" not in log
+
+
+def test_sigterm_during_a_job_posts_its_result_takes_no_other_and_exits_143(cache_dir, tmp_path,
+                                                                            png_tools):
+    """Runpod scales a worker down while it generates. The job in progress must finish and its
+    result reach Runpod; no other job may be taken; then the worker must exit without waiting
+    for the SDK's long-polls (which it did, status 0, up to 90 s after the result)."""
+    with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api:
+        api.queue({"prompt": "a slow one", "height": 1024, "width": 1024, "seed": 3,
+                   "num_inference_steps": 8}, job_id="slow")
+        api.queue({"prompt": "next", "height": 256, "width": 256}, job_id="next")
+        with QueueWorker(queue_env(cache_dir, api), tmp_path / "worker.log") as worker:
+            assert api.wait_until(lambda: "slow" in api.taken(), 240), api.summary()
+            worker.signal(signal.SIGTERM)  # the job is running (or about to: taken is enough)
+            code = worker.wait(timeout=HOLD - 5)  # no waiting out a held poll
+            log = worker.log()
+            exited_at = worker.exited_at
+
+    assert code == 143, f"exit {code}\n{log[-3000:]}"
+    [result] = api.results("slow")
+    assert_success(png_tools, result, "slow", seed=3, height=1024, width=1024)
+    assert exited_at - result.at < 5  # once the result was posted
+    assert api.taken() == ["slow"] and api.queued() == ["next"]
+    assert "exiting once the job in progress has posted its result" in log
+    assert "stopped by SIGTERM: the job in progress posted its result; exiting" in log
+    assert_no_secrets(log)
+    assert "Traceback" not in log
+
+
+def test_sigterm_while_the_sdk_checks_the_machine_exits_143_without_taking_a_job(cache_dir, tmp_path):
+    """After "ready", the SDK runs its start-up checks before it installs its signal handlers:
+    on a GPU host, seconds (nvidia-smi, a memory test on each GPU, CUDA init, a benchmark, the
+    network). As PID 1 a SIGTERM then had no handler and was dropped: the worker went on to take
+    jobs until Runpod's SIGKILL. Here the slow check is the SDK's first, ``nvidia-smi`` (asked
+    whether to test GPUs): one that answers only after 5 s (the SDK's timeout), "no GPU"."""
+    bin_dir, started = tmp_path / "bin", tmp_path / "nvidia-smi.started"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\n: > '{started}'\nexec sleep 30\n")
+    fake.chmod(0o755)
+    with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api, WebhookReceiver() as hook:
+        api.queue({"prompt": "a red apple", "height": 256, "width": 256}, job_id="queued")
+        env = queue_env(cache_dir, api, VISGATE_WEBHOOK=hook.url,
+                        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        with QueueWorker(env, tmp_path / "worker.log") as worker:
+            deadline = time.monotonic() + 240
+            while not started.exists() and worker.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # a file the check makes: nothing to wait on but its existence
+            assert started.exists(), worker.log()[-3000:]
+            sigterm_at = worker.signal(signal.SIGTERM)
+            code = worker.wait(timeout=15)
+            log = worker.log()
+            exited_at = worker.exited_at
+
+    assert code == 143, f"exit {code}\n{log[-3000:]}"
+    assert exited_at - sigterm_at < 3  # not after the check's 5 s
+    assert [r.json()["status"] for r in hook.received] == ["ready"]
+    assert api.taken() == [] and api.queued() == ["queued"]
+    assert "stopped by SIGTERM: no job in progress; exiting" in log
+    assert "Traceback" not in log
