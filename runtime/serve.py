@@ -187,6 +187,12 @@ class StopWhenIdle:
     def _watch(self) -> None:
         self._stopping.wait()
         name = signal.Signals(self.signum).name
+        try:
+            self._jobs_in_progress()
+        except Exception as exc:  # noqa: BLE001 - another SDK's internals: ending now could cut a job short
+            log.warning("stopped by %s: the job SDK's jobs in progress cannot be read (%s); leaving "
+                        "the shutdown to the SDK", name, brief(exc))
+            return
         if self._jobs_in_progress():
             log.warning("stopped by %s: taking no more jobs; exiting once the job in progress has "
                         "posted its result", name)

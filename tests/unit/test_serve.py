@@ -155,3 +155,22 @@ def test_once_chained_a_sigterm_reaches_the_sdk_and_ends_the_process_when_its_jo
     assert done.stdout.splitlines() == [f"sdk handler {signal.SIGTERM.value}", "alive during the job"]
     assert "stopped by SIGTERM: taking no more jobs; exiting once the job in progress" in done.stderr
     assert "stopped by SIGTERM: the job in progress posted its result; exiting" in done.stderr
+
+
+def test_a_job_count_that_cannot_be_read_leaves_the_shutdown_to_the_sdk() -> None:
+    """The count is the SDK's internals (runpod 1.12's JobsProgress): where another version
+    lacks it, ending at once could cut a job short, so the SDK's own shutdown is left to run."""
+    done = run_script("""
+        def unreadable():
+            raise ImportError("no JobsProgress in this SDK")
+
+        stop = StopWhenIdle(jobs_in_progress=unreadable)
+        stop.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop._stopping.wait(5)
+        stop._thread.join(5)
+        print("still here", stop.exit_code, flush=True)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["still here 143"]
+    assert "cannot be read (ImportError: no JobsProgress in this SDK); leaving the shutdown to the SDK" in done.stderr
