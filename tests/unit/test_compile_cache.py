@@ -91,6 +91,7 @@ def test_saved_archive_restores_in_a_new_container(tmp_path: Path) -> None:
     saved = first.save()
     assert saved["saved_bytes"] == first.archive.stat().st_size
     assert [p.name for p in first.archive.parent.iterdir()] == [first.archive.name]  # no temp left
+    assert first.archive.stat().st_mode & 0o777 == 0o644  # other users' workers read it too
 
     second = _cache(tmp_path, local="container-2")
     assert second.key == first.key
