@@ -7,6 +7,7 @@ model served here gets the defaults its authors chose.
 from __future__ import annotations
 
 import inspect
+import re
 from functools import cached_property
 from typing import Any
 
@@ -139,8 +140,13 @@ class GenericFamily(PipelineFamily):
         """The guidance above which the pipeline runs classifier-free guidance; None where it
         never does: no such switch, or a distilled FLUX.2 [klein] (its switch reads
         ``is_distilled``; Krea 2's distilled checkpoint still runs it above 0)."""
-        if self._class is None or not hasattr(self._class, "do_classifier_free_guidance"):
+        if self._class is None:
             return None
+        if not hasattr(self._class, "do_classifier_free_guidance"):
+            # No property, but the same switch as a local of the call (PixArt-Alpha/Sigma,
+            # AuraFlow, DeepFloyd IF, Ovis-Image): a job switching guidance on or off ran another
+            # graph, eagerly, while its key said it was warmed, so no warning said so.
+            return _local_cfg_switch(self._class)
         if self.variant in _CFG_OFF_WHEN_DISTILLED and self.model_index.get("is_distilled") is True:
             return None
         return _CFG_ABOVE.get(self.variant, 1.0)
@@ -178,6 +184,21 @@ class GenericFamily(PipelineFamily):
         from diffusers import AutoPipelineForText2Image
 
         return AutoPipelineForText2Image
+
+
+_LOCAL_CFG_SWITCH = re.compile(r"\bdo_classifier_free_guidance\s*=\s*guidance_scale\s*>\s*([0-9]+(?:\.[0-9]*)?)\b")
+
+
+def _local_cfg_switch(cls: type) -> float | None:
+    """The threshold of ``do_classifier_free_guidance = guidance_scale > X`` in the pipeline's
+    call, where it is computed there rather than as a property; None where it is not (or the
+    source cannot be read: then guidance is taken to change no shape, as before)."""
+    try:
+        source = inspect.getsource(cls.__call__)
+    except (OSError, TypeError):
+        return None
+    found = _LOCAL_CFG_SWITCH.search(source)
+    return float(found[1]) if found else None
 
 
 def _fit(height: int, width: int, rules: SizeRules) -> tuple[int, int]:
