@@ -92,11 +92,18 @@ class GenericFamily(PipelineFamily):
     @property
     def defaults(self) -> Defaults:
         rules = self.size_rules
-        # The pipeline's own default size where its signature has one (Sana, AuraFlow, Kandinsky
-        # 3: 1024), else what it computes: the denoiser's sample size in latents.
-        fallback = int(self._denoiser_config.get("sample_size", 128)) * self.vae_scale_factor
-        height, width = (value if isinstance(value, int) and not isinstance(value, bool) else fallback
-                         for value in (self._call_defaults.get("height"), self._call_defaults.get("width")))
+        # The pipeline's own default size where its signature has one (AuraFlow, Kandinsky 3:
+        # 1024), else what it computes: the denoiser's sample size in latents.
+        native = int(self._denoiser_config.get("sample_size", 128)) * self.vae_scale_factor
+        own = (self._call_defaults.get("height"), self._call_defaults.get("width"))
+        if self._call_defaults.get("use_resolution_binning") is True and "sample_size" in self._denoiser_config:
+            # A pipeline that bins sizes (PixArt, Sana) generates at the size among its native
+            # resolution's buckets nearest the asked one's aspect, then resizes the image to the
+            # asked size: Sana's signature says 1024 for every checkpoint, so a 512 px one
+            # (sample_size 16) upscaled every default image 2x from 512². Its native size instead.
+            own = (None, None)
+        height, width = (value if isinstance(value, int) and not isinstance(value, bool) else native
+                         for value in own)
         height, width = _fit(height, width, rules)
         steps = self._call_defaults.get("num_inference_steps")
         guidance = self._call_defaults.get("guidance_scale")
