@@ -267,14 +267,20 @@ def attention(ctx: Context) -> str:
         if not ctx.on_cuda:
             raise Skip("auto on CPU: PyTorch SDPA as loaded")
         # FA3 is the fastest on Hopper when installed; else PyTorch SDPA (flash/cuDNN kernels).
-        choice = "flash3" if _capability(ctx)[0] == 9 and _flash3_available() else "sdpa"
+        fa3 = _capability(ctx)[0] == 9 and _flash3_available() and _dispatched(target)[0] > 0
+        choice = "flash3" if fa3 else "sdpa"
     if choice in ("sdpa", "native"):
         return "sdpa (PyTorch picks flash/cuDNN/efficient kernels)"
     # A UNet's attention runs through attention processors, which diffusers' backend dispatch
-    # does not reach (it has set_attention_backend, but it changes nothing there).
-    if ctx.loaded.family.denoiser_attr == "unet" or not hasattr(target, "set_attention_backend"):
+    # does not reach (it has set_attention_backend, but it changes nothing there). So do the
+    # transformers whose processors call PyTorch SDPA themselves (SD3, PixArt, Sana in diffusers
+    # 0.42): set_attention_backend passed over every one of them, and the step said "applied".
+    dispatched, processors = _dispatched(target)
+    if (ctx.loaded.family.denoiser_attr == "unet" or not hasattr(target, "set_attention_backend")
+            or not dispatched):
         if choice != "xformers":
-            raise Skip(f"{choice} is not dispatchable for {type(target).__name__}; using PyTorch SDPA")
+            raise Skip(f"{choice} is not dispatchable for {type(target).__name__} (its attention "
+                       "processors call PyTorch SDPA themselves); using PyTorch SDPA")
         fused = any(type(p).__name__.startswith("Fused")
                     for p in getattr(target, "attn_processors", {}).values())
         try:
@@ -295,7 +301,17 @@ def attention(ctx: Context) -> str:
         # Not reset_attention_backend(): it leaves diffusers' process-wide active backend set.
         target.set_attention_backend(_BACKENDS["sdpa"])
         raise Skip(f"{choice} cannot run here ({brief(exc, 120)}); using PyTorch SDPA") from exc
+    if dispatched < processors:
+        return f"{choice} ({dispatched} of {processors} attention processors; the others call PyTorch SDPA)"
     return choice
+
+
+def _dispatched(denoiser: Any) -> tuple[int, int]:
+    """(how many of the denoiser's attention processors run diffusers' attention dispatch, how
+    many it has): what ``set_attention_backend`` reaches, which is only processors holding an
+    ``_attention_backend``."""
+    processors = list(getattr(denoiser, "attn_processors", {}).values())
+    return sum(hasattr(p, "_attention_backend") for p in processors), len(processors)
 
 
 def _probe_attention(denoiser: Any, backend: str, masked: bool = False) -> None:

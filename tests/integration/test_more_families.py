@@ -351,6 +351,36 @@ def test_fused_qkv_never_changes_what_the_transformer_predicts(tiny_repo, name, 
         assert not any(hasattr(m, "to_qkv") or hasattr(m, "to_added_qkv") for m in pipe.transformer.modules())
 
 
+# ---- attention backends ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", FAMILIES)
+def test_an_attention_backend_these_processors_never_call_is_reported_skipped(tiny_repo, name):
+    """SD3's, PixArt's and Sana's attention processors call PyTorch SDPA themselves: diffusers'
+    ``set_attention_backend`` reaches none of them (it sets only processors that dispatch). The
+    step said "applied" for such a backend on a GPU (cudnn, flash, flash3, and FA3 for ``auto``
+    on Hopper) while every job ran SDPA; on this CPU it blamed the device instead. Now it says
+    why, before trying. Evidence that the backend is not reached: PyTorch's flash-only kernel
+    refuses an attention mask (a dispatching model fails with it, see test_prompt_lengths.py),
+    yet PixArt's and Sana's masked cross-attention run on, unchanged, once it is set."""
+    from runtime.optimize import optimize
+
+    loaded, settings = _loaded(tiny_repo(name), VISGATE_ATTENTION="cudnn")
+    family, pipe = loaded.family, loaded.pipe
+    report = optimize(loaded, settings)
+    denoiser = type(pipe.transformer).__name__
+    assert report.skipped["attention"] == (f"cudnn is not dispatchable for {denoiser} (its attention "
+                                           "processors call PyTorch SDPA themselves); using PyTorch SDPA")
+    if name == "sd3":  # no mask in SD3's joint attention: nothing for the kernel to refuse
+        return
+    request = _request(family, PROMPTS[0], steps=1)
+    image = family.generate(pipe, request)
+    try:
+        pipe.transformer.set_attention_backend("_native_flash")
+        assert np.array_equal(family.generate(pipe, request), image)
+    finally:
+        # set_attention_backend also sets diffusers' process-wide backend: back to SDPA.
+        pipe.transformer.set_attention_backend("native")
+
+
 # ---- the real worker -----------------------------------------------------------------------------
 # One boot compiled (SD3; 50 s on this project's 2-thread CPU), the others eager (CPU's default):
 # compiled serving of all three is the test above, in process.
