@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 from functools import cached_property
 from typing import Any
 
@@ -137,10 +138,37 @@ class GenericFamily(PipelineFamily):
         # Pipelines with a do_classifier_free_guidance switch (SD 1.x/2.x, SD3, PixArt, ...) run
         # the denoiser at batch 2 with guidance > 1 and at batch 1 without: another graph, as in
         # SDXL. Elsewhere guidance changes no shape.
+        height, width = self._denoised_size(request.height, request.width)
         cfg_above = self._cfg_above
         if cfg_above is None:
-            return (request.height, request.width)
-        return (request.height, request.width, request.guidance > cfg_above)
+            return (height, width)
+        return (height, width, request.guidance > cfg_above)
+
+    @cached_property
+    def _size_buckets(self) -> dict[str, Any] | None:
+        """The aspect-ratio buckets a pipeline that bins sizes (PixArt, Sana) denoises at: those
+        of its checkpoint's resolution (sample size x the VAE's factor), from the pipeline's own
+        module; None where it does not bin or no such table is there."""
+        if (self._class is None or self._call_defaults.get("use_resolution_binning") is not True
+                or "sample_size" not in self._denoiser_config):
+            return None
+        native = int(self._denoiser_config["sample_size"]) * self.vae_scale_factor
+        module = sys.modules.get(self._class.__module__)
+        buckets = getattr(module, f"ASPECT_RATIO_{native}_BIN", None)
+        return buckets if isinstance(buckets, dict) else None
+
+    def _denoised_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the denoiser and the VAE decoder run at for a job of this size: the job's, or
+        the bucket a binning pipeline picks (it resizes the image to the job's size after the
+        decoder). Sizes that share a bucket share the compiled graphs: keyed by the job's size,
+        a job at an unwarmed size of a warmed bucket was told it ran eagerly when it had not,
+        and to warm a size that adds no graph."""
+        buckets = self._size_buckets
+        if not buckets:
+            return height, width
+        from diffusers.image_processor import PixArtImageProcessor
+
+        return PixArtImageProcessor.classify_height_width_bin(height, width, ratios=buckets)
 
     @property
     def _cfg_above(self) -> float | None:
