@@ -9,7 +9,10 @@ key, so a job that switched classifier-free guidance off ran eagerly with no war
 transformers (qk norms, and Medium's image-only second attention) were broken by fused QKV, whose
 diffusers processor skips the norms (images differed) and needs text projections in every
 attention (every generation failed); Sana's default size was its signature's 1024 whatever the
-checkpoint's resolution, so a 512 px one upscaled every default image from 512².
+checkpoint's resolution, so a 512 px one upscaled every default image from 512²; PixArt's and
+Sana's jobs were keyed by their size, not the bucket they denoise at, so a size sharing a warmed
+bucket was said to run eagerly; and an attention backend (cudnn, flash, flash3) was reported
+applied to SD3, PixArt and Sana, whose processors never call diffusers' dispatch.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import numpy as np
 import pytest
 
 from pipelines.base import GenerationRequest
-from tests.conftest import CONTRACT_KEYS, decode_b64_png
 from tests.integration.test_optimize import MAX_PIXEL_DIFF, MIN_PSNR_DB, _loaded, psnr
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+CONTRACT_KEYS = {"image_base64", "model_id", "seed", "height", "width"}
 
 # Two lengths other than warmup's prompt: each text encoder here pads to a fixed length, which
 # the compiled graphs must show (no recompile for either).
@@ -155,8 +159,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 FAMILIES = ("sd3", "pixart-sigma", "sana")
 # What each is, as the generic family reads it from the repository: (pipeline class, steps,
 # guidance, default side, size factor). Steps and guidance are the pipelines' own call defaults;
-# the side is the denoiser's sample size in latents x the VAE's factor (8; Sana's 32); the factor
-# that x the patch (2 for SD3 and PixArt).
+# the side is the denoiser's sample size in latents x the VAE's factor (8; Sana's 32); the size factor
+# is that VAE factor x the patch (2 for SD3 and PixArt).
 EXPECTED = {
     "sd3": ("StableDiffusion3Pipeline", 28, 7.0, 256, 16),
     "pixart-sigma": ("PixArtSigmaPipeline", 20, 4.5, 256, 16),
@@ -262,7 +266,8 @@ def test_a_guidance_switch_in_the_call_is_part_of_the_warm_key(tmp_path, pipelin
 
 # ---- compiled serving: the job path, other prompt lengths, guidance on and off -------------------
 @pytest.mark.parametrize("name", FAMILIES)
-def test_compiled_serving_matches_eager_for_every_prompt_length(tiny_repo, tmp_path, name, caplog):
+def test_compiled_serving_matches_eager_for_every_prompt_length(tiny_repo, tmp_path, name, caplog,
+                                                                 png_tools):
     """The boot's optimize, warmup and prompt-length steps on one compiled pipeline, then jobs
     through the handler's job path: at the default guidance (warmed) under ``fail_on_recompile``
     (a recompile raises), each prompt length's image as eager's, and for a pipeline that bins
@@ -307,7 +312,7 @@ def test_compiled_serving_matches_eager_for_every_prompt_length(tiny_repo, tmp_p
                                      "height": request.height, "width": request.width})
         assert set(out) == CONTRACT_KEYS
         assert (out["height"], out["width"], out["seed"]) == (request.height, request.width, request.seed)
-        image = decode_b64_png(out["image_base64"])
+        image = png_tools.decode_b64(out["image_base64"])
         assert image.shape == (request.height, request.width, 3)
         return image
 
@@ -399,7 +404,8 @@ def test_an_attention_backend_these_processors_never_call_is_reported_skipped(ti
 # One boot compiled (SD3; 50 s on this project's 2-thread CPU), the others eager (CPU's default):
 # compiled serving of all three is the test above, in process.
 @pytest.mark.parametrize("name, compile_mode", [("sd3", "regional"), ("pixart-sigma", "off"), ("sana", "off")])
-def test_a_worker_serves_it_from_a_local_directory(tiny_repo, start_worker, tmp_path, name, compile_mode):
+def test_a_worker_serves_it_from_a_local_directory(tiny_repo, start_worker, tmp_path, png_tools, name,
+                                                   compile_mode):
     """``python -m runtime --rp_serve_api`` with HF_MODEL_ID the directory: the boot record names
     the generic family and the defaults, warmup ran at the default size (compiled: and the boot's
     own check found other prompt lengths compiled), and a job that leaves the size out gets an
@@ -417,7 +423,7 @@ def test_a_worker_serves_it_from_a_local_directory(tiny_repo, start_worker, tmp_
     output = result["output"]
     assert set(output) == CONTRACT_KEYS
     assert (output["model_id"], output["seed"], output["height"], output["width"]) == (str(repo), 11, side, side)
-    assert decode_b64_png(output["image_base64"]).shape == (side, side, 3)
+    assert png_tools.decode_b64(output["image_base64"]).shape == (side, side, 3)
     record = json.loads(re.search(r"boot record (\{.*\})\n", log)[1])
     load = record["stages"]["load"]
     assert (load["family"], load["variant"]) == ("generic", variant)
