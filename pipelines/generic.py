@@ -7,6 +7,8 @@ model served here gets the defaults its authors chose.
 from __future__ import annotations
 
 import inspect
+import re
+import sys
 from functools import cached_property
 from typing import Any
 
@@ -91,11 +93,18 @@ class GenericFamily(PipelineFamily):
     @property
     def defaults(self) -> Defaults:
         rules = self.size_rules
-        # The pipeline's own default size where its signature has one (Sana, AuraFlow, Kandinsky
-        # 3: 1024), else what it computes: the denoiser's sample size in latents.
-        fallback = int(self._denoiser_config.get("sample_size", 128)) * self.vae_scale_factor
-        height, width = (value if isinstance(value, int) and not isinstance(value, bool) else fallback
-                         for value in (self._call_defaults.get("height"), self._call_defaults.get("width")))
+        # The pipeline's own default size where its signature has one (AuraFlow, Kandinsky 3:
+        # 1024), else what it computes: the denoiser's sample size in latents.
+        native = int(self._denoiser_config.get("sample_size", 128)) * self.vae_scale_factor
+        own = (self._call_defaults.get("height"), self._call_defaults.get("width"))
+        if self._call_defaults.get("use_resolution_binning") is True and "sample_size" in self._denoiser_config:
+            # A pipeline that bins sizes (PixArt, Sana) generates at the size among its native
+            # resolution's buckets nearest the asked one's aspect, then resizes the image to the
+            # asked size: Sana's signature says 1024 for every checkpoint, so a 512 px one
+            # (sample_size 16) upscaled every default image 2x from 512². Its native size instead.
+            own = (None, None)
+        height, width = (value if isinstance(value, int) and not isinstance(value, bool) else native
+                         for value in own)
         height, width = _fit(height, width, rules)
         steps = self._call_defaults.get("num_inference_steps")
         guidance = self._call_defaults.get("guidance_scale")
@@ -129,18 +138,50 @@ class GenericFamily(PipelineFamily):
         # Pipelines with a do_classifier_free_guidance switch (SD 1.x/2.x, SD3, PixArt, ...) run
         # the denoiser at batch 2 with guidance > 1 and at batch 1 without: another graph, as in
         # SDXL. Elsewhere guidance changes no shape.
+        height, width = self._denoised_size(request.height, request.width)
         cfg_above = self._cfg_above
         if cfg_above is None:
-            return (request.height, request.width)
-        return (request.height, request.width, request.guidance > cfg_above)
+            return (height, width)
+        return (height, width, request.guidance > cfg_above)
+
+    @cached_property
+    def _size_buckets(self) -> dict[str, Any] | None:
+        """The aspect-ratio buckets a pipeline that bins sizes (PixArt, Sana) denoises at: those
+        of its checkpoint's resolution (sample size x the VAE's factor), from the pipeline's own
+        module; None where it does not bin or no such table is there."""
+        if (self._class is None or self._call_defaults.get("use_resolution_binning") is not True
+                or "sample_size" not in self._denoiser_config):
+            return None
+        native = int(self._denoiser_config["sample_size"]) * self.vae_scale_factor
+        module = sys.modules.get(self._class.__module__)
+        buckets = getattr(module, f"ASPECT_RATIO_{native}_BIN", None)
+        return buckets if isinstance(buckets, dict) else None
+
+    def _denoised_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the denoiser and the VAE decoder run at for a job of this size: the job's, or
+        the bucket a binning pipeline picks (it resizes the image to the job's size after the
+        decoder). Sizes that share a bucket share the compiled graphs: keyed by the job's size,
+        a job at an unwarmed size of a warmed bucket was told it ran eagerly when it had not,
+        and to warm a size that adds no graph."""
+        buckets = self._size_buckets
+        if not buckets:
+            return height, width
+        from diffusers.image_processor import PixArtImageProcessor
+
+        return PixArtImageProcessor.classify_height_width_bin(height, width, ratios=buckets)
 
     @property
     def _cfg_above(self) -> float | None:
         """The guidance above which the pipeline runs classifier-free guidance; None where it
         never does: no such switch, or a distilled FLUX.2 [klein] (its switch reads
         ``is_distilled``; Krea 2's distilled checkpoint still runs it above 0)."""
-        if self._class is None or not hasattr(self._class, "do_classifier_free_guidance"):
+        if self._class is None:
             return None
+        if not hasattr(self._class, "do_classifier_free_guidance"):
+            # No property, but the same switch as a local of the call (PixArt-Alpha/Sigma,
+            # AuraFlow, DeepFloyd IF, Ovis-Image): a job switching guidance on or off ran another
+            # graph, eagerly, while its key said it was warmed, so no warning said so.
+            return _local_cfg_switch(self._class)
         if self.variant in _CFG_OFF_WHEN_DISTILLED and self.model_index.get("is_distilled") is True:
             return None
         return _CFG_ABOVE.get(self.variant, 1.0)
@@ -178,6 +219,21 @@ class GenericFamily(PipelineFamily):
         from diffusers import AutoPipelineForText2Image
 
         return AutoPipelineForText2Image
+
+
+_LOCAL_CFG_SWITCH = re.compile(r"\bdo_classifier_free_guidance\s*=\s*guidance_scale\s*>\s*([0-9]+(?:\.[0-9]*)?)\b")
+
+
+def _local_cfg_switch(cls: type) -> float | None:
+    """The threshold of ``do_classifier_free_guidance = guidance_scale > X`` in the pipeline's
+    call, where it is computed there rather than as a property; None where it is not (or the
+    source cannot be read: then guidance is taken to change no shape, as before)."""
+    try:
+        source = inspect.getsource(cls.__call__)
+    except (OSError, TypeError):
+        return None
+    found = _LOCAL_CFG_SWITCH.search(source)
+    return float(found[1]) if found else None
 
 
 def _fit(height: int, width: int, rules: SizeRules) -> tuple[int, int]:

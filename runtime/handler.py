@@ -69,7 +69,9 @@ def _warn_not_warm(service: Service, request: GenerationRequest) -> None:
     classifier-free guidance switched), the default guidance warmup compiles for."""
     shape = f"{request.height}x{request.width}"
     key = service.family.warm_key(request)
-    if (request.height, request.width) in {warm[:2] for warm in service.warm_keys}:
+    # The key's size, not the job's: a pipeline that bins sizes (PixArt, Sana) keys the size it
+    # denoises at.
+    if key[:2] in {warm[:2] for warm in service.warm_keys}:
         log.warning("a %s (HEIGHTxWIDTH) job with guidance_scale %g was not warmed up (key %s): "
                     "served eagerly, without recompiling; warmup compiles this shape for the "
                     "default guidance (VISGATE_DEFAULT_GUIDANCE) only", shape, request.guidance, key)

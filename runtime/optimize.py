@@ -173,12 +173,74 @@ def fuse_qkv(ctx: Context) -> str:
     if added:
         raise Skip(f"{type(target).__name__} has added KV projections ({', '.join(added)}), "
                    "which diffusers cannot fuse")
+    originals = dict(getattr(target, "attn_processors", {}))
     fuse()
     if ctx.loaded.family.denoiser_attr == "unet":
         from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
         target.set_attn_processor(FusedAttnProcessor2_0())
+    dropped = _dropped_by_fusion(target, originals)
+    if dropped:
+        _unfuse(target, originals)
+        raise Skip(f"{type(target).__name__}: diffusers' fused processor {dropped}; left unfused")
     return f"{type(target).__name__} QKV fused"
+
+
+# What an attention module may hold besides its projections: a normalization of queries and keys
+# (SD3.5, FLUX, ...), which the processor must apply itself.
+_QK_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
+
+
+def _dropped_by_fusion(target: Any, originals: dict[str, Any]) -> str:
+    """What the processors fusion swapped in cannot do for the modules they now serve, from
+    what each one's code reads (empty: nothing). Older diffusers models fuse by setting one fused
+    processor on every attention module, whatever it holds: SD3's FusedJointAttnProcessor2_0
+    applies no qk norm (SD3.5's transformers have them: every image differed from the unfused
+    model's) and reads the text's projections in every module (SD3.5 Medium's second,
+    image-only attention has none: every generation failed, and with it the boot). Models
+    whose own processors read their fused projections keep their processor class: not checked."""
+    import inspect
+
+    norms: set[str] = set()
+    no_text: list[str] = []
+    names: set[str] = set()
+    for key, processor in getattr(target, "attn_processors", {}).items():
+        if type(originals.get(key)) is type(processor):
+            continue
+        try:
+            source = inspect.getsource(type(processor).__call__)
+        except (OSError, TypeError):  # no source to read: trusted, as before this check
+            continue
+        module = target.get_submodule(key.rsplit(".", 1)[0])
+        missing = {n for n in _QK_NORMS if getattr(module, n, None) is not None and n not in source}
+        lacks_text = "to_added_qkv" in source and getattr(module, "to_added_qkv", None) is None
+        if missing or lacks_text:
+            names.add(type(processor).__name__)
+            norms |= missing
+            if lacks_text:
+                no_text.append(key.rsplit(".", 1)[0])
+    parts = []
+    if norms:
+        parts.append(f"leaves out the attention's qk norms ({', '.join(sorted(norms))}), so images "
+                     "would differ")
+    if no_text:
+        parts.append(f"fails on attention without text projections ({len(no_text)} of them, "
+                     f"such as {no_text[0]}): every generation would fail")
+    return f"{'/'.join(sorted(names))} " + " and ".join(parts) if parts else ""
+
+
+def _unfuse(target: Any, originals: dict[str, Any]) -> None:
+    """Back to the processors the model had, without the fused copies of its projections (they
+    would stay in memory, unused)."""
+    import torch
+
+    target.set_attn_processor(originals)
+    for module in target.modules():
+        for name in ("to_qkv", "to_kv", "to_added_qkv"):
+            if isinstance(getattr(module, name, None), torch.nn.Module):
+                delattr(module, name)
+        if getattr(module, "fused_projections", False):
+            module.fused_projections = False
 
 
 _BACKENDS = {"sdpa": "native", "native": "native", "cudnn": "_native_cudnn", "flash": "flash",
@@ -205,14 +267,20 @@ def attention(ctx: Context) -> str:
         if not ctx.on_cuda:
             raise Skip("auto on CPU: PyTorch SDPA as loaded")
         # FA3 is the fastest on Hopper when installed; else PyTorch SDPA (flash/cuDNN kernels).
-        choice = "flash3" if _capability(ctx)[0] == 9 and _flash3_available() else "sdpa"
+        fa3 = _capability(ctx)[0] == 9 and _flash3_available() and _dispatched(target)[0] > 0
+        choice = "flash3" if fa3 else "sdpa"
     if choice in ("sdpa", "native"):
         return "sdpa (PyTorch picks flash/cuDNN/efficient kernels)"
     # A UNet's attention runs through attention processors, which diffusers' backend dispatch
-    # does not reach (it has set_attention_backend, but it changes nothing there).
-    if ctx.loaded.family.denoiser_attr == "unet" or not hasattr(target, "set_attention_backend"):
+    # does not reach (it has set_attention_backend, but it changes nothing there). So do the
+    # transformers whose processors call PyTorch SDPA themselves (SD3, PixArt, Sana in diffusers
+    # 0.42): set_attention_backend passed over every one of them, and the step said "applied".
+    dispatched, processors = _dispatched(target)
+    if (ctx.loaded.family.denoiser_attr == "unet" or not hasattr(target, "set_attention_backend")
+            or not dispatched):
         if choice != "xformers":
-            raise Skip(f"{choice} is not dispatchable for {type(target).__name__}; using PyTorch SDPA")
+            raise Skip(f"{choice} is not dispatchable for {type(target).__name__} (its attention "
+                       "processors call PyTorch SDPA themselves); using PyTorch SDPA")
         fused = any(type(p).__name__.startswith("Fused")
                     for p in getattr(target, "attn_processors", {}).values())
         try:
@@ -233,7 +301,17 @@ def attention(ctx: Context) -> str:
         # Not reset_attention_backend(): it leaves diffusers' process-wide active backend set.
         target.set_attention_backend(_BACKENDS["sdpa"])
         raise Skip(f"{choice} cannot run here ({brief(exc, 120)}); using PyTorch SDPA") from exc
+    if dispatched < processors:
+        return f"{choice} ({dispatched} of {processors} attention processors; the others call PyTorch SDPA)"
     return choice
+
+
+def _dispatched(denoiser: Any) -> tuple[int, int]:
+    """(how many of the denoiser's attention processors run diffusers' attention dispatch, how
+    many it has): what ``set_attention_backend`` reaches, which is only processors holding an
+    ``_attention_backend``."""
+    processors = list(getattr(denoiser, "attn_processors", {}).values())
+    return sum(hasattr(p, "_attention_backend") for p in processors), len(processors)
 
 
 def _probe_attention(denoiser: Any, backend: str, masked: bool = False) -> None:
