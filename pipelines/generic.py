@@ -6,6 +6,7 @@ model served here gets the defaults its authors chose.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import sys
@@ -224,6 +225,7 @@ class GenericFamily(PipelineFamily):
 _LOCAL_CFG_SWITCH = re.compile(r"\bdo_classifier_free_guidance\s*=\s*guidance_scale\s*>\s*([0-9]+(?:\.[0-9]*)?)\b")
 
 
+@functools.lru_cache(maxsize=None)  # read per job (warm_key): the source once per class
 def _local_cfg_switch(cls: type) -> float | None:
     """The threshold of ``do_classifier_free_guidance = guidance_scale > X`` in the pipeline's
     call, where it is computed there rather than as a property; None where it is not (or the
