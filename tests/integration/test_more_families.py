@@ -1,5 +1,5 @@
-"""Popular pipelines the generic family serves, run end to end: Stable Diffusion 3, PixArt-Sigma
-and Sana, each built tiny (random weights, real tokenizers built offline) in the Hugging Face
+"""Popular pipelines the generic family serves, run end to end: Stable Diffusion 3, PixArt-Sigma,
+Sana, Chroma and FLUX.2 [klein] (distilled and base), each built tiny (random weights, real tokenizers built offline) in the Hugging Face
 layout, through the project's own load, optimize, warmup and job path, compiled, and through a
 real worker process.
 
@@ -12,7 +12,11 @@ attention (every generation failed); Sana's default size was its signature's 102
 checkpoint's resolution, so a 512 px one upscaled every default image from 512²; PixArt's and
 Sana's jobs were keyed by their size, not the bucket they denoise at, so a size sharing a warmed
 bucket was said to run eagerly; and an attention backend (cudnn, flash, flash3) was reported
-applied to SD3, PixArt and Sana, whose processors never call diffusers' dispatch.
+applied to SD3, PixArt and Sana, whose processors never call diffusers' dispatch. Chroma and
+FLUX.2 [klein] base run classifier-free guidance as a second call of the transformer at the same
+shapes, yet their jobs were keyed by guidance: one that switched it was said to run eagerly while
+the warmed graphs served it. FLUX.2 [dev] is not here: its tokenizer is a PixtralProcessor, which
+transformers builds only with torchvision (not in this project's CPU environment).
 """
 
 from __future__ import annotations
@@ -145,6 +149,72 @@ def _build_sana(dest: Path) -> None:
                  scheduler=scheduler).save_pretrained(dest, safe_serialization=True)
 
 
+
+def _with_sample_size(dest: Path, sample_size: int) -> None:
+    """The generic family's default size is the denoiser's sample size in latents x the VAE's
+    factor, else 128 (the pipelines' own 1024²): Chroma's and FLUX.2's transformers have no
+    sample_size, so this writes one (diffusers ignores the key) to default to a tiny image."""
+    config = dest / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "sample_size": sample_size}))
+
+
+def _build_chroma(dest: Path) -> None:
+    """Chroma's layout: FLUX.1's MMDiT without CLIP or a guidance embedding (its modulation from a
+    small approximator network), T5 alone (padded to 512 tokens, masked), the FLUX VAE."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    from pipelines.tiny import _t5_tokenizer, _vae
+
+    _seeded(0)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 6, 6), approximator_num_channels=16,
+        approximator_hidden_dim=32, approximator_layers=1)
+    _seeded(1)
+    t5 = T5EncoderModel(T5Config(d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
+                                 vocab_size=len(_t5_tokenizer()), decoder_start_token_id=0))
+    _seeded(2)
+    ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(latent_channels=16, flux=True),
+                   text_encoder=t5, tokenizer=_t5_tokenizer(),
+                   transformer=transformer).save_pretrained(dest, safe_serialization=True)
+    _with_sample_size(dest, 32)
+
+
+def _build_flux2_klein(dest: Path, distilled: bool = True) -> None:
+    """FLUX.2 [klein]'s layout: the FLUX.2 transformer (no guidance embedding) reading three
+    hidden layers (9, 18, 27) of a Qwen3 causal LM, stacked (hence 28 layers, tiny ones), its
+    prompt in a chat template padded to 512 tokens; the FLUX.2 VAE, whose latents the pipeline
+    patchifies 2x2 (4 latent channels -> 16 in). ``distilled``: the 4B/9B few-step checkpoints
+    (``is_distilled``, no classifier-free guidance); otherwise the base ones."""
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                           Flux2Transformer2DModel)
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    # Byte-level, no merges: one token per byte; the chat template Qwen3's has, in short.
+    tokenizer = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(bytes_to_unicode().values())}, merges=[],
+                               pad_token="<|endoftext|>")
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                               "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                               "{% endif %}")
+    _seeded(0)
+    encoder = Qwen3ForCausalLM(Qwen3Config(hidden_size=16, intermediate_size=16, num_hidden_layers=28,
+                                           num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                           vocab_size=len(tokenizer)))
+    _seeded(1)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=3 * 16, timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False)
+    _seeded(2)
+    vae = AutoencoderKLFlux2(block_out_channels=(8, 16, 16, 16), layers_per_block=1, latent_channels=4,
+                             norm_num_groups=8)
+    Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=encoder,
+                       tokenizer=tokenizer, transformer=transformer,
+                       is_distilled=distilled).save_pretrained(dest, safe_serialization=True)
+    _with_sample_size(dest, 32)
+
 # For a pipeline that bins sizes: a size other than the default that falls in the default's
 # bucket (the tiny PixArt's 256 px buckets, the tiny Sana's 512 px ones), so it is denoised at the
 # warmed size and resized.
@@ -155,8 +225,17 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "sana": _build_sana,
     "sd3.5-large-shaped": lambda d: _build_sd3(d, qk_norm="rms_norm"),
     "sd3.5-medium-shaped": lambda d: _build_sd3(d, qk_norm="rms_norm", dual_attention_layers=(0,)),
+    "chroma": _build_chroma,
+    "flux2-klein": _build_flux2_klein,
+    "flux2-klein-base": lambda d: _build_flux2_klein(d, distilled=False),
 }
-FAMILIES = ("sd3", "pixart-sigma", "sana")
+FAMILIES = ("sd3", "pixart-sigma", "sana", "chroma", "flux2-klein", "flux2-klein-base")
+# What a job with guidance off (guidance_scale 0) runs: "batch" - classifier-free guidance is the
+# denoiser's batch of 2, so off is a batch of 1, another graph; "second call" - guidance is a
+# second call of the denoiser at the same shapes (the negative prompt padded as the prompt), so the
+# warmed graphs serve it either way; "none" - a distilled FLUX.2 [klein] runs no guidance at all.
+GUIDANCE_OFF = {"sd3": "batch", "pixart-sigma": "batch", "sana": "batch", "chroma": "second call",
+                "flux2-klein": "none", "flux2-klein-base": "second call"}
 # What each is, as the generic family reads it from the repository: (pipeline class, steps,
 # guidance, default side, size factor). Steps and guidance are the pipelines' own call defaults;
 # the side is the denoiser's sample size in latents x the VAE's factor (8; Sana's 32); the size factor
@@ -165,6 +244,9 @@ EXPECTED = {
     "sd3": ("StableDiffusion3Pipeline", 28, 7.0, 256, 16),
     "pixart-sigma": ("PixArtSigmaPipeline", 20, 4.5, 256, 16),
     "sana": ("SanaPipeline", 20, 4.5, 512, 32),
+    "chroma": ("ChromaPipeline", 35, 5.0, 256, 16),
+    "flux2-klein": ("Flux2KleinPipeline", 4, 1.0, 256, 16),
+    "flux2-klein-base": ("Flux2KleinPipeline", 50, 4.0, 256, 16),
 }
 
 
@@ -287,8 +369,15 @@ def test_compiled_serving_matches_eager_for_every_prompt_length(tiny_repo, tmp_p
         height, width = SAME_BUCKET[name]
         jobs.append(replace(jobs[0], height=height, width=width))
     eager = [family.generate(pipe, job) for job in jobs]
-    # Guidance does something: the unguided image is another one.
-    assert psnr(eager[2], eager[0]) < MIN_PSNR_DB
+    if GUIDANCE_OFF[name] == "none":  # no classifier-free guidance at any guidance
+        assert np.array_equal(eager[2], eager[0])
+    elif GUIDANCE_OFF[name] == "second call":
+        # Two denoiser calls a step with guidance, one without; the images differ (the tiny
+        # FLUX.2 [klein]'s by little: its prompt barely moves a random-weight transformer).
+        assert [len(_predictions(family, pipe, j)) for j in (jobs[0], jobs[2])] == [4, 2]
+        assert not np.array_equal(eager[2], eager[0])
+    else:  # guidance does something: the unguided image is another one
+        assert psnr(eager[2], eager[0]) < MIN_PSNR_DB
 
     report = optimize(loaded, settings)
     denoiser = type(pipe.transformer).__name__
@@ -300,7 +389,8 @@ def test_compiled_serving_matches_eager_for_every_prompt_length(tiny_repo, tmp_p
     runs = warmup(family, pipe, [shape])
     assert [r.get("rejected") for r in runs] == [None]
     # Every text encoder here pads to a fixed length (CLIP 77 and T5 256; T5 300; Gemma 300
-    # after Sana's instruction): other lengths run the warmed graphs, no second pass needed.
+    # after Sana's instruction; Chroma's T5 and FLUX.2's Qwen3 512): other lengths run the warmed
+    # graphs, no second pass needed.
     assert fit_prompt_lengths(family, pipe, [shape], []) == "compiled"
     serve_stance(report)
     service = Service(model_id=str(tiny_repo(name)), family=family, pipe=pipe, encoder=PngEncoder(),
@@ -324,10 +414,18 @@ def test_compiled_serving_matches_eager_for_every_prompt_length(tiny_repo, tmp_p
             served = job(request)
             assert np.abs(served.astype(int) - image.astype(int)).max() <= MAX_PIXEL_DIFF
             assert psnr(served, image) >= MIN_PSNR_DB
-        # Guidance off is another graph (checked here, where a recompile raises)...
-        with pytest.raises(RuntimeError, match="fail_on_recompile"):
-            family.generate(pipe, jobs[2])
+        if GUIDANCE_OFF[name] == "batch":
+            # Guidance off is another graph (checked here, where a recompile raises)...
+            with pytest.raises(RuntimeError, match="fail_on_recompile"):
+                family.generate(pipe, jobs[2])
+        else:
+            # ... or, as a second call of the denoiser (or no guidance), the warmed graphs: keyed
+            # by guidance, Chroma's and FLUX.2 [klein] base's such job was said to run eagerly.
+            served = job(jobs[2])
+            assert psnr(served, eager[2]) >= MIN_PSNR_DB
     assert not [r for r in caplog.records if "eagerly" in r.getMessage()]
+    if GUIDANCE_OFF[name] != "batch":
+        return
     # ... so the job path says it is served eagerly (PixArt's switch is a local of its call: its
     # key left guidance out, and such a job ran eagerly without a word), and serves eager's image.
     served = job(jobs[2])
@@ -345,6 +443,10 @@ def test_compiled_serving_matches_eager_for_every_prompt_length(tiny_repo, tmp_p
     # An image-only second attention (SD3.5 Medium): the fused processor reads text projections
     # it has none of, and every generation failed (on a CPU the boot, at warmup).
     ("sd3.5-medium-shaped", False),
+    # FLUX.1's attention (qk norms in diffusers' own processor, which reads fused projections):
+    # Chroma's, and FLUX.2's own (its fused to_qkv_mlp_proj in the single blocks already).
+    ("chroma", True),
+    ("flux2-klein", True),
 ])
 def test_fused_qkv_never_changes_what_the_transformer_predicts(tiny_repo, name, fused):
     import torch
@@ -358,7 +460,7 @@ def test_fused_qkv_never_changes_what_the_transformer_predicts(tiny_repo, name, 
     report = optimize(loaded, settings)
     torch.testing.assert_close(_predictions(family, pipe, request), before, rtol=1e-5, atol=1e-6)
     if fused:
-        assert report.applied["fuse_qkv"] == "SD3Transformer2DModel QKV fused"
+        assert report.applied["fuse_qkv"] == f"{type(pipe.transformer).__name__} QKV fused"
     else:
         assert "fuse_qkv" not in report.applied
         assert report.skipped["fuse_qkv"].startswith(
@@ -371,7 +473,7 @@ def test_fused_qkv_never_changes_what_the_transformer_predicts(tiny_repo, name, 
 
 
 # ---- attention backends ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", ("sd3", "pixart-sigma", "sana", "chroma", "flux2-klein"))
 def test_an_attention_backend_these_processors_never_call_is_reported_skipped(tiny_repo, name):
     """SD3's, PixArt's and Sana's attention processors call PyTorch SDPA themselves: diffusers'
     ``set_attention_backend`` reaches none of them (it sets only processors that dispatch). The
@@ -379,13 +481,18 @@ def test_an_attention_backend_these_processors_never_call_is_reported_skipped(ti
     on Hopper) while every job ran SDPA; on this CPU it blamed the device instead. Now it says
     why, before trying. Evidence that the backend is not reached: PyTorch's flash-only kernel
     refuses an attention mask (a dispatching model fails with it, see test_prompt_lengths.py),
-    yet PixArt's and Sana's masked cross-attention run on, unchanged, once it is set."""
+    yet PixArt's and Sana's masked cross-attention run on, unchanged, once it is set. Chroma's
+    and FLUX.2's processors do dispatch (as FLUX.1's): there the backend is tried."""
     from runtime.optimize import optimize
 
     loaded, settings = _loaded(tiny_repo(name), VISGATE_ATTENTION="cudnn")
     family, pipe = loaded.family, loaded.pipe
     report = optimize(loaded, settings)
     denoiser = type(pipe.transformer).__name__
+    if name in ("chroma", "flux2-klein"):
+        # These do dispatch (as FLUX.1): the backend is tried, and on this CPU it cannot run.
+        assert report.skipped["attention"].startswith("cudnn cannot run here (")
+        return
     assert report.skipped["attention"] == (f"cudnn is not dispatchable for {denoiser} (its attention "
                                            "processors call PyTorch SDPA themselves); using PyTorch SDPA")
     if name == "sd3":  # no mask in SD3's joint attention: nothing for the kernel to refuse
@@ -403,7 +510,8 @@ def test_an_attention_backend_these_processors_never_call_is_reported_skipped(ti
 # ---- the real worker -----------------------------------------------------------------------------
 # One boot compiled (SD3; 50 s on this project's 2-thread CPU), the others eager (CPU's default):
 # compiled serving of all three is the test above, in process.
-@pytest.mark.parametrize("name, compile_mode", [("sd3", "regional"), ("pixart-sigma", "off"), ("sana", "off")])
+@pytest.mark.parametrize("name, compile_mode", [("sd3", "regional"), ("pixart-sigma", "off"), ("sana", "off"),
+                                                ("chroma", "off"), ("flux2-klein", "off")])
 def test_a_worker_serves_it_from_a_local_directory(tiny_repo, start_worker, tmp_path, png_tools, name,
                                                    compile_mode):
     """``python -m runtime --rp_serve_api`` with HF_MODEL_ID the directory: the boot record names
