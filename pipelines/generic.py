@@ -33,16 +33,15 @@ _DISTILLED_DEFAULTS: dict[str, tuple[int, float]] = {
     "Flux2KleinPipeline": (4, 1.0),
     "Krea2Pipeline": (8, 0.0),
 }
-# Where classifier-free guidance starts, for pipelines whose switch is not the usual "> 1".
-_CFG_ABOVE = {"Krea2Pipeline": 0.0}
 # Distilled checkpoints that run no classifier-free guidance at any guidance.
 _CFG_OFF_WHEN_DISTILLED = ("Flux2KleinPipeline",)
 # Pipelines whose classifier-free guidance is a second call of the denoiser (the negative prompt's
 # prediction), not a batch of 2, with the negative prompt padded to the prompt's fixed length
 # (T5's 512 tokens; Qwen3's 512): guidance on or off runs the same graphs. Keyed by guidance, a
 # job that switched it was told it ran eagerly while the warmed graphs served it
-# (tests/integration/test_more_families.py runs both under fail_on_recompile).
-_CFG_IN_A_SECOND_CALL = ("ChromaPipeline", "Flux2KleinPipeline")
+# (tests/integration/test_more_families.py runs Chroma and FLUX.2 [klein] under
+# fail_on_recompile; Krea 2 and Ovis-Image by their code: both pad to max_sequence_length).
+_CFG_IN_A_SECOND_CALL = ("ChromaPipeline", "Flux2KleinPipeline", "Krea2Pipeline", "OvisImagePipeline")
 
 
 def _takes_the_job(cls: type) -> bool:
@@ -181,21 +180,18 @@ class GenericFamily(PipelineFamily):
     def _cfg_above(self) -> float | None:
         """The guidance above which the pipeline runs classifier-free guidance; None where it
         never does: no such switch, or a distilled FLUX.2 [klein] (its switch reads
-        ``is_distilled``; Krea 2's distilled checkpoint still runs it above 0); also None where
-        guidance runs the same graphs either way (a second call of the denoiser: Chroma, FLUX.2
-        [klein] base)."""
-        if self._class is None:
+        ``is_distilled``); also None where guidance runs the same graphs either way (a second
+        call of the denoiser: Chroma, FLUX.2 [klein] base, Krea 2, Ovis-Image)."""
+        if self._class is None or self.variant in _CFG_IN_A_SECOND_CALL:
             return None
         if not hasattr(self._class, "do_classifier_free_guidance"):
             # No property, but the same switch as a local of the call (PixArt-Alpha/Sigma,
-            # AuraFlow, DeepFloyd IF, Ovis-Image): a job switching guidance on or off ran another
-            # graph, eagerly, while its key said it was warmed, so no warning said so.
+            # AuraFlow, DeepFloyd IF): a job switching guidance on or off ran another graph,
+            # eagerly, while its key said it was warmed, so no warning said so.
             return _local_cfg_switch(self._class)
         if self.variant in _CFG_OFF_WHEN_DISTILLED and self.model_index.get("is_distilled") is True:
             return None
-        if self.variant in _CFG_IN_A_SECOND_CALL:
-            return None
-        return _CFG_ABOVE.get(self.variant, 1.0)
+        return 1.0
 
     @property
     def size_rules(self) -> SizeRules:

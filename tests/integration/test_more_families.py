@@ -329,7 +329,7 @@ def test_a_pipeline_that_bins_sizes_defaults_to_its_own_resolution(tiny_repo):
 
 
 @pytest.mark.parametrize("pipeline", ["PixArtSigmaPipeline", "PixArtAlphaPipeline", "AuraFlowPipeline",
-                                      "IFPipeline", "OvisImagePipeline"])
+                                      "IFPipeline"])
 def test_a_guidance_switch_in_the_call_is_part_of_the_warm_key(tmp_path, pipeline):
     """These pipelines switch classifier-free guidance (the denoiser's batch of 2) with a local
     of their call, not a property: a job across the switch needs another graph, and its key says
@@ -344,6 +344,26 @@ def test_a_guidance_switch_in_the_call_is_part_of_the_warm_key(tmp_path, pipelin
                                                  width=512, seed=0))
 
     assert key(0.0) == key(1.0) != key(1.5) == key(7.0)
+
+
+
+@pytest.mark.parametrize("pipeline", ["ChromaPipeline", "Flux2KleinPipeline", "Krea2Pipeline",
+                                      "OvisImagePipeline"])
+def test_guidance_run_as_a_second_call_is_not_part_of_the_warm_key(tmp_path, pipeline):
+    """These run the negative prompt's prediction as a second denoiser call, its embeddings
+    padded to the prompt's fixed length: guidance on or off runs the same graphs (Chroma and
+    [klein] are run compiled below). Ovis-Image's switch, a local of its call, was read as a
+    batch of 2, and Krea 2's keyed above 0: guidance-off jobs were told they ran eagerly."""
+    from pipelines.registry import detect_family
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    family = detect_family(tmp_path)
+
+    def key(guidance: float) -> tuple[Any, ...]:
+        return family.warm_key(GenerationRequest(prompt="x", steps=2, guidance=guidance, height=512,
+                                                 width=512, seed=0))
+
+    assert key(0.0) == key(0.5) == key(1.0) == key(1.5) == key(7.0)
 
 
 # ---- compiled serving: the job path, other prompt lengths, guidance on and off -------------------
