@@ -19,7 +19,7 @@ from runtime.aot import AotStore
 from runtime.announce import Announcer
 from runtime.boot_report import BootRecord
 from runtime.encode import PngEncoder
-from runtime.errors import BootError, Stopped, WorkerError, brief, redact
+from runtime.errors import STOP_SIGNALS, BootError, Stopped, WorkerError, brief, redact
 from runtime.fetch import fetch
 from runtime.handler import Service
 from runtime.load import Loaded, load
@@ -28,8 +28,6 @@ from runtime.settings import Settings, unknown_names, webhook_settings
 from runtime.warmup import fit_prompt_lengths, serving_plan, warmup, warmup_requests
 
 log = logging.getLogger("runtime")
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def read_settings(env: Mapping[str, str] | None = None) -> Settings:

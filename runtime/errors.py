@@ -46,6 +46,10 @@ class JobInputError(WorkerError):
     """The job's input is invalid; the message names the field and what is allowed."""
 
 
+# How Runpod scales a worker down (SIGTERM), and an operator's Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class Stopped(BaseException):
     """SIGTERM (Runpod scaling the worker down) or SIGINT arrived while the worker booted.
 

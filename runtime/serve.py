@@ -13,11 +13,9 @@ import time
 from types import FrameType
 from typing import Any, Callable
 
-from runtime.errors import BootError, brief
+from runtime.errors import STOP_SIGNALS, BootError, brief
 
 log = logging.getLogger(__name__)
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 # The SDK's switch for its start-up machine checks ("true", any case, turns them off): a baked
 # image whose weights fill most of its container disk needs it, and must get past ours too.
@@ -188,12 +186,12 @@ class StopWhenIdle:
         self._stopping.wait()
         name = signal.Signals(self.signum).name
         try:
-            self._jobs_in_progress()
+            busy = self._jobs_in_progress()
         except Exception as exc:  # noqa: BLE001 - another SDK's internals: ending now could cut a job short
             log.warning("stopped by %s: the job SDK's jobs in progress cannot be read (%s); leaving "
                         "the shutdown to the SDK", name, brief(exc))
             return
-        if self._jobs_in_progress():
+        if busy:
             log.warning("stopped by %s: taking no more jobs; exiting once the job in progress has "
                         "posted its result", name)
             while self._jobs_in_progress():  # a count, no event to wait on: polled
