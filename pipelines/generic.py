@@ -103,7 +103,7 @@ class GenericFamily(PipelineFamily):
         # 1024), else what it computes: the denoiser's sample size in latents.
         native = int(self._denoiser_config.get("sample_size", 128)) * self.vae_scale_factor
         own = (self._call_defaults.get("height"), self._call_defaults.get("width"))
-        if self._call_defaults.get("use_resolution_binning") is True and "sample_size" in self._denoiser_config:
+        if self._binned_resolution:
             # A pipeline that bins sizes (PixArt, Sana) generates at the size among its native
             # resolution's buckets nearest the asked one's aspect, then resizes the image to the
             # asked size: Sana's signature says 1024 for every checkpoint, so a 512 px one
@@ -151,16 +151,22 @@ class GenericFamily(PipelineFamily):
         return (height, width, request.guidance > cfg_above)
 
     @cached_property
-    def _size_buckets(self) -> dict[str, Any] | None:
-        """The aspect-ratio buckets a pipeline that bins sizes (PixArt, Sana) denoises at: those
-        of its checkpoint's resolution (sample size x the VAE's factor), from the pipeline's own
-        module; None where it does not bin or no such table is there."""
-        if (self._class is None or self._call_defaults.get("use_resolution_binning") is not True
-                or "sample_size" not in self._denoiser_config):
+    def _binned_resolution(self) -> int | None:
+        """The checkpoint's resolution (sample size x the VAE's factor) for a pipeline that bins
+        sizes to it (PixArt, Sana); None for one that does not."""
+        if self._call_defaults.get("use_resolution_binning") is not True or "sample_size" not in self._denoiser_config:
             return None
-        native = int(self._denoiser_config["sample_size"]) * self.vae_scale_factor
+        return int(self._denoiser_config["sample_size"]) * self.vae_scale_factor
+
+    @cached_property
+    def _size_buckets(self) -> dict[str, Any] | None:
+        """The aspect-ratio buckets a pipeline that bins sizes denoises at: those of its
+        checkpoint's resolution, from the pipeline's own module; None where it does not bin or
+        no such table is there."""
+        if self._class is None or not self._binned_resolution:
+            return None
         module = sys.modules.get(self._class.__module__)
-        buckets = getattr(module, f"ASPECT_RATIO_{native}_BIN", None)
+        buckets = getattr(module, f"ASPECT_RATIO_{self._binned_resolution}_BIN", None)
         return buckets if isinstance(buckets, dict) else None
 
     def _denoised_size(self, height: int, width: int) -> tuple[int, int]:
