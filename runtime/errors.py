@@ -150,7 +150,8 @@ def is_no_space(exc: BaseException | None) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "no space left on device" in str(exc).lower() or "disk quota exceeded" in str(exc).lower():
+        text = str(exc).lower()
+        if "no space left on device" in text or "disk quota exceeded" in text:
             return True
         exc = exc.__cause__ or exc.__context__
     return False

@@ -263,11 +263,12 @@ def _flash3_available() -> bool:
 def attention(ctx: Context) -> str:
     choice = ctx.settings.attention
     target = ctx.denoiser
+    dispatched, processors = _dispatched(target)
     if choice == "auto":
         if not ctx.on_cuda:
             raise Skip("auto on CPU: PyTorch SDPA as loaded")
         # FA3 is the fastest on Hopper when installed; else PyTorch SDPA (flash/cuDNN kernels).
-        fa3 = _capability(ctx)[0] == 9 and _flash3_available() and _dispatched(target)[0] > 0
+        fa3 = _capability(ctx)[0] == 9 and _flash3_available() and dispatched > 0
         choice = "flash3" if fa3 else "sdpa"
     if choice in ("sdpa", "native"):
         return "sdpa (PyTorch picks flash/cuDNN/efficient kernels)"
@@ -275,7 +276,6 @@ def attention(ctx: Context) -> str:
     # does not reach (it has set_attention_backend, but it changes nothing there). So do the
     # transformers whose processors call PyTorch SDPA themselves (SD3, PixArt, Sana in diffusers
     # 0.42): set_attention_backend passed over every one of them, and the step said "applied".
-    dispatched, processors = _dispatched(target)
     if (ctx.loaded.family.denoiser_attr == "unet" or not hasattr(target, "set_attention_backend")
             or not dispatched):
         if choice != "xformers":

@@ -53,10 +53,8 @@ def check_prompt_lengths(family: PipelineFamily, pipe: Any, shape: tuple[int, in
     a model served almost every job eagerly, having paid for the compile, and said nothing."""
     import torch
 
-    height, width = shape
-    request = GenerationRequest(prompt=prompt or PROBE_PROMPT, steps=1,
-                                guidance=family.serving_defaults.guidance, height=height, width=width,
-                                seed=0)
+    [request] = warmup_requests(family, [shape], steps=1)
+    request = replace(request, prompt=prompt or PROBE_PROMPT)
     eager_calls = sum(module.eager_calls for module in aot_modules)
     try:
         with torch.compiler.set_stance("fail_on_recompile"):
