@@ -20,7 +20,7 @@ from runtime.boot_report import BootRecord
 from runtime.errors import Stopped
 from runtime.handler import make_handler
 from runtime.logs import setup_logging
-from runtime.serve import JobSdk, StopWhenIdle
+from runtime.serve import JobSdk, PacedJobTakes, StopWhenIdle
 from runtime.settings import check_runpod_flags
 
 log = logging.getLogger("runtime")
@@ -73,6 +73,7 @@ def main() -> int:
     config: dict[str, Any] = {"handler": make_handler(service)}
     if stop:
         config["concurrency_modifier"] = stop.concurrency_modifier  # chains our stop handler
+        PacedJobTakes.install()  # a failing job queue is not asked again at once
     start(config)
     return stop.exit_code if stop else 0
 

@@ -11,9 +11,7 @@ What the SDK does with our answers, checked here and not ours to change: it post
 ``{"output": <the handler's dict>}``, and an error as ``{"output": {"model_id": ...}, "error": ...}``
 (it takes ``error`` out of the dict; Runpod then shows the job FAILED with that message).
 
-Seen against this stand-in, the SDK's own and left as they are (runpod 1.12):
-- A rejected API key (401 on job-take) is retried with no pause at all: about 400 requests and
-  as many ERROR lines a second here, for as long as the worker runs. Runpod sets the key itself.
+Seen against this stand-in, the SDK's own and left as it is (runpod 1.12):
 - Runpod's per-job stop (a cancel, a timeout) cannot interrupt a running generation: the handler
   is synchronous and runs on the SDK's event loop, which reads the stop only once the job is
   over; the job runs to the end and its result is posted all the same.
@@ -42,6 +40,7 @@ API_KEY = "rpa_QUEUEtestKey7f3c91d0e2b4a6"
 HF_TOKEN = "hf_queueTokenDoNotLeak4821"
 CONTRACT_KEYS = {"image_base64", "model_id", "seed", "height", "width"}  # README: the job contract
 HOLD = 30.0  # seconds a poll is held open with nothing to hand out: longer than any wait below
+OUTAGE = 6.0  # seconds the job API fails every job-take, in the outage test
 
 pytestmark = pytest.mark.slow
 
@@ -251,4 +250,43 @@ def test_sigterm_while_the_sdk_checks_the_machine_exits_143_without_taking_a_job
     assert [r.json()["status"] for r in hook.received] == ["ready"]
     assert api.taken() == [] and api.queued() == ["queued"]
     assert "stopped by SIGTERM: no job in progress; exiting" in log
+    assert "Traceback" not in log
+
+
+def test_an_outage_of_the_job_queue_is_retried_with_growing_pauses_and_its_end_is_seen_at_once(
+        cache_dir, tmp_path, png_tools):
+    """Runpod's job API answers every job-take with a 503 for a while (an incident; a network
+    fault refusing connections is the same to the SDK). Left to the SDK, a failed job-take was
+    retried with no pause at all: here thousands of requests, and as many ERROR lines, in a few
+    seconds, from every worker of the endpoint at once. Now the pauses grow (with jitter, up
+    to a few seconds), and a job queued once the API is back is taken within the longest pause."""
+    with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api, WebhookReceiver() as hook:
+        api.fail_takes(503)
+        env = queue_env(cache_dir, api, VISGATE_WEBHOOK=hook.url)
+        with QueueWorker(env, tmp_path / "worker.log") as worker:
+            first = api.wait_until(lambda: api.of_kind("take"), 240)
+            assert first, worker.log()[-3000:]
+            time.sleep(OUTAGE)
+            during = [c for c in api.of_kind("take") if c.at < first[0].at + OUTAGE]
+            api.fail_takes(None)
+            back_at = time.time()
+            api.queue({"prompt": "after the outage", "height": 256, "width": 256, "seed": 11,
+                       "num_inference_steps": 1}, job_id="after")
+            result = api.wait_for_result("after", timeout=60)
+            taken = next(c for c in api.of_kind("take") if c.jobs == ["after"])
+            worker.signal(signal.SIGTERM)
+            code = worker.wait(timeout=10)
+            log = worker.log()
+
+    assert code == 143, f"exit {code}\n{log[-3000:]}"
+    assert {c.status for c in during} == {503}
+    # 0.5 + 1 + 2 + 4 s of pauses (each 50-100% of that, for jitter) fill the outage: about 5
+    # job-takes, where the SDK alone made thousands.
+    assert 3 <= len(during) <= 10, len(during)
+    assert log.count("Failed to get job") <= len(api.of_kind("take"))
+    assert "job queue: job-take failed" in log and "next try in" in log
+    assert taken.at - back_at < 9  # the longest pause is 8 s
+    assert_success(png_tools, result, "after", seed=11, height=256, width=256)
+    assert "job queue: a job-take succeeded again after" in log
+    assert_no_secrets(log)
     assert "Traceback" not in log

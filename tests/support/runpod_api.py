@@ -15,6 +15,8 @@ asks, at the URLs ``worker_env()`` gives it, in the shape Runpod's own variables
     POST /v2/{endpoint}/job-stream/{worker}/{job}?..                  a streamed part, the same way
     GET  /v2/{endpoint}/ping/{worker}?gpu=..&job_id=..&runpod_version=..  the heartbeat
 
+``fail_takes(status)`` stands for an outage: every job-take is answered with that status at once.
+
 Every request is recorded (time, kind, path, query, headers, body, what was answered) before it
 is answered. Each must carry ``Authorization: <api key>`` (the raw key, as the SDK sends it);
 one that does not gets 401 and is recorded with ``authorized=False``. A held poll whose client
@@ -88,6 +90,7 @@ class RunpodApi:
         self._jobs: deque[dict[str, Any]] = deque()
         self._stops: list[str] = []
         self._counter = 0
+        self._take_failure: int | None = None
         # Re-entrant: a wait_until predicate reads the record (under the lock) while waiting on it.
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -126,6 +129,13 @@ class RunpodApi:
             self._jobs.append({"id": job_id, "input": job_input})
             self._changed.notify_all()
         return job_id
+
+    def fail_takes(self, status: int | None) -> None:
+        """An outage of the job queue: from now on every job-take is answered ``status`` at
+        once (a 5xx, as during an incident), until ``fail_takes(None)``."""
+        with self._changed:
+            self._take_failure = status
+            self._changed.notify_all()
 
     def stop_job(self, job_id: str) -> None:
         """Runpod's per-job stop (a cancel, a timeout): the next job-stop poll names it."""
@@ -260,6 +270,8 @@ class RunpodApi:
                 api._record(call)
                 if not call.authorized:
                     return self._reply(call, 401, b'{"error": "unauthorized"}')
+                if kind in ("take", "take-batch") and api._take_failure is not None:
+                    return self._reply(call, api._take_failure, b'{"error": "service unavailable"}')
                 if kind in ("take", "take-batch"):
                     count = int(call.query.get("batch_size", "1")) if kind == "take-batch" else 1
                     jobs = api._take(count, self._gone)

@@ -174,3 +174,90 @@ def test_a_job_count_that_cannot_be_read_leaves_the_shutdown_to_the_sdk() -> Non
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["still here 143"]
     assert "cannot be read (ImportError: no JobsProgress in this SDK); leaving the shutdown to the SDK" in done.stderr
+
+
+# ---- PacedJobTakes: a failing job queue ----------------------------------------------------------
+class Outage:
+    """A job-take that fails ``failures`` times with ``error``, then hands out a job."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.left, self.error, self.calls = failures, error, 0
+
+    async def __call__(self, session: object, num_jobs: int = 1) -> list[dict[str, str]]:
+        self.calls += 1
+        if self.left:
+            self.left -= 1
+            raise self.error
+        return [{"id": "job-1", "input": {}}]
+
+
+def take_until_served(paced, attempts: int) -> list[object]:
+    """Call it as the SDK's loop does: an exception is logged and the next call made."""
+    import asyncio
+
+    outcomes: list[object] = []
+    for _ in range(attempts):
+        try:
+            outcomes.append(asyncio.run(paced(None, 1)))
+        except Exception as exc:  # noqa: BLE001 - what the SDK's loop catches
+            outcomes.append(type(exc).__name__)
+    return outcomes
+
+
+def test_failed_job_takes_pause_longer_each_time_up_to_a_bound_and_not_after_one_succeeds(caplog) -> None:
+    from runtime.serve import PacedJobTakes
+
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    outage = Outage(6, ConnectionRefusedError("connect call failed"))
+    paced = PacedJobTakes(outage, sleep=sleep, draw=lambda: 1.0)  # the top of each jitter range
+    with caplog.at_level("INFO", logger="runtime.serve"):
+        outcomes = take_until_served(paced, 8)
+    assert outcomes[:6] == ["ConnectionRefusedError"] * 6
+    assert outcomes[6] == outcomes[7] == [{"id": "job-1", "input": {}}]
+    assert pauses == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]  # none after a success
+    assert paced.failures == 0
+    assert "job-take failed (ConnectionRefusedError); next try in 8.0 s (6 in a row)" in caplog.text
+    assert "a job-take succeeded again after 6 failed" in caplog.text
+
+    low: list[float] = []
+
+    async def sleep_low(seconds: float) -> None:
+        low.append(seconds)
+
+    take_until_served(PacedJobTakes(Outage(2, OSError("x")), sleep=sleep_low, draw=lambda: 0.0), 3)
+    assert low == [0.25, 0.5]  # the jitter's other end: half
+
+
+def test_a_rate_limit_and_a_timed_out_long_poll_are_left_to_the_sdk_which_pauses_for_them() -> None:
+    from runpod.serverless.modules.rp_job import TooManyRequests
+
+    from runtime.serve import PacedJobTakes
+
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    limited = TooManyRequests(request_info=None, history=(), status=429, message="slow down")
+    for error in (limited, TimeoutError()):
+        paced = PacedJobTakes(Outage(1, error), sleep=sleep)
+        assert take_until_served(paced, 1) == [type(error).__name__]
+        assert paced.failures == 0
+    assert pauses == []
+
+
+def test_installed_the_sdks_job_loop_takes_its_jobs_through_it(monkeypatch) -> None:
+    from runpod.serverless.modules import rp_scale
+
+    from runtime.serve import PacedJobTakes
+
+    sdk_fetch = rp_scale.get_job
+    monkeypatch.setattr(rp_scale, "get_job", sdk_fetch)  # put back after the test
+    PacedJobTakes.install()
+    scaler = rp_scale.JobScaler({"handler": lambda job: job})
+    assert isinstance(scaler.jobs_fetcher, PacedJobTakes)
+    assert scaler.jobs_fetcher._fetch is sdk_fetch
