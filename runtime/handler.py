@@ -18,6 +18,7 @@ from pipelines.base import GenerationRequest, PipelineFamily
 from runtime.encode import PngEncoder
 from runtime.errors import (JobInputError, WorkerError, is_fatal_device_error, is_out_of_memory,
                            redact, sendable)
+from runtime.logs import job_context
 from runtime.validate import validate
 
 log = logging.getLogger(__name__)
@@ -83,13 +84,15 @@ def _warn_not_warm(service: Service, request: GenerationRequest) -> None:
 
 def make_handler(service: Service) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def handler(job: dict[str, Any]) -> dict[str, Any]:
-        try:
-            job_input = job.get("input") if isinstance(job, dict) else None
-            return generate_png(service, job_input)
-        except BaseException as exc:  # noqa: BLE001 - a job must never take the worker down
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            return job_error(exc, service.model_id, service.secrets)
+        job_id = job.get("id") if isinstance(job, dict) else None
+        with job_context(job_id):
+            try:
+                job_input = job.get("input") if isinstance(job, dict) else None
+                return generate_png(service, job_input)
+            except BaseException as exc:  # noqa: BLE001 - a job must never take the worker down
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                return job_error(exc, service.model_id, service.secrets)
 
     return handler
 

@@ -1,10 +1,16 @@
-"""Logging set-up: one format, and secrets removed from every record before it is written."""
+"""Logging set-up: one format, and secrets removed from every record before it is written.
+
+While a job runs, every line logged (ours, the libraries') names it: ``[job <id>]``, the id Runpod
+shows for the job and the SDK's own lines carry (``requestId``), so that a failed job's log lines
+are found by its id among a busy worker's."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 from runtime.errors import redact, register_secrets
 
@@ -41,20 +47,44 @@ def _as_tuple(args: Any) -> tuple[Any, ...]:
 
 
 _BASE_RECORD_FACTORY = logging.getLogRecordFactory()
+_JOB: contextvars.ContextVar[str] = contextvars.ContextVar("visgate_job", default="")
+JOB_ID_CHARS = 64  # Runpod's ids are UUIDs with a prefix; a longer one is cut, not a log flood
+
+
+@contextlib.contextmanager
+def job_context(job_id: Any) -> Iterator[None]:
+    """Lines logged inside name the job (``None``, or no id: they name none)."""
+    text = "".join(c for c in str(job_id) if c.isprintable())[:JOB_ID_CHARS] if job_id else ""
+    token = _JOB.set(f" [job {text}]" if text else "")
+    try:
+        yield
+    finally:
+        _JOB.reset(token)
+
+
+class NameTheJob(logging.Filter):
+    """On the handler: a record made before ``setup_logging`` (no ``job`` yet) gets the job too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "job"):
+            record.job = _JOB.get()
+        return True
 
 
 def setup_logging(secrets: tuple[str, ...] = ()) -> None:
     register_secrets(secrets)
     redactor = RedactSecrets(secrets)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s%(job)s: %(message)s"))
     handler.addFilter(redactor)
+    handler.addFilter(NameTheJob())
 
     # Some libraries (diffusers, transformers) log through handlers of their own that never reach
     # ours: cleaning each record as it is created covers every logger, whatever its handlers.
     def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = _BASE_RECORD_FACTORY(*args, **kwargs)
         redactor.filter(record)
+        record.job = _JOB.get()  # now, in the job's own context (a handler may run elsewhere)
         return record
 
     logging.setLogRecordFactory(redacting_factory)

@@ -238,6 +238,20 @@ def test_failure_inside_the_pipeline_then_the_next_job_works(
     assert_good_image(handle(GOOD_JOB), png_tools)
 
 
+def test_a_jobs_log_lines_name_it(handle: Callable, component_that_raises: Callable,
+                                  restore_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """Runpod shows a job's id; its lines among a busy worker's are found by it."""
+    from runtime.logs import setup_logging
+
+    setup_logging()
+    with component_that_raises("transformer", ValueError("bad latents")):
+        handle({"id": "job-7c1e", **GOOD_JOB})
+    handle({"id": "job-8d2f", **GOOD_JOB})
+    err = capsys.readouterr().err
+    assert "ERROR runtime.handler [job job-7c1e]: job failed: ValueError: bad latents" in err
+    assert "INFO runtime.handler [job job-8d2f]: job done: 256x320" in err
+
+
 def test_an_image_of_another_size_than_requested_is_an_error(tiny_flux_service: Service,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # As a pipeline that rounds the size down does (one its family's size rules missed).

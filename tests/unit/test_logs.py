@@ -6,23 +6,10 @@ from __future__ import annotations
 import io
 import logging
 
-import pytest
-
-from runtime.errors import brief, redact, register_secrets
+from runtime.errors import brief, redact
 from runtime.logs import setup_logging
 
 SECRET = "hf_TopSecretToken123"
-
-
-@pytest.fixture
-def restore_logging():
-    factory, root = logging.getLogRecordFactory(), logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    register_secrets(())
-    logging.setLogRecordFactory(factory)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_a_library_with_its_own_handler_is_redacted_too(restore_logging):
@@ -68,3 +55,26 @@ def test_a_secret_holding_another_is_removed_whole():
     query = f"sig=Zm9vYmFy&token={SECRET}"
     for order in ((SECRET, query), (query, SECRET)):
         assert redact(f"GET /resolve?{query} failed", order) == "GET /resolve?*** failed"
+
+
+def test_lines_logged_during_a_job_name_it_and_no_others_do(restore_logging, capsys):
+    from runtime.logs import job_context
+
+    setup_logging((SECRET,))
+    log = logging.getLogger("runtime.handler")
+    log.info("before")
+    with job_context("sync-3f1c9a2e-u1"):
+        log.warning("inside, token %s", SECRET)
+        logging.getLogger("diffusers.models").warning("a library's line")
+        with job_context(None):  # a job without an id names none
+            log.info("no id")
+    with job_context("x" * 100 + "\n\x1b[2J"):  # cut, and no control characters into the log
+        log.info("long id")
+    log.info("after")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith(" INFO runtime.handler: before")
+    assert lines[1].endswith(" WARNING runtime.handler [job sync-3f1c9a2e-u1]: inside, token ***")
+    assert lines[2].endswith(" WARNING diffusers.models [job sync-3f1c9a2e-u1]: a library's line")
+    assert lines[3].endswith(" INFO runtime.handler: no id")
+    assert lines[4].endswith(f" INFO runtime.handler [job {'x' * 64}]: long id")
+    assert lines[5].endswith(" INFO runtime.handler: after")
