@@ -20,7 +20,7 @@ from runtime.boot_report import BootRecord
 from runtime.errors import Stopped
 from runtime.handler import make_handler
 from runtime.logs import setup_logging
-from runtime.serve import JobSdk, PacedJobTakes, StopWhenIdle
+from runtime.serve import JobSdk, PacedJobTakes, RetriedResults, StopWhenIdle
 from runtime.settings import check_runpod_flags
 
 log = logging.getLogger("runtime")
@@ -74,6 +74,7 @@ def main() -> int:
     if stop:
         config["concurrency_modifier"] = stop.concurrency_modifier  # chains our stop handler
         PacedJobTakes.install()  # a failing job queue is not asked again at once
+        RetriedResults.install()  # nor is a made image dropped when Runpod fails to take it
     start(config)
     return stop.exit_code if stop else 0
 

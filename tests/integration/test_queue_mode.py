@@ -292,3 +292,35 @@ def test_an_outage_of_the_job_queue_is_retried_with_growing_pauses_and_its_end_i
     assert "job queue: a job-take succeeded again after" in log
     assert_no_secrets(log)
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("failure", [503, "drop"])
+def test_a_result_runpod_fails_to_take_is_posted_again_until_it_is_taken(cache_dir, tmp_path,
+                                                                         png_tools, failure):
+    """The image is made, but posting it fails: Runpod's job API answers 503 for a while (an
+    incident), or the connection is reset on the way. The SDK tried a 5xx three times over about
+    5 s, and a reset not again at all; then it dropped the result: the job, done on the GPU,
+    never completed for its client (Runpod shows it in progress until its execution timeout).
+    Now a result is posted again, with growing pauses, until Runpod takes it."""
+    with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api:
+        api.fail_done(failure)
+        api.queue({"prompt": "deliver me", "height": 256, "width": 256, "seed": 5,
+                   "num_inference_steps": 1}, job_id="kept")
+        with QueueWorker(queue_env(cache_dir, api), tmp_path / "worker.log") as worker:
+            assert api.wait_until(lambda: api.results("kept"), 240), worker.log()[-3000:]
+            time.sleep(OUTAGE)
+            api.fail_done(None)
+            delivered = api.wait_until(lambda: api.delivered("kept"), 20)
+            worker.signal(signal.SIGTERM)
+            code = worker.wait(timeout=10)
+            log = worker.log()
+
+    assert delivered, f"{api.summary()}\n{log[-3000:]}"
+    attempts = api.results("kept")
+    assert len(attempts) >= 3 and attempts[-1] is delivered[0] and len(delivered) == 1
+    assert {c.status for c in attempts[:-1]} == {0 if failure == "drop" else 503}
+    assert_success(png_tools, delivered[0], "kept", seed=5, height=256, width=256)
+    assert "job result not delivered" in log and "[job kept]" in log
+    assert code == 143, f"exit {code}\n{log[-3000:]}"
+    assert_no_secrets(log)
+    assert "Traceback" not in log

@@ -15,7 +15,8 @@ asks, at the URLs ``worker_env()`` gives it, in the shape Runpod's own variables
     POST /v2/{endpoint}/job-stream/{worker}/{job}?..                  a streamed part, the same way
     GET  /v2/{endpoint}/ping/{worker}?gpu=..&job_id=..&runpod_version=..  the heartbeat
 
-``fail_takes(status)`` stands for an outage: every job-take is answered with that status at once.
+``fail_takes(status)`` and ``fail_done(status or "drop")`` stand for outages: every job-take, or
+every result posted, is answered with that status at once (or its connection dropped).
 
 Every request is recorded (time, kind, path, query, headers, body, what was answered) before it
 is answered. Each must carry ``Authorization: <api key>`` (the raw key, as the SDK sends it);
@@ -57,7 +58,7 @@ class Call:
     body: bytes
     authorized: bool
     job_id: str | None = None  # done / stream: the job the URL names
-    status: int | None = None  # what was answered (None while held)
+    status: int | None = None  # what was answered (None while held; 0: dropped, no answer)
     jobs: list[str] = field(default_factory=list)  # take: the ids handed out
     answered_at: float | None = None
 
@@ -91,6 +92,7 @@ class RunpodApi:
         self._stops: list[str] = []
         self._counter = 0
         self._take_failure: int | None = None
+        self._done_failure: int | str | None = None
         # Re-entrant: a wait_until predicate reads the record (under the lock) while waiting on it.
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -137,6 +139,15 @@ class RunpodApi:
             self._take_failure = status
             self._changed.notify_all()
 
+    def fail_done(self, failure: int | str | None) -> None:
+        """From now on every job-done (a result) fails, until ``fail_done(None)``: answered with
+        that status, or with ``"drop"`` the connection is closed with no answer at all (a reset
+        on the way). Recorded all the same: ``results()`` lists the attempts, ``delivered()`` the
+        results that were answered 200."""
+        with self._changed:
+            self._done_failure = failure
+            self._changed.notify_all()
+
     def stop_job(self, job_id: str) -> None:
         """Runpod's per-job stop (a cancel, a timeout): the next job-stop poll names it."""
         with self._changed:
@@ -158,6 +169,9 @@ class RunpodApi:
 
     def results(self, job_id: str | None = None) -> list[Call]:
         return [c for c in self.of_kind("done") if job_id is None or c.job_id == job_id]
+
+    def delivered(self, job_id: str | None = None) -> list[Call]:
+        return [c for c in self.results(job_id) if c.status == 200]
 
     def wait_until(self, predicate: Callable[[], Any], timeout: float) -> Any:
         """Until ``predicate()`` is truthy (checked at every request and answer), or the timeout:
@@ -284,6 +298,12 @@ class RunpodApi:
                     if not ids:
                         return self._reply(call, 204)
                     return self._reply(call, 200, json.dumps({"jobsToStop": ids}).encode())
+                if kind == "done" and api._done_failure == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)  # no answer: a reset on the way
+                    return api._answered(call, 0)
+                if kind == "done" and api._done_failure is not None:
+                    return self._reply(call, api._done_failure, b'{"error": "service unavailable"}')
                 if kind in ("done", "stream", "ping"):
                     return self._reply(call, 200, b"{}")
                 return self._reply(call, 404, b'{"error": "not found"}')
