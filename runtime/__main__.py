@@ -20,7 +20,8 @@ from runtime.boot_report import BootRecord
 from runtime.errors import Stopped
 from runtime.handler import make_handler
 from runtime.logs import setup_logging
-from runtime.serve import JobSdk, PacedJobTakes, RetriedResults, StopWhenIdle
+from runtime.job_api import PacedJobTakes, RetriedResults
+from runtime.serve import JobSdk, StopWhenIdle
 from runtime.settings import check_runpod_flags
 
 log = logging.getLogger("runtime")

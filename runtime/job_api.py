@@ -1,0 +1,156 @@
+"""Runpod's job API as the job SDK (runpod 1.12) talks to it on the queue, made to ride out
+its failures: a failed job-take is asked again after a pause rather than at once
+(``PacedJobTakes``), and a result Runpod failed to take is posted again rather than dropped
+(``RetriedResults``). Both wrap one of the SDK's module functions, installed before its job loop
+starts; where another SDK version has no such function, its own behaviour stays."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import random
+import time
+from typing import Any, Callable
+
+from runtime.errors import brief
+from runtime.logs import job_context
+from runtime.retry_after import parse_retry_after
+
+log = logging.getLogger(__name__)
+
+
+FIRST_PAUSE = 0.5
+MOST_PAUSE = 8.0  # also bounds how late a job queued just after an outage is taken
+
+
+def _pause(failures: int, draw: Callable[[], float]) -> float:
+    """After ``failures`` failed calls in a row to Runpod's job API: doubling from ``FIRST_PAUSE``
+    to ``MOST_PAUSE`` seconds, each drawn from half to all of that (jitter: the workers of an
+    endpoint do not retry in step)."""
+    return min(MOST_PAUSE, FIRST_PAUSE * 2 ** (failures - 1)) * (0.5 + draw() / 2)
+
+
+def _failure(exc: BaseException) -> str:
+    """Class and HTTP status: the SDK logs the whole message itself."""
+    return " ".join(str(part) for part in (type(exc).__name__, getattr(exc, "status", ""))).strip()
+
+
+def _wrap_sdk(module: str, name: str, wrapper: Callable[[Any], Any]) -> None:
+    """Replace one of the SDK's module functions by ``wrapper(it)``; where this SDK version has
+    no such function, its own behaviour stays, with a warning."""
+    try:
+        sdk_module = importlib.import_module(module)
+        setattr(sdk_module, name, wrapper(getattr(sdk_module, name)))
+    except (ImportError, AttributeError) as exc:
+        log.warning("job SDK's %s.%s not wrapped (%s): its own retries apply", module, name,
+                    brief(exc))
+
+
+class PacedJobTakes:
+    """On Runpod's job queue: a pause after each failed job-take (``_pause``), back to none after
+    one that succeeds.
+
+    The job SDK (runpod 1.12) retries a failed job-take at once: a 5xx from Runpod during an
+    incident, a refused connection, a rejected key. Measured against a stand-in answering 503,
+    about 1,400 requests a second, each with an ERROR line, from every worker of the endpoint.
+    Its other paths pause already, and pass through untouched: a 429 (5 s), a long-poll that timed
+    out (it waited)."""
+
+    def __init__(self, fetch: Callable[..., Any],
+                 sleep: Callable[[float], Any] = asyncio.sleep,
+                 draw: Callable[[], float] = random.random) -> None:
+        self._fetch = fetch
+        self._sleep = sleep
+        self._draw = draw
+        self.failures = 0  # failed job-takes in a row
+
+    async def __call__(self, session: Any, num_jobs: int = 1) -> Any:
+        try:
+            jobs = await self._fetch(session, num_jobs)
+        except Exception as exc:  # CancelledError (the SDK's own timeout) is not one: no pause
+            if isinstance(exc, TimeoutError) or type(exc).__name__ == "TooManyRequests":
+                raise
+            self.failures += 1
+            pause = _pause(self.failures, self._draw)
+            log.warning("job queue: job-take failed (%s); next try in %.1f s (%d in a row)",
+                        _failure(exc), pause, self.failures)
+            await self._sleep(pause)
+            raise  # the SDK logs it and asks again
+        if self.failures:
+            log.info("job queue: a job-take succeeded again after %d failed", self.failures)
+            self.failures = 0
+        return jobs
+
+    @classmethod
+    def install(cls) -> None:
+        """Before the SDK's job loop is made: it takes its job-take function from its module."""
+        _wrap_sdk("runpod.serverless.modules.rp_scale", "get_job", cls)
+
+
+class RetriedResults:
+    """On Runpod's job queue: a job's result that Runpod did not take is posted again, after a
+    pause (``_pause``, or the server's ``Retry-After`` where longer), for up to ``PATIENCE_S``.
+
+    The job SDK (runpod 1.12) posts a result with three tries over about 5 s for a 5xx, and one
+    for a dropped connection, a timeout or a 429; then it drops the result: the job, done on the
+    GPU, never completes for its client, whom Runpod shows it in progress until the endpoint's
+    execution timeout (10 minutes by default). Only failures worth another try are tried again:
+    a 4xx other than 408/425/429 says this result will never be taken."""
+
+    PATIENCE_S = 120.0
+    MOST_RETRY_AFTER_S = 30.0
+
+    def __init__(self, transmit: Callable[..., Any],
+                 sleep: Callable[[float], Any] = asyncio.sleep,
+                 draw: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._transmit = transmit
+        self._sleep = sleep
+        self._draw = draw
+        self._clock = clock
+
+    async def __call__(self, session: Any, url: str, job_data: Any) -> Any:
+        started, failures = self._clock(), 0
+        # The SDK names the job in the session's headers just before posting its result.
+        with job_context(getattr(session, "headers", {}).get("X-Request-ID")):
+            while True:
+                try:
+                    result = await self._transmit(session, url, job_data)
+                except Exception as exc:  # noqa: BLE001 - sorted below; re-raised to the SDK
+                    if not _worth_another_post(exc):
+                        raise
+                    failures += 1
+                    pause = max(_pause(failures, self._draw), _retry_after(exc, self.MOST_RETRY_AFTER_S))
+                    waited = self._clock() - started
+                    if waited + pause > self.PATIENCE_S:
+                        log.error("job result not delivered after %d tries over %.0f s (%s); "
+                                  "giving up: Runpod will not have this job's result",
+                                  failures, waited, _failure(exc))
+                        raise
+                    log.warning("job result not delivered (%s); posting it again in %.1f s "
+                                "(%d failed)", _failure(exc), pause, failures)
+                    await self._sleep(pause)
+                    continue
+                if failures:
+                    log.info("job result delivered after %d failed tries", failures)
+                return result
+
+    @classmethod
+    def install(cls) -> None:
+        """Where the SDK's result poster (send_result) looks its transmit function up."""
+        _wrap_sdk("runpod.serverless.modules.rp_http", "_transmit", cls)
+
+
+def _worth_another_post(exc: BaseException) -> bool:
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.status >= 500 or exc.status in (408, 425, 429)
+    return isinstance(exc, (aiohttp.ClientConnectionError, TimeoutError))
+
+
+def _retry_after(exc: BaseException, most: float) -> float:
+    headers = getattr(exc, "headers", None) or {}
+    seconds = parse_retry_after(headers.get("Retry-After")) if hasattr(headers, "get") else None
+    return min(seconds, most) if seconds is not None else 0.0

@@ -1,0 +1,194 @@
+"""Runpod's job API as the SDK talks to it on the queue (runtime/job_api.py): failed job-takes
+paced, results Runpod failed to take posted again. Driven here with failing calls and a clock
+that moves only by the pauses taken; the real SDK against a failing stand-in of Runpod's API is
+in tests/integration/test_queue_mode.py."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# ---- PacedJobTakes: a failing job queue ----------------------------------------------------------
+class Outage:
+    """A job-take that fails ``failures`` times with ``error``, then hands out a job."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.left, self.error, self.calls = failures, error, 0
+
+    async def __call__(self, session: object, num_jobs: int = 1) -> list[dict[str, str]]:
+        self.calls += 1
+        if self.left:
+            self.left -= 1
+            raise self.error
+        return [{"id": "job-1", "input": {}}]
+
+
+def take_until_served(paced, attempts: int) -> list[object]:
+    """Call it as the SDK's loop does: an exception is logged and the next call made."""
+    import asyncio
+
+    outcomes: list[object] = []
+    for _ in range(attempts):
+        try:
+            outcomes.append(asyncio.run(paced(None, 1)))
+        except Exception as exc:  # noqa: BLE001 - what the SDK's loop catches
+            outcomes.append(type(exc).__name__)
+    return outcomes
+
+
+def test_failed_job_takes_pause_longer_each_time_up_to_a_bound_and_not_after_one_succeeds(caplog) -> None:
+    from runtime.job_api import PacedJobTakes
+
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    outage = Outage(6, ConnectionRefusedError("connect call failed"))
+    paced = PacedJobTakes(outage, sleep=sleep, draw=lambda: 1.0)  # the top of each jitter range
+    with caplog.at_level("INFO", logger="runtime.job_api"):
+        outcomes = take_until_served(paced, 8)
+    assert outcomes[:6] == ["ConnectionRefusedError"] * 6
+    assert outcomes[6] == outcomes[7] == [{"id": "job-1", "input": {}}]
+    assert pauses == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]  # none after a success
+    assert paced.failures == 0
+    assert "job-take failed (ConnectionRefusedError); next try in 8.0 s (6 in a row)" in caplog.text
+    assert "a job-take succeeded again after 6 failed" in caplog.text
+
+    low: list[float] = []
+
+    async def sleep_low(seconds: float) -> None:
+        low.append(seconds)
+
+    take_until_served(PacedJobTakes(Outage(2, OSError("x")), sleep=sleep_low, draw=lambda: 0.0), 3)
+    assert low == [0.25, 0.5]  # the jitter's other end: half
+
+
+def test_a_rate_limit_and_a_timed_out_long_poll_are_left_to_the_sdk_which_pauses_for_them() -> None:
+    from runpod.serverless.modules.rp_job import TooManyRequests
+
+    from runtime.job_api import PacedJobTakes
+
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    limited = TooManyRequests(request_info=None, history=(), status=429, message="slow down")
+    for error in (limited, TimeoutError()):
+        paced = PacedJobTakes(Outage(1, error), sleep=sleep)
+        assert take_until_served(paced, 1) == [type(error).__name__]
+        assert paced.failures == 0
+    assert pauses == []
+
+
+def test_installed_the_sdks_job_loop_takes_its_jobs_through_it(monkeypatch) -> None:
+    from runpod.serverless.modules import rp_scale
+
+    from runtime.job_api import PacedJobTakes
+
+    sdk_fetch = rp_scale.get_job
+    monkeypatch.setattr(rp_scale, "get_job", sdk_fetch)  # put back after the test
+    PacedJobTakes.install()
+    scaler = rp_scale.JobScaler({"handler": lambda job: job})
+    assert isinstance(scaler.jobs_fetcher, PacedJobTakes)
+    assert scaler.jobs_fetcher._fetch is sdk_fetch
+
+
+# ---- RetriedResults: a result Runpod fails to take ----------------------------------------------
+class FlakyPost:
+    """A result post that fails with each of ``errors`` in turn, then succeeds."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors, self.calls = list(errors), 0
+
+    async def __call__(self, session: object, url: str, job_data: str) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "taken"
+
+
+def http_error(status: int, retry_after: str | None = None) -> Exception:
+    import aiohttp
+
+    return aiohttp.ClientResponseError(request_info=None, history=(), status=status,
+                                       headers={"Retry-After": retry_after} if retry_after else None)
+
+
+class Clock:
+    """Time that passes only by the pauses taken."""
+
+    def __init__(self) -> None:
+        self.now, self.pauses = 0.0, []
+
+    async def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+def post(retried, session: object = None) -> object:
+    import asyncio
+
+    try:
+        return asyncio.run(retried(session, "http://runpod/job-done/w/j?gpu=x", "{}"))
+    except Exception as exc:  # noqa: BLE001 - what the SDK's result poster catches
+        return exc
+
+
+def test_a_result_is_posted_again_after_a_5xx_a_reset_or_a_rate_limit_until_taken(caplog) -> None:
+    import aiohttp
+
+    from runtime.job_api import RetriedResults
+
+    class Session:
+        headers = {"X-Request-ID": "job-9"}
+
+    clock = Clock()
+    flaky = FlakyPost(http_error(503), aiohttp.ServerDisconnectedError(), http_error(429, "12"),
+                      TimeoutError(), http_error(502, "600"))
+    retried = RetriedResults(flaky, sleep=clock.sleep, draw=lambda: 1.0, clock=lambda: clock.now)
+    with caplog.at_level("INFO", logger="runtime.job_api"):
+        assert post(retried, Session()) == "taken"
+    assert flaky.calls == 6
+    # 0.5, 1, 2, 4, 8 s; a Retry-After is waited where longer, at most 30 s.
+    assert clock.pauses == [0.5, 1.0, 12.0, 4.0, 30.0]
+    assert "job result not delivered (ServerDisconnectedError); posting it again in 1.0 s" in caplog.text
+    assert "job result delivered after 5 failed tries" in caplog.text
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 413])
+def test_a_result_runpod_refuses_is_not_posted_again(status: int) -> None:
+    from runtime.job_api import RetriedResults
+
+    clock = Clock()
+    flaky = FlakyPost(http_error(status))
+    error = post(RetriedResults(flaky, sleep=clock.sleep, clock=lambda: clock.now))
+    assert getattr(error, "status", None) == status
+    assert flaky.calls == 1 and clock.pauses == []
+
+
+def test_a_result_is_given_up_once_the_next_pause_would_pass_the_patience(caplog) -> None:
+    from runtime.job_api import RetriedResults
+
+    clock = Clock()
+    flaky = FlakyPost(*[http_error(503)] * 40)
+    retried = RetriedResults(flaky, sleep=clock.sleep, draw=lambda: 1.0, clock=lambda: clock.now)
+    error = post(retried)
+    assert getattr(error, "status", None) == 503
+    assert sum(clock.pauses) <= RetriedResults.PATIENCE_S < sum(clock.pauses) + 8.0
+    assert flaky.calls == len(clock.pauses) + 1
+    assert "giving up: Runpod will not have this job's result" in caplog.text
+
+
+def test_installed_the_sdks_result_poster_posts_through_it(monkeypatch) -> None:
+    from runpod.serverless.modules import rp_http
+
+    from runtime.job_api import RetriedResults
+
+    sdk_transmit = rp_http._transmit
+    monkeypatch.setattr(rp_http, "_transmit", sdk_transmit)  # put back after the test
+    RetriedResults.install()
+    assert isinstance(rp_http._transmit, RetriedResults) and rp_http._transmit._transmit is sdk_transmit
