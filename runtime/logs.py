@@ -1,8 +1,9 @@
 """Logging set-up: one format, and secrets removed from every record before it is written.
 
-While a job runs, every line logged (ours, the libraries') names it: ``[job <id>]``, the id Runpod
-shows for the job and the SDK's own lines carry (``requestId``), so that a failed job's log lines
-are found by its id among a busy worker's."""
+While a job runs, every line our handler writes names it: ``[job <id>]``, the id Runpod shows for
+the job and the SDK's own lines carry (``requestId``), so that a failed job's log lines are found
+by its id among a busy worker's. (diffusers and transformers write theirs through handlers of
+their own, in their own format.)"""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def test_lines_logged_during_a_job_name_it_and_no_others_do(restore_logging, cap
     log.info("before")
     with job_context("sync-3f1c9a2e-u1"):
         log.warning("inside, token %s", SECRET)
-        logging.getLogger("diffusers.models").warning("a library's line")
+        logging.getLogger("somelib.jobs").warning("a library's line")
         with job_context(None):  # a job without an id names none
             log.info("no id")
     with job_context("x" * 100 + "\n\x1b[2J"):  # cut, and no control characters into the log
@@ -74,7 +74,7 @@ def test_lines_logged_during_a_job_name_it_and_no_others_do(restore_logging, cap
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].endswith(" INFO runtime.handler: before")
     assert lines[1].endswith(" WARNING runtime.handler [job sync-3f1c9a2e-u1]: inside, token ***")
-    assert lines[2].endswith(" WARNING diffusers.models [job sync-3f1c9a2e-u1]: a library's line")
+    assert lines[2].endswith(" WARNING somelib.jobs [job sync-3f1c9a2e-u1]: a library's line")
     assert lines[3].endswith(" INFO runtime.handler: no id")
     assert lines[4].endswith(f" INFO runtime.handler [job {'x' * 64}]: long id")
     assert lines[5].endswith(" INFO runtime.handler: after")
