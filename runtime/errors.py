@@ -76,12 +76,15 @@ def register_secrets(secrets: tuple[str, ...]) -> None:
     _process_secrets = tuple(s for s in secrets if s)
 
 
-def brief(exc: BaseException, limit: int = 200) -> str:
+def brief(exc: BaseException, limit: int = 200, named: bool = True) -> str:
     """``Class: first line of the message`` (at most ``limit`` characters of it, secrets already
-    removed): what a log line or a report says about a foreign exception, without its traceback
-    or later lines. Every cut of a foreign message goes through here."""
+    removed; without ``Class: `` if not ``named``): what a log line or a report says about a
+    foreign exception, without its traceback or later lines. Every cut of a foreign message goes
+    through here."""
     lines = redact(str(exc), _process_secrets).strip().splitlines()
-    return f"{exc.__class__.__name__}: {lines[0][:limit]}" if lines else exc.__class__.__name__
+    if not lines:
+        return exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {lines[0][:limit]}" if named else lines[0][:limit]
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:

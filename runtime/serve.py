@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
 import logging
 import multiprocessing
 import os
@@ -78,33 +80,62 @@ class JobSdk:
         return self._start
 
     def check_machine(self) -> None:
-        """On Runpod's job queue, before "ready": the SDK's own start-up checks of this machine
-        that the boot itself can fail. Before its first job the SDK checks free memory and the
-        space left on / (RUNPOD_MIN_MEMORY_GB, default 4 GB; RUNPOD_MIN_DISK_PERCENT, default
-        10%), and a failure ends the process at once: after the ready webhook, as a worker that
-        never takes a job, boot after boot. Weights fetched to the container disk are what most
-        often leave / under its threshold. Run here, with the SDK's own functions, the same
-        failure is a failed boot that says why. (Its network and GPU checks are left to it.)"""
-        from runpod.serverless.modules import rp_system_fitness as fitness
+        """On Runpod's job queue, before "ready": every start-up check the SDK would run before
+        its first job, with the SDK's own functions and switches, then none left for it to run.
 
-        if os.environ.get(SKIP_CHECKS, "").lower() == "true":  # the SDK's own switch, its test
-            log.info("%s=true: the job SDK's machine checks are off, not checked before ready",
-                     SKIP_CHECKS)
+        The SDK (runpod 1.12) checks free memory (RUNPOD_MIN_MEMORY_GB, 4 GB), the space left on
+        / (RUNPOD_MIN_DISK_PERCENT, 10%: weights fetched to the container disk take it), a TCP
+        connection to 8.8.8.8:53, and on a GPU host the GPU's health (its gpu_test binary, else
+        nvidia-smi), the CUDA versions, CUDA's initialisation and a matrix multiply. Run by the
+        SDK, after the ready webhook, a failure ends the process at once (``os._exit(1)``): a
+        worker announced ready that never takes a job, boot after boot. Here it is a failed boot
+        that says why; and the checks are not run twice."""
+        try:
+            from runpod.serverless.modules import rp_fitness
+
+            # What the SDK's run_fitness_checks registers, in its order (GPU check first), each
+            # honouring its switch (RUNPOD_SKIP_GPU_CHECK, RUNPOD_SKIP_AUTO_SYSTEM_CHECKS).
+            rp_fitness._ensure_gpu_check_registered()
+            rp_fitness._ensure_system_checks_registered()
+            checks = rp_fitness._fitness_checks
+        except (ImportError, AttributeError) as exc:  # another SDK version: it will judge itself
+            log.warning("job SDK's start-up checks not run before ready (%s): the SDK runs them "
+                        "after", brief(exc))
             return
-        advice = {"_check_memory_availability": "a machine with more memory is needed",
-                  "_check_disk_space": "give the endpoint a larger container disk, or a network "
-                                       "volume for the weights cache (VISGATE_CACHE_DIR); "
-                                       f"{SKIP_CHECKS}=true turns the SDK's checks off"}
-        for name, what_to_do in advice.items():
-            check = getattr(fitness, name, None)
-            if check is None:  # another SDK version: it will judge for itself
-                log.warning("job SDK has no %s; not checked before ready", name)
-                continue
+        if os.environ.get(SKIP_CHECKS, "").lower() == "true":
+            log.info("%s=true: the job SDK's system checks are off", SKIP_CHECKS)
+        started = time.perf_counter()
+        names = [getattr(check, "__name__", "check") for check in checks]
+        for name, check in zip(names, list(checks)):
             try:
-                check()
-            except RuntimeError as exc:
+                outcome = check()
+                if inspect.isawaitable(outcome):
+                    asyncio.run(_awaited(outcome))
+            except Exception as exc:  # noqa: BLE001 - the SDK ends the process on any of them
                 raise BootError(f"Runpod's job SDK would stop this worker before its first job: "
-                                f"{exc}; {what_to_do}", stage="serve") from None
+                                f"{brief(exc, 300, named=False)}; {CHECK_ADVICE.get(name, CHECK_ADVICE[''])}",
+                                stage="serve") from None
+        checks.clear()  # passed: the SDK's own run finds none ("No fitness checks registered")
+        log.info("job SDK's start-up checks passed before ready in %.2fs: %s",
+                 time.perf_counter() - started, ", ".join(names) or "none (all switched off)")
+
+
+# What to do when one of the SDK's start-up checks fails, by the name it registers it under.
+CHECK_ADVICE = {
+    "_memory_check": "a machine with more memory is needed",
+    "_disk_check": "give the endpoint a larger container disk, or a network volume for the weights "
+                   f"cache (VISGATE_CACHE_DIR); {SKIP_CHECKS}=true turns the SDK's checks off",
+    "_network_check": "the SDK requires a TCP connection to 8.8.8.8:53 (within "
+                      f"RUNPOD_NETWORK_CHECK_TIMEOUT seconds, 5 by default); {SKIP_CHECKS}=true "
+                      "turns the SDK's system checks off",
+    "_gpu_health_check": "the GPU failed the SDK's health check; RUNPOD_SKIP_GPU_CHECK=true turns "
+                         "that check off",
+    "": f"{SKIP_CHECKS}=true turns the SDK's system checks off",
+}
+
+
+async def _awaited(outcome: Any) -> Any:
+    return await outcome
 
 
 class StopWhenIdle:

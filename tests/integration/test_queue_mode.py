@@ -223,11 +223,12 @@ def test_sigterm_during_a_job_posts_its_result_takes_no_other_and_exits_143(cach
 
 
 def test_sigterm_while_the_sdk_checks_the_machine_exits_143_without_taking_a_job(cache_dir, tmp_path):
-    """After "ready", the SDK runs its start-up checks before it installs its signal handlers:
-    on a GPU host, seconds (nvidia-smi, a memory test on each GPU, CUDA init, a benchmark, the
-    network). As PID 1 a SIGTERM then had no handler and was dropped: the worker went on to take
-    jobs until Runpod's SIGKILL. Here the slow check is the SDK's first, ``nvidia-smi`` (asked
-    whether to test GPUs): one that answers only after 5 s (the SDK's timeout), "no GPU"."""
+    """The SDK's start-up checks take seconds on a GPU host (nvidia-smi, a memory test on each
+    GPU, CUDA init, a benchmark, the network). Run by the SDK after "ready", before it installed
+    its signal handlers, a SIGTERM to PID 1 then was dropped: the worker went on to take jobs
+    until Runpod's SIGKILL. They run before "ready" now, in the boot's serve stage, where a stop
+    signal ends the boot. Here the slow check is the first, ``nvidia-smi`` (asked whether the
+    host has a GPU): one that answers only after 5 s (the SDK's timeout)."""
     bin_dir, started = tmp_path / "bin", tmp_path / "nvidia-smi.started"
     bin_dir.mkdir()
     fake = bin_dir / "nvidia-smi"
@@ -246,13 +247,46 @@ def test_sigterm_while_the_sdk_checks_the_machine_exits_143_without_taking_a_job
             code = worker.wait(timeout=15)
             log = worker.log()
             exited_at = worker.exited_at
+        events = [r.json() for r in hook.received]
 
     assert code == 143, f"exit {code}\n{log[-3000:]}"
     assert exited_at - sigterm_at < 3  # not after the check's 5 s
-    assert [r.json()["status"] for r in hook.received] == ["ready"]
-    assert api.taken() == [] and api.queued() == ["queued"]
-    assert "stopped by SIGTERM: no job in progress; exiting" in log
+    assert [(e["status"], e["stage"]) for e in events] == [("failed", "serve")], events
+    assert "stopped by SIGTERM before the worker was ready" in events[0]["error"]
+    assert api.calls == [] and api.queued() == ["queued"]  # the queue was never asked
     assert "Traceback" not in log
+
+
+def test_a_gpu_the_sdks_health_check_would_fail_fails_the_boot_before_ready(cache_dir, tmp_path):
+    """On a GPU host the SDK also tests each GPU before its first job (its gpu_test binary, else
+    ``nvidia-smi --list-gpus``) and ends the process on a failure, os._exit(1): run by the SDK,
+    after the ready webhook, a worker announced ready then never took a job. Here a host whose
+    ``nvidia-smi`` answers but lists no GPU (and no GPU for the binary to test)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text('#!/bin/sh\n[ "$1" = "--list-gpus" ] && exit 0\n'
+                    'echo "NVIDIA-SMI 550.54.15  Driver Version: 550.54.15  CUDA Version: 12.4"\n')
+    fake.chmod(0o755)
+    with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api, WebhookReceiver() as hook:
+        api.queue({"prompt": "a red apple", "height": 256, "width": 256}, job_id="queued")
+        env = queue_env(cache_dir, api, VISGATE_WEBHOOK=hook.url,
+                        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        with QueueWorker(env, tmp_path / "worker.log") as worker:
+            code = worker.wait(timeout=240)
+            log = worker.log()
+        time.sleep(0.5)  # a late event would come now
+        events = [r.json() for r in hook.received]
+
+    assert code == 1, f"exit {code}\n{log[-3000:]}"
+    assert [(e["status"], e["stage"]) for e in events] == [("failed", "serve")], events
+    assert events[0]["error"].startswith("Runpod's job SDK would stop this worker before its first "
+                                         "job: GPU health check failed")
+    assert "No GPUs detected by nvidia-smi" in events[0]["error"]
+    assert "RUNPOD_SKIP_GPU_CHECK=true" in events[0]["error"]
+    assert api.calls == [] and api.queued() == ["queued"]
+    assert "Starting Serverless Worker" not in log and "Traceback" not in log
+    assert_no_secrets(log)
 
 
 def test_an_outage_of_the_job_queue_is_retried_with_growing_pauses_and_its_end_is_seen_at_once(

@@ -47,8 +47,18 @@ def test_a_side_import_that_failed_once_is_retried_in_the_main_thread(caplog) ->
 
 @pytest.fixture
 def sdk_thresholds(monkeypatch):
-    """Sets the SDK's own start-up thresholds (read from the environment at its import)."""
-    from runpod.serverless.modules import rp_system_fitness
+    """Sets the SDK's own start-up thresholds (read from the environment at its import). The
+    SDK's registry of checks starts empty and unregistered, as in a fresh process, and its
+    network check (a TCP connection to 8.8.8.8:53: no local server can stand in) passes."""
+    from runpod.serverless.modules import rp_fitness, rp_system_fitness
+
+    async def reachable() -> None:
+        pass
+
+    monkeypatch.setattr(rp_system_fitness, "_check_network_connectivity", reachable)
+    monkeypatch.delenv("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", raising=False)
+    monkeypatch.setattr(rp_fitness, "_fitness_checks", [])
+    monkeypatch.setattr(rp_fitness, "_registration_state", {"gpu_check": False, "system_checks": False})
 
     def set_them(memory_gb: float, disk_percent: float) -> None:
         monkeypatch.setattr(rp_system_fitness, "MIN_MEMORY_GB", memory_gb)
@@ -80,9 +90,36 @@ def test_a_machine_the_sdk_would_refuse_fails_the_serve_stage(sdk_thresholds, me
     assert info.value.stage == "serve"
 
 
-def test_a_machine_the_sdk_accepts_passes(sdk_thresholds) -> None:
+def test_a_machine_the_sdk_accepts_passes_and_leaves_the_sdk_no_check_to_run_again(
+        sdk_thresholds, caplog) -> None:
+    import asyncio
+
+    from runpod.serverless.modules import rp_fitness
+
     sdk_thresholds(0.0, 0.0)
-    JobSdk().check_machine()
+    with caplog.at_level("INFO"):
+        JobSdk().check_machine()
+    assert "start-up checks passed before ready" in caplog.text
+    assert "_memory_check, _disk_check, _network_check" in caplog.text
+    assert rp_fitness._fitness_checks == []
+    sdk_thresholds(1e9, 100.0)  # a machine it would refuse now: the SDK checks nothing again
+    asyncio.run(rp_fitness.run_fitness_checks())  # would end this process (os._exit) on a failure
+    assert rp_fitness._fitness_checks == []
+
+
+def test_a_failing_network_check_fails_the_serve_stage(sdk_thresholds, monkeypatch) -> None:
+    from runpod.serverless.modules import rp_system_fitness
+
+    from runtime.errors import BootError
+
+    async def unreachable() -> None:
+        raise RuntimeError("Network connectivity failed: Timeout connecting to 8.8.8.8:53 (5s)")
+
+    sdk_thresholds(0.0, 0.0)
+    monkeypatch.setattr(rp_system_fitness, "_check_network_connectivity", unreachable)
+    with pytest.raises(BootError, match="first job: Network connectivity failed: Timeout connecting "
+                                        "to 8.8.8.8:53 \\(5s\\); the SDK requires a TCP connection"):
+        JobSdk().check_machine()
 
 
 def test_the_sdks_own_switch_turns_the_check_off(sdk_thresholds, monkeypatch) -> None:
@@ -92,10 +129,8 @@ def test_the_sdks_own_switch_turns_the_check_off(sdk_thresholds, monkeypatch) ->
 
     sdk_thresholds(0.0, 100.0)  # a disk the SDK would refuse
     monkeypatch.setenv("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "True")
-    monkeypatch.setitem(rp_fitness._registration_state, "system_checks", False)
-    rp_fitness._ensure_system_checks_registered()  # what the SDK does with the switch: no checks
-    assert not any("disk" in getattr(check, "__name__", "") for check in rp_fitness._fitness_checks)
     JobSdk().check_machine()
+    assert not any("disk" in getattr(check, "__name__", "") for check in rp_fitness._fitness_checks)
 
 
 # ---- StopWhenIdle: the queue worker's stop signals --------------------------------------------
