@@ -111,6 +111,32 @@ for name in ("transformers", "accelerate", "torchao.quantization", "runpod",
 print("\n".join(["preflight: ok"] if not missing else ["preflight FAILED:", *missing]))
 sys.exit(1 if missing else 0)
 PY
+# The runpod SDK's start-up checks, each timed as the worker runs them before "ready" on the
+# queue (runtime/serve.py, JobSdk.check_machine): what they add to a GPU host's cold start. The
+# network one fails there (no internet): its failure is printed, not fatal here.
+timeout 120 python3 - <<'PY' 2>&1 | tee "$OUT/sdk-checks.txt" | tail -12
+import asyncio
+import inspect
+import time
+
+from runpod.serverless.modules import rp_fitness
+
+started = time.perf_counter()
+rp_fitness._ensure_gpu_check_registered()
+rp_fitness._ensure_system_checks_registered()
+print(f"sdk checks registered (nvidia-smi probes): {time.perf_counter() - started:.2f}s")
+for check in list(rp_fitness._fitness_checks):
+    began = time.perf_counter()
+    try:
+        outcome = check()
+        if inspect.iscoroutine(outcome):
+            asyncio.run(outcome)
+        said = "passed"
+    except Exception as exc:  # noqa: BLE001 - printed, measured all the same
+        said = f"failed: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
+    print(f"sdk check {check.__name__}: {time.perf_counter() - began:.2f}s {said}")
+print(f"sdk checks in all: {time.perf_counter() - started:.2f}s")
+PY
 each_bench check || exit 1  # a refused spec stops the call before any benchmark has run
 each_bench run
 if [ "${GPU_TESTS:-1}" = "1" ]; then
