@@ -117,6 +117,17 @@ def assert_success(png_tools, call, job_id: str, seed: int, height: int, width: 
     assert png_tools.decode(png).shape == (height, width, 3)
 
 
+def with_nvidia_smi(tmp_path: Path, script: str) -> str:
+    """A PATH whose ``nvidia-smi`` is this shell script: how the SDK asks whether the host has a
+    GPU (and which), made to answer as a test needs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\n{script}")
+    fake.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
 def assert_no_secrets(text: str) -> None:
     assert API_KEY not in text and HF_TOKEN not in text
 
@@ -229,15 +240,11 @@ def test_sigterm_while_the_sdk_checks_the_machine_exits_143_without_taking_a_job
     until Runpod's SIGKILL. They run before "ready" now, in the boot's serve stage, where a stop
     signal ends the boot. Here the slow check is the first, ``nvidia-smi`` (asked whether the
     host has a GPU): one that answers only after 5 s (the SDK's timeout)."""
-    bin_dir, started = tmp_path / "bin", tmp_path / "nvidia-smi.started"
-    bin_dir.mkdir()
-    fake = bin_dir / "nvidia-smi"
-    fake.write_text(f"#!/bin/sh\n: > '{started}'\nexec sleep 30\n")
-    fake.chmod(0o755)
+    started = tmp_path / "nvidia-smi.started"
+    path = with_nvidia_smi(tmp_path, f": > '{started}'\nexec sleep 30\n")
     with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api, WebhookReceiver() as hook:
         api.queue({"prompt": "a red apple", "height": 256, "width": 256}, job_id="queued")
-        env = queue_env(cache_dir, api, VISGATE_WEBHOOK=hook.url,
-                        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        env = queue_env(cache_dir, api, VISGATE_WEBHOOK=hook.url, PATH=path)
         with QueueWorker(env, tmp_path / "worker.log") as worker:
             deadline = time.monotonic() + 240
             while not started.exists() and worker.proc.poll() is None and time.monotonic() < deadline:
@@ -262,16 +269,12 @@ def test_a_gpu_the_sdks_health_check_would_fail_fails_the_boot_before_ready(cach
     ``nvidia-smi --list-gpus``) and ends the process on a failure, os._exit(1): run by the SDK,
     after the ready webhook, a worker announced ready then never took a job. Here a host whose
     ``nvidia-smi`` answers but lists no GPU (and no GPU for the binary to test)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "nvidia-smi"
-    fake.write_text('#!/bin/sh\n[ "$1" = "--list-gpus" ] && exit 0\n'
-                    'echo "NVIDIA-SMI 550.54.15  Driver Version: 550.54.15  CUDA Version: 12.4"\n')
-    fake.chmod(0o755)
+    path = with_nvidia_smi(tmp_path, '[ "$1" = "--list-gpus" ] && exit 0\n'
+                                     'echo "NVIDIA-SMI 550.54.15  Driver Version: 550.54.15  '
+                                     'CUDA Version: 12.4"\n')
     with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api, WebhookReceiver() as hook:
         api.queue({"prompt": "a red apple", "height": 256, "width": 256}, job_id="queued")
-        env = queue_env(cache_dir, api, VISGATE_WEBHOOK=hook.url,
-                        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        env = queue_env(cache_dir, api, VISGATE_WEBHOOK=hook.url, PATH=path)
         with QueueWorker(env, tmp_path / "worker.log") as worker:
             code = worker.wait(timeout=240)
             log = worker.log()
