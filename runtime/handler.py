@@ -84,10 +84,9 @@ def _warn_not_warm(service: Service, request: GenerationRequest) -> None:
 
 def make_handler(service: Service) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def handler(job: dict[str, Any]) -> dict[str, Any]:
-        job_id = job.get("id") if isinstance(job, dict) else None
+        job_id, job_input = (job.get("id"), job.get("input")) if isinstance(job, dict) else (None, None)
         with job_context(job_id):
             try:
-                job_input = job.get("input") if isinstance(job, dict) else None
                 return generate_png(service, job_input)
             except BaseException as exc:  # noqa: BLE001 - a job must never take the worker down
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):

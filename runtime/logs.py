@@ -64,11 +64,10 @@ def job_context(job_id: Any) -> Iterator[None]:
 
 
 class NameTheJob(logging.Filter):
-    """On the handler: a record made before ``setup_logging`` (no ``job`` yet) gets the job too."""
+    """On our handler, which runs in the logging call's own thread and context: the job, if any."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "job"):
-            record.job = _JOB.get()
+        record.job = _JOB.get()
         return True
 
 
@@ -85,7 +84,6 @@ def setup_logging(secrets: tuple[str, ...] = ()) -> None:
     def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = _BASE_RECORD_FACTORY(*args, **kwargs)
         redactor.filter(record)
-        record.job = _JOB.get()  # now, in the job's own context (a handler may run elsewhere)
         return record
 
     logging.setLogRecordFactory(redacting_factory)

@@ -106,11 +106,11 @@ class JobSdk:
             log.info("%s=true: the job SDK's system checks are off", SKIP_CHECKS)
         started = time.perf_counter()
         names = [getattr(check, "__name__", "check") for check in checks]
-        for name, check in zip(names, list(checks)):
+        for name, check in zip(names, checks):
             try:
                 outcome = check()
-                if inspect.isawaitable(outcome):
-                    asyncio.run(_awaited(outcome))
+                if inspect.iscoroutine(outcome):  # the SDK's async checks, as it runs them
+                    asyncio.run(outcome)
             except Exception as exc:  # noqa: BLE001 - the SDK ends the process on any of them
                 raise BootError(f"Runpod's job SDK would stop this worker before its first job: "
                                 f"{brief(exc, 300, named=False)}; {CHECK_ADVICE.get(name, CHECK_ADVICE[''])}",
@@ -132,10 +132,6 @@ CHECK_ADVICE = {
                          "that check off",
     "": f"{SKIP_CHECKS}=true turns the SDK's system checks off",
 }
-
-
-async def _awaited(outcome: Any) -> Any:
-    return await outcome
 
 
 class StopWhenIdle:
