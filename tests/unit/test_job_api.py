@@ -10,19 +10,38 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 
-# ---- PacedJobTakes: a failing job queue ----------------------------------------------------------
-class Outage:
-    """A job-take that fails ``failures`` times with ``error``, then hands out a job."""
+class Failing:
+    """A call to Runpod's job API (a job-take, a result post) that raises each of ``errors`` in
+    turn, then returns ``result``."""
 
-    def __init__(self, failures: int, error: Exception) -> None:
-        self.left, self.error, self.calls = failures, error, 0
+    def __init__(self, *errors: Exception, result: object) -> None:
+        self.errors, self.result, self.calls = list(errors), result, 0
 
-    async def __call__(self, session: object, num_jobs: int = 1) -> list[dict[str, str]]:
+    async def __call__(self, *args: object) -> object:
         self.calls += 1
-        if self.left:
-            self.left -= 1
-            raise self.error
-        return [{"id": "job-1", "input": {}}]
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.result
+
+
+class Clock:
+    """Time that passes only by the pauses taken."""
+
+    def __init__(self) -> None:
+        self.now, self.pauses = 0.0, []
+
+    async def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+# ---- PacedJobTakes: a failing job queue ----------------------------------------------------------
+JOBS = [{"id": "job-1", "input": {}}]
+
+
+def outage(failures: int, error: Exception) -> Failing:
+    """A job-take that fails ``failures`` times with ``error``, then hands out a job."""
+    return Failing(*[error] * failures, result=JOBS)
 
 
 def take_until_served(paced, attempts: int) -> list[object]:
@@ -41,29 +60,21 @@ def take_until_served(paced, attempts: int) -> list[object]:
 def test_failed_job_takes_pause_longer_each_time_up_to_a_bound_and_not_after_one_succeeds(caplog) -> None:
     from runtime.job_api import PacedJobTakes
 
-    pauses: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        pauses.append(seconds)
-
-    outage = Outage(6, ConnectionRefusedError("connect call failed"))
-    paced = PacedJobTakes(outage, sleep=sleep, draw=lambda: 1.0)  # the top of each jitter range
+    clock = Clock()
+    paced = PacedJobTakes(outage(6, ConnectionRefusedError("connect call failed")), sleep=clock.sleep,
+                          draw=lambda: 1.0)  # the top of each jitter range
     with caplog.at_level("INFO", logger="runtime.job_api"):
         outcomes = take_until_served(paced, 8)
     assert outcomes[:6] == ["ConnectionRefusedError"] * 6
     assert outcomes[6] == outcomes[7] == [{"id": "job-1", "input": {}}]
-    assert pauses == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]  # none after a success
+    assert clock.pauses == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]  # none after a success
     assert paced.failures == 0
     assert "job-take failed (ConnectionRefusedError); next try in 8.0 s (6 in a row)" in caplog.text
     assert "a job-take succeeded again after 6 failed" in caplog.text
 
-    low: list[float] = []
-
-    async def sleep_low(seconds: float) -> None:
-        low.append(seconds)
-
-    take_until_served(PacedJobTakes(Outage(2, OSError("x")), sleep=sleep_low, draw=lambda: 0.0), 3)
-    assert low == [0.25, 0.5]  # the jitter's other end: half
+    low = Clock()
+    take_until_served(PacedJobTakes(outage(2, OSError("x")), sleep=low.sleep, draw=lambda: 0.0), 3)
+    assert low.pauses == [0.25, 0.5]  # the jitter's other end: half
 
 
 def test_a_rate_limit_and_a_timed_out_long_poll_are_left_to_the_sdk_which_pauses_for_them() -> None:
@@ -71,17 +82,13 @@ def test_a_rate_limit_and_a_timed_out_long_poll_are_left_to_the_sdk_which_pauses
 
     from runtime.job_api import PacedJobTakes
 
-    pauses: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        pauses.append(seconds)
-
+    clock = Clock()
     limited = TooManyRequests(request_info=None, history=(), status=429, message="slow down")
     for error in (limited, TimeoutError()):
-        paced = PacedJobTakes(Outage(1, error), sleep=sleep)
+        paced = PacedJobTakes(outage(1, error), sleep=clock.sleep)
         assert take_until_served(paced, 1) == [type(error).__name__]
         assert paced.failures == 0
-    assert pauses == []
+    assert clock.pauses == []
 
 
 def test_installed_the_sdks_job_loop_takes_its_jobs_through_it(monkeypatch) -> None:
@@ -98,17 +105,9 @@ def test_installed_the_sdks_job_loop_takes_its_jobs_through_it(monkeypatch) -> N
 
 
 # ---- RetriedResults: a result Runpod fails to take ----------------------------------------------
-class FlakyPost:
-    """A result post that fails with each of ``errors`` in turn, then succeeds."""
-
-    def __init__(self, *errors: Exception) -> None:
-        self.errors, self.calls = list(errors), 0
-
-    async def __call__(self, session: object, url: str, job_data: str) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "taken"
+def flaky_post(*errors: Exception) -> Failing:
+    """A result post that fails with each of ``errors`` in turn, then is taken."""
+    return Failing(*errors, result="taken")
 
 
 def http_error(status: int, retry_after: str | None = None) -> Exception:
@@ -116,17 +115,6 @@ def http_error(status: int, retry_after: str | None = None) -> Exception:
 
     return aiohttp.ClientResponseError(request_info=None, history=(), status=status,
                                        headers={"Retry-After": retry_after} if retry_after else None)
-
-
-class Clock:
-    """Time that passes only by the pauses taken."""
-
-    def __init__(self) -> None:
-        self.now, self.pauses = 0.0, []
-
-    async def sleep(self, seconds: float) -> None:
-        self.pauses.append(seconds)
-        self.now += seconds
 
 
 def post(retried, session: object = None) -> object:
@@ -147,7 +135,7 @@ def test_a_result_is_posted_again_after_a_5xx_a_reset_or_a_rate_limit_until_take
         headers = {"X-Request-ID": "job-9"}
 
     clock = Clock()
-    flaky = FlakyPost(http_error(503), aiohttp.ServerDisconnectedError(), http_error(429, "12"),
+    flaky = flaky_post(http_error(503), aiohttp.ServerDisconnectedError(), http_error(429, "12"),
                       TimeoutError(), http_error(502, "600"))
     retried = RetriedResults(flaky, sleep=clock.sleep, draw=lambda: 1.0, clock=lambda: clock.now)
     with caplog.at_level("INFO", logger="runtime.job_api"):
@@ -164,7 +152,7 @@ def test_a_result_runpod_refuses_is_not_posted_again(status: int) -> None:
     from runtime.job_api import RetriedResults
 
     clock = Clock()
-    flaky = FlakyPost(http_error(status))
+    flaky = flaky_post(http_error(status))
     error = post(RetriedResults(flaky, sleep=clock.sleep, clock=lambda: clock.now))
     assert getattr(error, "status", None) == status
     assert flaky.calls == 1 and clock.pauses == []
@@ -174,7 +162,7 @@ def test_a_result_is_given_up_once_the_next_pause_would_pass_the_patience(caplog
     from runtime.job_api import RetriedResults
 
     clock = Clock()
-    flaky = FlakyPost(*[http_error(503)] * 40)
+    flaky = flaky_post(*[http_error(503)] * 40)
     retried = RetriedResults(flaky, sleep=clock.sleep, draw=lambda: 1.0, clock=lambda: clock.now)
     error = post(retried)
     assert getattr(error, "status", None) == 503
