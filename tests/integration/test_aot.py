@@ -68,6 +68,9 @@ def test_packages_compile_once_and_a_fresh_process_loads_them_without_tracing(
     warm_status = _aot_status(warm_log)
     assert _results(warm_status) == {"transformer": "hit", "vae_decoder": "hit"}, warm_status
     assert "dynamo_total" not in warm_status["compile_seconds"]  # nothing traced at all
+    for entry in warm_status["aot"].values():  # where a warm boot's seconds go, per package
+        assert {"load_s", "bind_s", "first_run_s"} <= entry.keys(), entry
+        assert entry["seconds"] >= entry["load_s"] + entry["bind_s"] - 0.002, entry
     assert np.array_equal(warm, cold)
 
     # A truncated package: the boot warns, compiles that one again, serves the same image, and
@@ -243,6 +246,41 @@ def test_a_module_that_cannot_be_exported_falls_back_to_torch_compile(tmp_path):
         assert not list(tmp_path.glob("*.pt2"))
     finally:
         torch._dynamo.reset()
+
+
+def test_weights_cast_inside_a_job_are_compiled_not_fallen_back(tmp_path):
+    """diffusers upcasts the fp16 SDXL VAE to fp32 inside each job, under inference_mode: its
+    weights are then inference tensors, which export refused ("Setting requires_grad=True on
+    inference tensor outside InferenceMode"), so on the H200 the VAE decoder fell back to
+    torch.compile and re-traced it at every boot (17 s of a warm-cache boot)."""
+    import torch
+
+    from runtime.aot import AotModule, AotStore
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(),
+                                 torch.nn.Conv2d(8, 3, 3, padding=1)).to(torch.float64)
+    store = AotStore(tmp_path, "k")
+    wrapper = AotModule(module, "vae_decoder", store, "cpu", fallback=lambda: "torch.compile")
+    x = torch.randn(1, 4, 8, 8)
+    try:
+        with torch.inference_mode():
+            module.to(torch.float32)  # as the pipeline's upcast does, inside the job
+            assert module[0].weight.is_inference()
+            out = module(x)
+            module.to(torch.float64)  # and back after the decode
+        assert [entry.get("result") for entry in store.status.values()] == ["compiled"], store.status
+        wrapper.frozen = True
+        with torch.inference_mode():  # the next job: new inference-tensor storage, rebound
+            module.to(torch.float32)
+            again = module(x)
+        wrapper.uninstall()
+        with torch.inference_mode():
+            eager = module(x)
+        assert torch.allclose(out, eager, atol=1e-5) and torch.allclose(again, eager, atol=1e-5)
+        assert wrapper.eager_calls == 0
+    finally:
+        wrapper.uninstall()
 
 
 def test_a_package_is_written_whole_or_not_at_all(tmp_path):
