@@ -366,8 +366,14 @@ class AotModule:
             raise Unsupported(f"tensor constants outside the module's state: {lifted[:3]}")
         local = Path(tempfile.mkdtemp(prefix="visgate-aot-")) / "package.pt2"
         try:
+            # A metadata dict of its own: AOTInductor writes the package's device facts into
+            # the one it is given, and the global one is part of every later torch.compile's
+            # cache key. Filled, it made a priming boot's fallback compiles (a module export
+            # refused) keyed apart from every later boot's: the first warm boot compiled them
+            # again (15.6 s on the H200, the SDXL VAE decoder).
+            configs = {**PACKAGE_CONFIGS, "aot_inductor.metadata": {}}
             torch._inductor.aoti_compile_and_package(program, package_path=str(local),
-                                                     inductor_configs=dict(PACKAGE_CONFIGS))
+                                                     inductor_configs=configs)
         except BaseException:
             shutil.rmtree(local.parent, ignore_errors=True)
             raise

@@ -283,6 +283,29 @@ def test_weights_cast_inside_a_job_are_compiled_not_fallen_back(tmp_path):
         wrapper.uninstall()
 
 
+def test_compiling_a_package_leaves_later_compiles_cache_keys_alone(tmp_path):
+    """AOTInductor wrote the package's device facts into the global config's metadata, which
+    every later torch.compile hashes into its cache key: a priming boot's fallback compiles
+    (a module export refused) were keyed apart from every later boot's, which load packages
+    and compile none, so the first warm boot compiled them again (15.6 s on the H200)."""
+    import torch
+
+    from runtime.aot import AotModule, AotStore
+
+    module = torch.nn.Linear(8, 8)
+    store = AotStore(tmp_path, "k")
+    wrapper = AotModule(module, "denoiser", store, "cpu", fallback=lambda: "torch.compile")
+    try:
+        with torch.inference_mode():
+            module(torch.randn(2, 8))
+        assert [entry.get("result") for entry in store.status.values()] == ["compiled"], store.status
+        assert torch._inductor.config.aot_inductor.metadata == {}
+        package = torch._inductor.aoti_load_package(str(next(tmp_path.glob("*.pt2"))))
+        assert package.get_metadata()["AOTI_DEVICE_KEY"] == "cpu"  # the package still has its own
+    finally:
+        wrapper.uninstall()
+
+
 def test_a_package_is_written_whole_or_not_at_all(tmp_path):
     """Workers sharing a volume: a reader sees the old file or the new one, never a torn one."""
     from runtime.aot import AotStore
