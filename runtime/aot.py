@@ -54,12 +54,17 @@ class AotStore:
     def path(self, name: str, signature: str) -> Path:
         return self.volume_dir / f"{self.key}.{name}-{signature}.pt2"
 
+    def probes_path(self) -> Path:
+        """The CPU's vector-ISA probes that passed (runtime/isa_probes.py)."""
+        return self.volume_dir / f"{self.key}.isa.json"
+
     def put(self, local: Path, final: Path) -> None:
         """Copy a package onto the volume under a temporary name, then rename: never torn."""
         final.parent.mkdir(parents=True, exist_ok=True)
         # Packages age out like archives: keyed by versions and options, most outlive their use.
         remove_older_than(final.parent, ".*.tmp", ABANDONED_TEMP_S)
         remove_older_than(final.parent, "*.pt2", STALE_ARCHIVE_S)
+        remove_older_than(final.parent, "*.isa.json", STALE_ARCHIVE_S)
         with atomic_file(final) as out, open(local, "rb") as src:
             shutil.copyfileobj(src, out, 16 << 20)
 
@@ -209,6 +214,19 @@ def _plain_weights(module: Any) -> None:
                         tensor.data = tensor.data.clone()
                     else:
                         table[name] = tensor.clone()
+
+
+def _host_isa() -> None:
+    """What the loader does first for any package, GPU ones included (it compares the host CPU's
+    vector ISA with the package's): probe the CPU, once per process, in child processes unless
+    an earlier boot's answers are on the volume (runtime/isa_probes.py). Done apart here only to
+    time it (``isa_probe_s``); the loader then finds the answer cached."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        pick_vec_isa()
+    except Exception:  # noqa: BLE001 - private API, timing only: the loader does it anyway
+        pass
 
 
 def _settle(out: Any) -> None:
@@ -400,9 +418,12 @@ class AotModule:
             # No runner pool and its synchronisation, which CUDA graph capture cannot record
             # (jobs run one at a time here anyway).
             options["run_single_threaded"] = True
+        probed = time.perf_counter()
+        _host_isa()
         began = time.perf_counter()
         model = torch._inductor.aoti_load_package(str(path), **options)
         loaded = time.perf_counter()
+        entry["isa_probe_s"] = round(began - probed, 3)
         if self.cuda_graphs and self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         runner = _Runner(model, self.module, graphed=self.cuda_graphs, entry=entry, pool=self.pool)

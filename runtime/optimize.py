@@ -446,9 +446,13 @@ def _compile_ahead_of_time(ctx: Context) -> str:
     loaded from the volume (runtime/aot.py); either falls back to torch.compile if it cannot be
     exported (the denoiser regionally, as VISGATE_COMPILE=regional would)."""
     from runtime.aot import AotModule
+    from runtime.isa_probes import remember_probes
 
     if ctx.aot_store is None:
         raise Skip("no compile cache directory for ahead-of-time packages")
+    # Loading a package probes the CPU first, in child processes: tens of seconds a boot on
+    # torch before 2.13, unless an earlier boot's answers are on the volume.
+    remember_probes(ctx.aot_store.probes_path())
     denoiser, decoder = ctx.denoiser, _vae_decoder(ctx.pipe)
     wrappers = [
         # CUDA graphs for the denoiser only: it runs at every step, while the VAE decoder runs
