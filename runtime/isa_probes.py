@@ -7,8 +7,8 @@ in a child Python process, in every new process. Before torch 2.13 each child im
 first: on a CPU with AMX, ten children, 16.4 s on the development CPU (2 s per ``import torch``
 there); on the H200 host, where ``import torch`` takes 3.2-3.7 s, the same ten account for the
 32.9-34.4 s its warm boots spent loading the SDXL UNet's package. A probe's answer depends on the
-CPU, the compiler and torch, all three in the compile key that names this file: a boot that finds
-it asks no probe at all.
+CPU (in the compile key that names this file), torch and the C++ compiler (in each probe's key
+within it): a boot that finds its answers there asks no probe at all.
 
 Only successes are remembered: a failed probe (a compiler without an instruction set's
 intrinsics, a child that timed out) is asked again at the next boot.
@@ -16,6 +16,7 @@ intrinsics, a child that timed out) is asked again at the next boot.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -73,9 +74,21 @@ def _key(isa: Any, code: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     # The flags at the time of the call: inductor adds some for its bf16 and fp16 sub-probes.
     flags = getattr(isa, "_arch_flags", "")
     built = isa.build_arch_flags() if hasattr(isa, "build_arch_flags") else ""
-    text = "|".join([torch.__version__, type(isa).__name__, str(isa), flags, built, code,
-                     repr(args), repr(sorted(kwargs.items()))])
+    text = "|".join([torch.__version__, _compiler(), type(isa).__name__, str(isa), flags, built,
+                     code, repr(args), repr(sorted(kwargs.items()))])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@functools.cache
+def _compiler() -> str:
+    """The C++ compiler's version, as inductor names its own probe builds: another compiler (an
+    image rebuilt on another base) may lack an instruction set's intrinsics."""
+    try:
+        from torch._inductor.cpp_builder import get_compiler_version_info, get_cpp_compiler
+
+        return str(get_compiler_version_info(get_cpp_compiler()))
+    except Exception:  # noqa: BLE001 - private API: the key is then torch's version and the CPU's
+        return ""
 
 
 _memo: ProbeMemo | None = None
