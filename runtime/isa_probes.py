@@ -33,9 +33,8 @@ class ProbeMemo:
 
     def __init__(self, path: Path, check_build: Callable[..., bool]) -> None:
         self.check_build = check_build  # inductor's own
-        self.path = path
-        self.known: set[str] = set()
         self.asked = 0  # probes run by inductor in this process (for the tests)
+        self.use(path)
 
     def use(self, path: Path) -> None:
         """Remember into ``path`` from now on, starting from what it holds."""
@@ -105,13 +104,14 @@ def remember_probes(path: Path) -> ProbeMemo | None:
     original = getattr(getattr(cpu_vec_isa, "VecISA", None), "check_build", None)
     if original is None:
         return None
-    if _memo is None:
-        memo = ProbeMemo(path, original)
+    if _memo is not None:
+        _memo.use(path)
+        return _memo
+    memo = ProbeMemo(path, original)
 
-        def check_build(isa: Any, code: str, *args: Any, **kwargs: Any) -> bool:
-            return memo(isa, code, *args, **kwargs)
+    def check_build(isa: Any, code: str, *args: Any, **kwargs: Any) -> bool:
+        return memo(isa, code, *args, **kwargs)
 
-        cpu_vec_isa.VecISA.check_build = check_build
-        _memo = memo
-    _memo.use(path)
-    return _memo
+    cpu_vec_isa.VecISA.check_build = check_build
+    _memo = memo
+    return memo

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.integration.test_optimize import (MAX_PIXEL_DIFF, MIN_PSNR_DB, _boot_record, _loaded, _request, psnr,
+from tests.integration.test_optimize import (MAX_PIXEL_DIFF, MIN_PSNR_DB, ROOT, _boot_record, _loaded, _request, psnr,
                                               tiny_if)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -293,20 +293,28 @@ def test_compiling_a_package_leaves_later_compiles_cache_keys_alone(tmp_path):
     and compile none, so the first warm boot compiled them again (15.6 s on the H200)."""
     import torch
 
+    store = _compiled_linear(tmp_path)
+    assert [entry.get("result") for entry in store.status.values()] == ["compiled"], store.status
+    assert torch._inductor.config.aot_inductor.metadata == {}
+    package = torch._inductor.aoti_load_package(str(next(tmp_path.glob("*.pt2"))))
+    assert package.get_metadata()["AOTI_DEVICE_KEY"] == "cpu"  # the package still has its own
+
+
+def _compiled_linear(volume: Path) -> Any:
+    """One small package compiled into ``volume`` in this process; returns its store."""
+    import torch
+
     from runtime.aot import AotModule, AotStore
 
-    module = torch.nn.Linear(8, 8)
-    store = AotStore(tmp_path, "k")
-    wrapper = AotModule(module, "denoiser", store, "cpu", fallback=lambda: "torch.compile")
+    module = torch.nn.Linear(4, 3)
+    store = AotStore(volume, "k")
+    wrapper = AotModule(module, "linear", store, "cpu", fallback=lambda: "eager")
     try:
-        with torch.inference_mode():
-            module(torch.randn(2, 8))
-        assert [entry.get("result") for entry in store.status.values()] == ["compiled"], store.status
-        assert torch._inductor.config.aot_inductor.metadata == {}
-        package = torch._inductor.aoti_load_package(str(next(tmp_path.glob("*.pt2"))))
-        assert package.get_metadata()["AOTI_DEVICE_KEY"] == "cpu"  # the package still has its own
+        with torch.no_grad():
+            module(torch.randn(2, 4))
     finally:
         wrapper.uninstall()
+    return store
 
 
 # ---- the CPU's vector-ISA probes that loading any package runs first ---------------------------------
@@ -322,8 +330,7 @@ print(json.dumps({"isa": str(cpu_vec_isa.pick_vec_isa()), "asked": memo.asked}))
 
 def _probe_in_a_new_process(memo: Path) -> dict[str, Any]:
     """What a fresh boot does first when it loads a package: pick the CPU's vector ISA."""
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", PROBE_CHILD, str(memo)], cwd=root, check=True,
+    done = subprocess.run([sys.executable, "-c", PROBE_CHILD, str(memo)], cwd=ROOT, check=True,
                           capture_output=True, text=True, timeout=300)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -495,14 +502,7 @@ def test_a_full_container_disk_leaves_the_shared_package_on_the_volume(tmp_path)
         "with torch.no_grad():\n"
         "    assert torch.allclose(module(x), torch.nn.functional.linear(x, module.weight, module.bias))\n"
         "print(json.dumps(store.status))\n")
-    module = torch.nn.Linear(4, 3)
-    store = AotStore(volume, "k")
-    wrapper = AotModule(module, "linear", store, "cpu", fallback=lambda: "eager")
-    try:
-        with torch.no_grad():
-            module(torch.randn(2, 4))
-    finally:
-        wrapper.uninstall()
+    _compiled_linear(volume)
     [package] = volume.glob("*.pt2")
     sound = package.read_bytes()
 
