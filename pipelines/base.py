@@ -7,6 +7,8 @@ never at import time, so settings and validation stay importable without them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import warnings
 import weakref
@@ -16,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
-from runtime.errors import ImageRejected, WorkerError
+from runtime.errors import ImageRejected, JobStopped, WorkerError
 
 if TYPE_CHECKING:
     from pipelines.files import FileSelection, RepoFile
@@ -225,9 +227,16 @@ class PipelineFamily(ABC):
         named here replaces the standard one)."""
         return {}
 
-    def generate(self, pipe: Any, request: GenerationRequest) -> Any:
-        """Run the pipeline; return the image as a HxWx3 uint8 numpy array."""
+    def generate(self, pipe: Any, request: GenerationRequest,
+                 should_stop: Callable[[], bool] | None = None) -> Any:
+        """Run the pipeline; return the image as a HxWx3 uint8 numpy array.
+
+        ``should_stop``: asked before the pipeline starts and after each denoising step; once it
+        answers True the generation ends there with JobStopped (Runpod stopped the job)."""
         import torch
+
+        if should_stop is not None and should_stop():
+            raise JobStopped(0, request.steps)
 
         device = execution_device(pipe)  # where the denoiser runs, so the seed means the same everywhere
         generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(request.seed)
@@ -237,7 +246,7 @@ class PipelineFamily(ABC):
         vae = getattr(pipe, "vae", None)
         vae_dtype = getattr(vae, "dtype", None)
         try:
-            image = self._run(pipe, request, generator)
+            image = self._run(pipe, request, generator, should_stop)
         finally:
             if vae is not None and vae.dtype != vae_dtype:
                 vae.to(dtype=vae_dtype)
@@ -255,9 +264,11 @@ class PipelineFamily(ABC):
     # [0, 1]: Kandinsky and DeepFloyd IF return [-1, 1] there (the generic family uses "pil").
     output_type: ClassVar[str] = "pt"
 
-    def _run(self, pipe: Any, request: GenerationRequest, generator: Any) -> Any:
+    def _run(self, pipe: Any, request: GenerationRequest, generator: Any,
+             should_stop: Callable[[], bool] | None = None) -> Any:
         import torch
 
+        stop = {} if should_stop is None else _stop_between_steps(pipe, should_stop, request.steps)
         with torch.inference_mode():
             with _invalid_casts() as cast_nan:  # filled as the block ends
                 # call_kwargs may also replace one of these (the generic family's true CFG).
@@ -269,6 +280,7 @@ class PipelineFamily(ABC):
                     "width": request.width,
                     "generator": generator,
                     "output_type": self.output_type,
+                    **stop,
                     **self.call_kwargs(request),
                 })
             if cast_nan:  # a "pil"/"np" pipeline already turned NaN/inf pixels into 0 on the way
@@ -312,6 +324,30 @@ def execution_device(pipe: Any) -> Any:
     if device is None:
         device = _EXECUTION_DEVICES[pipe] = pipe._execution_device
     return device
+
+
+def _stop_between_steps(pipe: Any, should_stop: Callable[[], bool], total: int) -> dict[str, Any]:
+    """The pipeline call's keyword that ends it with JobStopped after the first denoising step
+    at which ``should_stop()`` is True: diffusers' ``callback_on_step_end``, which pipelines call
+    outside the denoiser (compiled graphs and CUDA graphs are untouched). None for a pipeline
+    without it (older ones): a stopped job there ends with its generation."""
+    if not _takes_step_callback(type(pipe)):
+        return {}
+
+    def check(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        if should_stop():
+            raise JobStopped(step + 1, total)
+        return callback_kwargs  # the tensors as they are: the pipeline takes them back
+
+    return {"callback_on_step_end": check}
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_step_callback(pipeline_class: type) -> bool:
+    try:
+        return "callback_on_step_end" in inspect.signature(pipeline_class.__call__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @contextmanager

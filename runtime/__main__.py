@@ -18,10 +18,11 @@ from runtime.boot import (announce_ready, boot, read_settings, read_webhook_sett
                           report_failure, stop_signals_raise, warn_unknown_names)
 from runtime.boot_report import BootRecord
 from runtime.errors import Stopped
-from runtime.handler import make_handler
+from runtime.handler import job_handler
 from runtime.logs import setup_logging
 from runtime.job_api import PacedJobTakes, RetriedResults
-from runtime.serve import JobSdk, StopWhenIdle
+from runtime.pipeline_thread import PipelineThread
+from runtime.serve import JobSdk, StopWhenIdle, end_process
 from runtime.settings import check_runpod_flags
 
 log = logging.getLogger("runtime")
@@ -43,9 +44,11 @@ def main() -> int:
     warn_unknown_names(record)  # a misspelt setting would otherwise be left at its default unsaid
     announcer = Announcer(settings)  # the one transition: ready or failed, announced once
     sdk = JobSdk()  # imported on a side thread while the weights load
+    pipeline = PipelineThread()  # warmup's generations, then every job's
     try:
         with stop_signals_raise():  # SIGTERM mid-boot unwinds the stages: no lock left on the volume
-            service = boot(settings, record, before_warmup=sdk.wait)  # fetch -> load -> optimize -> warmup
+            service = boot(settings, record, before_warmup=sdk.wait,  # fetch -> load -> optimize -> warmup
+                           pipeline=pipeline)
             with record.stage("serve"):  # the SDK is in before "ready": ready means able to take a job
                 start = sdk.start_function()
                 if on_queue:  # where the SDK checks the machine before its first job
@@ -53,7 +56,10 @@ def main() -> int:
             record.log_line()
     except (Exception, Stopped) as exc:  # noqa: BLE001 - every boot failure is reported, then final
         report_failure(announcer, exc, record)
-        return exc.exit_code if isinstance(exc, Stopped) else 1
+        code = exc.exit_code if isinstance(exc, Stopped) else 1
+        if pipeline.busy:  # stopped mid-warmup: its call goes on there; the process ends now,
+            end_process(code)  # not at the interpreter's exit, which would meet it mid-call
+        return code
     # On Runpod's queue a stop signal from here on ends the worker once no job is in progress
     # (the SDK's own shutdown could take a job and drop it). Installed before the announce,
     # whose own stop handlers put it back when they end: no moment without a handler.
@@ -71,7 +77,7 @@ def main() -> int:
         log.warning("stopped by %s while announcing ready: exiting, no job taken",
                     signal.Signals(exc.signum).name)
         return exc.exit_code
-    config: dict[str, Any] = {"handler": make_handler(service)}
+    config: dict[str, Any] = {"handler": job_handler(service, pipeline)}
     if stop:
         config["concurrency_modifier"] = stop.concurrency_modifier  # chains our stop handler
         PacedJobTakes.install()  # a failing job queue is not asked again at once

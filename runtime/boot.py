@@ -11,7 +11,7 @@ import os
 import signal
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from pipelines.registry import detect_family
 from runtime import compile_cache
@@ -24,6 +24,7 @@ from runtime.fetch import fetch
 from runtime.handler import Service
 from runtime.load import Loaded, load
 from runtime.optimize import optimize, serve_stance, warm_with_fallback
+from runtime.pipeline_thread import PipelineThread
 from runtime.settings import Settings, unknown_names, webhook_settings
 from runtime.warmup import fit_prompt_lengths, serving_plan, warmup, warmup_requests
 
@@ -44,9 +45,13 @@ def warn_unknown_names(record: BootRecord, env: Mapping[str, str] | None = None)
                     "environment variables)", ", ".join(unknown))
 
 
-def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], None] | None = None) -> Service:
+def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], None] | None = None,
+         pipeline: PipelineThread | None = None) -> Service:
     """``before_warmup``: waits for side work that must not overlap generation (the job SDK's
-    import: the image checks capture warnings, whose filters are process-wide)."""
+    import: the image checks capture warnings, whose filters are process-wide).
+    ``pipeline``: the thread that will run the jobs; warmup's generations run there too (see
+    runtime/pipeline_thread.py). Without it, in the calling thread."""
+    on_pipeline = pipeline.call if pipeline is not None else _here
     record.device = settings.device
     with record.stage("fetch") as report:
         fetched = fetch(settings)
@@ -70,11 +75,13 @@ def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], Non
     if before_warmup is not None:
         before_warmup()
     with record.stage("warmup") as report:
-        report["runs"] = warm_with_fallback(lambda: warmup(loaded.family, loaded.pipe, shapes), tuning,
-                                            discard_restored=cache.discard if cache else None)
+        report["runs"] = on_pipeline(warm_with_fallback,
+                                     lambda: warmup(loaded.family, loaded.pipe, shapes), tuning,
+                                     discard_restored=cache.discard if cache else None)
         check_lengths = tuning.compiled and not loaded.family.fixed_prompt_shapes
         if check_lengths and not tuning.aot_modules:  # before the save: the archive keeps its graphs
-            report["other_prompt_lengths"] = fit_prompt_lengths(loaded.family, loaded.pipe, shapes, [])
+            report["other_prompt_lengths"] = on_pipeline(fit_prompt_lengths, loaded.family,
+                                                         loaded.pipe, shapes, [])
         if cache and tuning.compiled:
             report["compile_cache"] = compile_cache.finish(cache)
         elif cache:
@@ -83,14 +90,18 @@ def boot(settings: Settings, record: BootRecord, before_warmup: Callable[[], Non
             report["compile_cache"] = dict(cache.status)
         serve_stance(tuning)
         if check_lengths and tuning.aot_modules:  # once frozen: before, a new signature compiles
-            report["other_prompt_lengths"] = fit_prompt_lengths(loaded.family, loaded.pipe, shapes,
-                                                                tuning.aot_modules)
+            report["other_prompt_lengths"] = on_pipeline(fit_prompt_lengths, loaded.family,
+                                                         loaded.pipe, shapes, tuning.aot_modules)
     encoder = PngEncoder()
     record.info["png_encoder"] = encoder.name
     return Service(model_id=settings.model_id, family=loaded.family, pipe=loaded.pipe,
                    encoder=encoder, secrets=settings.secrets, compiled=tuning.compiled,
                    warm_keys=frozenset(loaded.family.warm_key(r)
                                        for r in warmup_requests(loaded.family, shapes)))
+
+
+def _here(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
 
 
 def compile_cache_for(settings: Settings, model_dir: Path, loaded: Loaded,

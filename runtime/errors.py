@@ -46,6 +46,16 @@ class JobInputError(WorkerError):
     """The job's input is invalid; the message names the field and what is allowed."""
 
 
+class JobStopped(WorkerError):
+    """Runpod stopped the job in progress (a cancel, or its execution timeout): its generation
+    ended at the next denoising step. Runpod takes no result for it."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"stopped by Runpod (cancelled, or past its execution timeout) after "
+                         f"{done} of {total} steps")
+        self.done, self.total = done, total
+
+
 # How Runpod scales a worker down (SIGTERM), and an operator's Ctrl-C.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -7,18 +7,21 @@ takes the next job (or, after an unrecoverable device error, asks Runpod to repl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from pipelines.base import GenerationRequest, PipelineFamily
 from runtime.encode import PngEncoder
-from runtime.errors import (JobInputError, WorkerError, is_fatal_device_error, is_out_of_memory,
-                           redact, sendable)
+from runtime.errors import (JobInputError, JobStopped, WorkerError, is_fatal_device_error,
+                           is_out_of_memory, redact, sendable)
 from runtime.logs import job_context
+from runtime.pipeline_thread import PipelineThread
 from runtime.validate import validate
 
 log = logging.getLogger(__name__)
@@ -40,13 +43,14 @@ class Service:
     warm_keys: frozenset[tuple[Any, ...]] = frozenset()
 
 
-def generate_png(service: Service, job_input: Any) -> dict[str, Any]:
+def generate_png(service: Service, job_input: Any,
+                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     family = service.family
     request = validate(job_input, family.serving_defaults, family.size_rules, family.limits)
     if service.compiled and family.warm_key(request) not in service.warm_keys:
         _warn_not_warm(service, request)
     started = time.perf_counter()
-    image = family.generate(service.pipe, request)
+    image = family.generate(service.pipe, request, should_stop)
     generated = time.perf_counter()
     png = service.encoder.encode(image)
     # Sizes as HEIGHTxWIDTH, the order VISGATE_WARMUP_SHAPES reads: the shapes jobs ask for most
@@ -82,24 +86,64 @@ def _warn_not_warm(service: Service, request: GenerationRequest) -> None:
                     shape)
 
 
+def handle(service: Service, job: Any, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """One job, start to end, in the calling thread; ``should_stop`` as for generate_png."""
+    job_id, job_input = (job.get("id"), job.get("input")) if isinstance(job, dict) else (None, None)
+    with job_context(job_id):
+        try:
+            return generate_png(service, job_input, should_stop)
+        except BaseException as exc:  # noqa: BLE001 - a job must never take the worker down
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return job_error(exc, service.model_id, service.secrets)
+
+
 def make_handler(service: Service) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    def handler(job: dict[str, Any]) -> dict[str, Any]:
-        job_id, job_input = (job.get("id"), job.get("input")) if isinstance(job, dict) else (None, None)
-        with job_context(job_id):
-            try:
-                return generate_png(service, job_input)
-            except BaseException as exc:  # noqa: BLE001 - a job must never take the worker down
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise
-                return job_error(exc, service.model_id, service.secrets)
+    """A handler that runs the job in the caller's thread (tests, benchmarks)."""
+    return lambda job: handle(service, job)
+
+
+def job_handler(service: Service, pipeline: PipelineThread) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """The handler the job SDK awaits on its event loop: the job runs on the pipeline's thread,
+    so the loop stays free to read Runpod's per-job stop (a cancel, an execution timeout)
+    meanwhile. A stop ends the generation at its next denoising step; the SDK then posts no
+    result, and takes its next job only once the pipeline is idle again."""
+
+    async def handler(job: dict[str, Any]) -> dict[str, Any]:
+        stop = threading.Event()
+        running = asyncio.wrap_future(pipeline.submit(handle, service, job, stop.is_set))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            stop.set()
+            with job_context(job.get("id") if isinstance(job, dict) else None):
+                log.warning("Runpod stopped this job (a cancel, or its execution timeout): its "
+                            "generation ends at the next step, and no result is posted")
+            await _outlast(running)
+            raise
 
     return handler
+
+
+async def _outlast(running: asyncio.Future[Any]) -> None:
+    """Until a stopped job's call has ended (within a step): the SDK counts the job in progress
+    until then, so the next job starts on an idle pipeline with its memory given back."""
+    while not running.done():
+        try:
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            continue  # stopped again (the SDK shutting down): the call still ends at its step
+        except Exception:  # noqa: BLE001 - its outcome is dropped with the job
+            return
 
 
 def job_error(exc: BaseException, model_id: str, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
     """The one mapping from an exception to the contract's error shape."""
     if isinstance(exc, JobInputError):
         return {"error": sendable(redact(str(exc), secrets)), "model_id": model_id}
+    if isinstance(exc, JobStopped):
+        log.warning("job %s", exc)
+        return {"error": str(exc), "model_id": model_id}
     response: dict[str, Any] = {"model_id": model_id}
     if is_out_of_memory(exc):
         # The traceback's frames still hold the job's latents and activations: drop them first,

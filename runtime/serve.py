@@ -226,7 +226,7 @@ class StopWhenIdle:
             log.warning("stopped by %s: the job in progress posted its result; exiting", name)
         else:
             log.warning("stopped by %s: no job in progress; exiting", name)
-        _end_process(128 + self.signum)
+        end_process(128 + self.signum)
 
 
 def _sdk_jobs_in_progress() -> int:
@@ -237,7 +237,7 @@ def _sdk_jobs_in_progress() -> int:
     return JobsProgress().get_job_count()
 
 
-def _end_process(code: int) -> None:
+def end_process(code: int) -> None:
     """End now, from any thread: the SDK's heartbeat process first (else, orphaned, it would
     go on telling Runpod this worker is alive), then the logs flushed."""
     for child in multiprocessing.active_children():

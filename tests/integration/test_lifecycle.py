@@ -212,6 +212,45 @@ def test_sigterm_while_announcing_ready_exits_143_without_serving(cache_dir, tmp
     assert_no_secrets(log)
 
 
+def test_sigterm_during_warmup_exits_143_at_once_and_posts_failed(cache_dir, tmp_path):
+    """Warmup's generations run on the pipeline's thread (where the jobs will run); the signal
+    reaches the main thread, waiting for them. The boot must still end at once, failed at
+    "warmup", rather than when the compile under way there ends (70 s for this one)."""
+    (tmp_path / "tmp").mkdir()  # an empty local inductor cache: warmup compiles for a while
+    argv, pid_1 = as_pid_1([sys.executable, "-m", "runtime", "--test_input",
+                            '{"input": {"prompt": "never"}}'])
+    with WebhookReceiver() as hook:
+        # A warmup shape of its own: no archive on the shared volume matches it.
+        env = env_for(cache_dir, hook, VISGATE_COMPILE="regional", VISGATE_WARMUP_SHAPES="272x400",
+                      TMPDIR=str(tmp_path / "tmp"))
+        log_path = tmp_path / "worker.log"
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(argv, cwd=ROOT, env=worker_env(env), stdout=out,
+                                    stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 240
+                while "optimization compile:" not in log_path.read_text(errors="replace"):
+                    assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                    time.sleep(0.1)
+                time.sleep(1.0)  # into warmup's first compiled call
+                stopped_at = time.monotonic()
+                os.kill(inner_pid(proc, pid_1), signal.SIGTERM)
+                proc.wait(timeout=30)
+                exited_in = time.monotonic() - stopped_at
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        received = hook.wait_for(1, timeout=10)
+    log = log_path.read_text(errors="replace")
+    assert proc.returncode == 143, log[-3000:]
+    assert exited_in < 10, exited_in
+    assert "boot failed at warmup: stopped by SIGTERM before the worker was ready" in log
+    assert [r.json()["status"] for r in received] == ["failed"]
+    assert received[0].json()["stage"] == "warmup"
+    assert "Traceback" not in log and "warmup 1024x1024" not in log
+    assert_no_secrets(log, received[0].body.decode())
+
+
 # ---- failed -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["/nonexistent/dir", "empty-dir"])
 def test_bad_model_posts_failed_and_exits_non_zero(cache_dir, tmp_path, model):
@@ -390,3 +429,44 @@ def test_warmup_runs_the_denoiser_twice_and_the_decoder_once_per_shape(built_tin
         expected_decoded.append((1, latent_channels, h // 8, w // 8))
     assert denoised == expected_denoised
     assert decoded == expected_decoded
+
+
+def test_warmup_and_every_job_run_the_pipeline_on_one_thread_of_its_own(built_tiny_repo,
+                                                                        warm_cache_dir):
+    """The job SDK awaits the handler on its event loop, in the main thread; the jobs run on
+    the pipeline's thread, leaving the loop free to read Runpod's per-job stop. Warmup runs on
+    that same thread: torch.compile's CUDA graphs (max-autotune) are kept per thread, and a
+    first job on another thread would record them all again, in a second memory pool."""
+    import asyncio
+    import threading
+
+    import torch
+    from runpod.serverless.modules.rp_job import run_job
+
+    from runtime.boot import boot, read_settings
+    from runtime.boot_report import BootRecord
+    from runtime.handler import job_handler
+    from runtime.pipeline_thread import PipelineThread
+
+    built_tiny_repo("visgate/tiny-flux")
+    threads: list[str] = []
+
+    def denoiser_call(module, args):
+        if type(module).__name__ == "FluxTransformer2DModel":
+            threads.append(threading.current_thread().name)
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(denoiser_call)
+    try:
+        pipeline = PipelineThread()
+        service = boot(read_settings({"HF_MODEL_ID": "visgate/tiny-flux", "DEVICE": "cpu",
+                                      "VISGATE_CACHE_DIR": str(warm_cache_dir)}),
+                       BootRecord(), pipeline=pipeline)
+        warmup_calls = len(threads)
+        result = asyncio.run(run_job(job_handler(service, pipeline), {"id": "j", "input": {
+            "prompt": "a pear", "height": 256, "width": 256, "num_inference_steps": 3}}))
+    finally:
+        hook.remove()
+    assert set(result["output"]) == {"image_base64", "model_id", "seed", "height", "width"}
+    assert warmup_calls >= 2 and len(threads) == warmup_calls + 3
+    assert set(threads) == {"pipeline"}, threads
+

@@ -11,16 +11,13 @@ What the SDK does with our answers, checked here and not ours to change: it post
 ``{"output": <the handler's dict>}``, and an error as ``{"output": {"model_id": ...}, "error": ...}``
 (it takes ``error`` out of the dict; Runpod then shows the job FAILED with that message).
 
-Seen against this stand-in, the SDK's own and left as it is (runpod 1.12):
-- Runpod's per-job stop (a cancel, a timeout) cannot interrupt a running generation: the handler
-  is synchronous and runs on the SDK's event loop, which reads the stop only once the job is
-  over; the job runs to the end and its result is posted all the same.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -229,6 +226,41 @@ def test_sigterm_during_a_job_posts_its_result_takes_no_other_and_exits_143(cach
     assert api.taken() == ["slow"] and api.queued() == ["next"]
     assert "exiting once the job in progress has posted its result" in log
     assert "stopped by SIGTERM: the job in progress posted its result; exiting" in log
+    assert_no_secrets(log)
+    assert "Traceback" not in log
+
+
+def test_a_job_runpod_stops_ends_at_its_next_step_posts_nothing_and_the_next_job_runs(
+        cache_dir, tmp_path, png_tools):
+    """Runpod's per-job stop (a cancel, an execution timeout) reaches the worker through the
+    SDK's job-stop long-poll, which runs on the SDK's event loop. The handler used to generate
+    on that loop: the stop was read only once the job was over, so a stopped job ran all its
+    steps, its result was posted all the same, and the next job waited for it. Now the loop is
+    free while the pipeline runs, and the stop ends the generation at its next step."""
+    steps = 100  # the most a job may ask: tens of seconds at 1024x1024 on the CPU
+    with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api:
+        api.queue({"prompt": "a long one", "height": 1024, "width": 1024, "seed": 3,
+                   "num_inference_steps": steps}, job_id="long")
+        with QueueWorker(queue_env(cache_dir, api), tmp_path / "worker.log") as worker:
+            assert api.wait_until(lambda: "long" in api.taken(), 240), api.summary()
+            time.sleep(1.0)  # into its denoising loop
+            api.stop_job("long")
+            api.queue({"prompt": "next", "height": 256, "width": 256, "seed": 5,
+                       "num_inference_steps": 1}, job_id="next")
+            after = api.wait_for_result("next", timeout=120)
+            long_results = api.results("long")
+            worker.signal(signal.SIGTERM)
+            code = worker.wait(timeout=20)
+            log = worker.log()
+
+    assert code == 143, f"exit {code}\n{log[-3000:]}"
+    assert not long_results, [c.json() for c in long_results]  # stopped: Runpod takes no result
+    assert_success(png_tools, after, "next", seed=5, height=256, width=256)
+    assert api.taken() == ["long", "next"]
+    [line] = [ln for ln in log.splitlines() if "[job long]" in ln and "stopped" in ln and "steps" in ln]
+    done, total = (int(n) for n in re.search(r"after (\d+) of (\d+) steps", line).groups())
+    assert total == steps and done < steps, line
+    assert "INFO runtime.handler [job next]: job done: 256x256, 1 steps" in log
     assert_no_secrets(log)
     assert "Traceback" not in log
 

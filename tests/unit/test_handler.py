@@ -12,6 +12,8 @@ import json
 import logging
 import re
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,7 +26,8 @@ from pipelines.registry import detect_family
 from runtime import handler as handler_module
 from runtime.encode import PngEncoder
 from runtime.errors import JobInputError, WorkerError
-from runtime.handler import MAX_ERROR_CHARS, Service, job_error, make_handler
+from runtime.handler import MAX_ERROR_CHARS, Service, job_error, job_handler, make_handler
+from runtime.pipeline_thread import PipelineThread
 from runtime.settings import Settings
 from runtime.validate import validate
 from runtime.warmup import warmup_requests
@@ -257,7 +260,7 @@ def test_an_image_of_another_size_than_requested_is_an_error(tiny_flux_service: 
     # As a pipeline that rounds the size down does (one its family's size rules missed).
     run = tiny_flux_service.family._run
     monkeypatch.setattr(tiny_flux_service.family, "_run",
-                        lambda pipe, request, generator: run(pipe, request, generator)[:, :-16])
+                        lambda pipe, request, *rest: run(pipe, request, *rest)[:, :-16])
     assert make_handler(tiny_flux_service)(GOOD_JOB) == {
         "error": "generation failed: the pipeline made a 304x256 image for a 320x256 request; this "
                  "size is not supported by this model", "model_id": MODEL_ID}
@@ -306,6 +309,71 @@ def test_runpod_sdk_stops_the_pod_after_a_fatal_device_error(
         result = asyncio.run(run_job(make_handler(tiny_flux_service), {"id": "job-2", **GOOD_JOB}))
     assert result["stopPod"] is True
     assert isinstance(result["error"], str)
+
+
+# ---- Runpod's per-job stop (a cancel, an execution timeout) -------------------------------------
+@contextmanager
+def transformer_calls(service: Service) -> Iterator[list[str]]:
+    """The denoiser's calls while inside, one per step: the name of the thread each ran on."""
+    threads: list[str] = []
+    hook = service.pipe.transformer.register_forward_pre_hook(
+        lambda module, args: threads.append(threading.current_thread().name))
+    try:
+        yield threads
+    finally:
+        hook.remove()
+
+
+def test_a_stop_seen_after_a_step_ends_the_generation_there(tiny_flux_service: Service) -> None:
+    job = {"id": "stopped", "input": {**GOOD_JOB["input"], "num_inference_steps": 6}}
+    with transformer_calls(tiny_flux_service) as calls:
+        result = handler_module.handle(tiny_flux_service, job, should_stop=lambda: len(calls) >= 2)
+    assert result == {"error": "stopped by Runpod (cancelled, or past its execution timeout) after 2 "
+                               "of 6 steps", "model_id": MODEL_ID}
+    assert len(calls) == 2
+    with transformer_calls(tiny_flux_service) as calls:  # a stop already set: no step at all
+        result = handler_module.handle(tiny_flux_service, job, should_stop=lambda: True)
+    assert "after 0 of 6 steps" in result["error"] and not calls
+    # The pipeline is whole for the next job: the same image as an undisturbed run's.
+    first, again = (make_handler(tiny_flux_service)(GOOD_JOB) for _ in range(2))
+    assert set(first) == CONTRACT_KEYS and first == again
+
+
+def test_the_sdk_stopping_a_job_ends_its_generation_within_a_step_and_frees_the_pipeline(
+        tiny_flux_service: Service) -> None:
+    """As the SDK's job loop does on Runpod's stop: the job's task is cancelled. The handler
+    generated on the SDK's event loop, which could not see the stop until the job was over; now
+    the loop is free while the job's steps run on the pipeline's thread, and the cancel stops
+    them."""
+    from runpod.serverless.modules.rp_job import run_job
+
+    steps = 40
+    pipeline = PipelineThread()
+    handle = job_handler(tiny_flux_service, pipeline)
+    job = {"id": "cancelled", "input": {**GOOD_JOB["input"], "num_inference_steps": steps}}
+
+    async def cancel_after_two_steps(calls: list[str]) -> tuple[int, int]:
+        task = asyncio.create_task(run_job(handle, job))
+        while len(calls) < 2:  # the event loop runs while the job does
+            assert not task.done()
+            await asyncio.sleep(0.005)
+        cancelled_at = len(calls)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return cancelled_at, len(calls)  # the task ends once the generation has
+
+    with transformer_calls(tiny_flux_service) as calls:
+        cancelled_at, ended_at = asyncio.run(cancel_after_two_steps(calls))
+        time.sleep(0.5)  # nothing runs on after the task ended
+    # The step running as the stop arrived, at most one more on a busy machine, then none.
+    assert cancelled_at <= ended_at <= cancelled_at + 2 < steps, (cancelled_at, ended_at)
+    assert len(calls) == ended_at
+    assert set(calls) == {"pipeline"} and not pipeline.busy
+    # The next job on that pipeline is whole.
+    with transformer_calls(tiny_flux_service) as calls:
+        result = asyncio.run(run_job(handle, {"id": "next", **GOOD_JOB}))
+    assert set(result["output"]) == CONTRACT_KEYS and len(calls) == 2
 
 
 # ---- encoding --------------------------------------------------------------------------------------
