@@ -20,7 +20,7 @@ from runtime.boot_report import BootRecord
 from runtime.errors import Stopped
 from runtime.handler import job_handler
 from runtime.logs import setup_logging
-from runtime.job_api import PacedJobTakes, RetriedResults
+from runtime.job_api import PacedJobTakes, PromptJobLoop, RetriedResults
 from runtime.pipeline_thread import PipelineThread
 from runtime.serve import JobSdk, StopWhenIdle, end_process
 from runtime.settings import check_runpod_flags
@@ -82,6 +82,7 @@ def main() -> int:
         config["concurrency_modifier"] = stop.concurrency_modifier  # chains our stop handler
         PacedJobTakes.install()  # a failing job queue is not asked again at once
         RetriedResults.install()  # nor is a made image dropped when Runpod fails to take it
+        PromptJobLoop.install()  # the next job is taken as soon as one ends, not up to 1 s later
     start(config)
     return stop.exit_code if stop else 0
 

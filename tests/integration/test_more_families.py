@@ -417,9 +417,11 @@ def test_compiled_serving_matches_eager_for_every_prompt_length(tiny_repo, tmp_p
                       compiled=True, warm_keys=frozenset(family.warm_key(r) for r in warmup_requests(family, [shape])))
 
     def job(request: GenerationRequest) -> np.ndarray:
+        # As the worker runs a job: a stop check after each step (a callback outside the graphs).
         out = generate_png(service, {"prompt": request.prompt, "num_inference_steps": request.steps,
                                      "guidance_scale": request.guidance, "seed": request.seed,
-                                     "height": request.height, "width": request.width})
+                                     "height": request.height, "width": request.width},
+                           should_stop=lambda: False)
         assert set(out) == CONTRACT_KEYS
         assert (out["height"], out["width"], out["seed"]) == (request.height, request.width, request.seed)
         image = png_tools.decode_b64(out["image_base64"])

@@ -230,6 +230,32 @@ def test_sigterm_during_a_job_posts_its_result_takes_no_other_and_exits_143(cach
     assert "Traceback" not in log
 
 
+def test_jobs_waiting_in_the_queue_are_taken_one_as_the_last_ends_not_at_the_sdks_next_tick(
+        cache_dir, tmp_path):
+    """A busy endpoint: jobs wait in Runpod's queue. The SDK's job-take task, while a job is in
+    progress, checks once a second whether it may take another: each job's end was seen up to
+    a second late (0.53-0.93 s between a result and the next job-take, measured against this
+    stand-in), idle time a busy worker paid between every two jobs. A behaviour, not a speed
+    target: the next job-take follows the result's post, where the SDK's tick is a second."""
+    count = 6
+    with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api:
+        for i in range(count):
+            api.queue({"prompt": f"job {i}", "height": 256, "width": 256, "seed": i,
+                       "num_inference_steps": 1}, job_id=f"job-{i}")
+        with QueueWorker(queue_env(cache_dir, api), tmp_path / "worker.log") as worker:
+            api.wait_for_result(f"job-{count - 1}", timeout=240)
+            log = worker.log()
+
+    assert api.taken() == [f"job-{i}" for i in range(count)]
+    takes = [call for call in api.of_kind("take") if call.jobs]
+    results = api.delivered()
+    assert [c.job_id for c in results] == api.taken()
+    gaps = sorted(take.at - result.at for result, take in zip(results, takes[1:]))
+    assert all(gap > 0 for gap in gaps), gaps  # one job at a time: a take only after a result
+    assert gaps[len(gaps) // 2] < 0.25, gaps  # the median, against the SDK's one-second tick
+    assert "Traceback" not in log
+
+
 def test_a_job_runpod_stops_ends_at_its_next_step_posts_nothing_and_the_next_job_runs(
         cache_dir, tmp_path, png_tools):
     """Runpod's per-job stop (a cancel, an execution timeout) reaches the worker through the

@@ -180,3 +180,81 @@ def test_installed_the_sdks_result_poster_posts_through_it(monkeypatch) -> None:
     monkeypatch.setattr(rp_http, "_transmit", sdk_transmit)  # put back after the test
     RetriedResults.install()
     assert isinstance(rp_http._transmit, RetriedResults) and rp_http._transmit._transmit is sdk_transmit
+
+
+# ---- PromptJobLoop: the SDK's job loop acts when a job is taken or ends ---------------------------
+def test_a_pause_ends_when_a_job_enters_or_leaves_the_count_else_at_its_delay() -> None:
+    import asyncio
+    import time
+
+    from runtime.job_api import PromptJobLoop
+
+    loop = PromptJobLoop()
+
+    async def scenario() -> tuple[float, float, float, str]:
+        started = time.monotonic()
+        assert await loop.sleep(0.05, result="kept") == "kept"
+        undisturbed = time.monotonic() - started
+        waiting = asyncio.ensure_future(loop.sleep(30))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        loop.changed()  # a job taken, or one whose result is posted
+        await waiting
+        woken = time.monotonic() - started
+        # From another thread too (call_soon_threadsafe), and a cancelled pause leaves nothing.
+        waiting = asyncio.ensure_future(loop.sleep(30))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(None, loop.changed)
+        await waiting
+        from_thread = time.monotonic() - started
+        cancelled = asyncio.ensure_future(loop.sleep(30))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        return undisturbed, woken, from_thread, "none left" if not loop._waiters else "left"
+
+    undisturbed, woken, from_thread, left = asyncio.run(scenario())
+    assert 0.05 <= undisturbed < 5 and woken < 5 and from_thread < 5 and left == "none left"
+
+
+def test_installed_a_job_taken_or_ended_wakes_the_sdks_job_loop(monkeypatch) -> None:
+    """Installed as the worker does, the SDK's job-take task, paused while a job is in progress
+    (its once-a-second check), takes up again as that job leaves the count of jobs in progress."""
+    import asyncio
+
+    from runpod.serverless.modules import rp_scale, worker_state
+
+    from runtime.job_api import PromptJobLoop
+
+    progress = worker_state.JobsProgress
+    # put back after the test
+    monkeypatch.setattr(rp_scale, "asyncio", rp_scale.asyncio)
+    monkeypatch.setattr(progress, "add", progress.add)
+    monkeypatch.setattr(progress, "remove", progress.remove)
+    loop = PromptJobLoop.install()
+    assert loop is not None and rp_scale.asyncio.sleep == loop.sleep
+    assert rp_scale.asyncio.Queue is asyncio.Queue  # the rest of asyncio as it is
+
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+        jobs = worker_state.JobsProgress()
+        jobs.add({"id": "in-progress"})
+
+        async def sdk_pause(name: str) -> None:
+            await rp_scale.asyncio.sleep(1000)  # as the SDK's job-take task waits for a free slot
+            seen.append(name)
+
+        paused = asyncio.ensure_future(sdk_pause("job-take"))
+        await asyncio.sleep(0.05)
+        assert not seen
+        jobs.remove({"id": "in-progress"})  # its result is posted: the SDK lets go of it
+        await asyncio.wait_for(paused, 5)
+        paused = asyncio.ensure_future(sdk_pause("job-run"))
+        await asyncio.sleep(0.05)
+        jobs.add({"id": "taken"})  # a job taken: the job-run task's 0.1 s pause ends too
+        await asyncio.wait_for(paused, 5)
+        jobs.remove({"id": "taken"})
+        return seen
+
+    assert asyncio.run(scenario()) == ["job-take", "job-run"]
