@@ -58,13 +58,28 @@ def generate_png(service: Service, job_input: Any,
     log.info("job done: %dx%d, %d steps, generate %.3fs, encode %.3fs (%s)", request.height,
              request.width, request.steps, generated - started, time.perf_counter() - generated,
              service.encoder.name)
-    return {
+    return JobOutput({
         "image_base64": base64.b64encode(png).decode("ascii"),
         "model_id": service.model_id,
         "seed": request.seed,
         "height": request.height,
         "width": request.width,
-    }
+    })
+
+
+class JobOutput(dict):
+    """A job's image response: the contract's dict, whose text form names the image's size
+    instead of spelling out its base64. The job SDK (runpod 1.12) formats the handler's output
+    into two DEBUG lines (``f"Handler output: {output}"``) whether or not DEBUG is logged: 9 ms
+    each for a 3 MB PNG on this project's CPU, every job (and at RUNPOD_DEBUG_LEVEL=DEBUG,
+    megabytes of base64 in the logs)."""
+
+    def __repr__(self) -> str:
+        return "{%s}" % ", ".join(
+            f"{key!r}: <{len(value)} characters>" if key == "image_base64" else f"{key!r}: {value!r}"
+            for key, value in self.items())
+
+    __str__ = __repr__
 
 
 def _warn_not_warm(service: Service, request: GenerationRequest) -> None:

@@ -311,6 +311,17 @@ def test_runpod_sdk_stops_the_pod_after_a_fatal_device_error(
     assert isinstance(result["error"], str)
 
 
+def test_the_response_prints_short_and_serializes_as_the_contract(handle: Callable) -> None:
+    """The job SDK formats the handler's output into DEBUG lines even when they are not logged:
+    spelt out, a 1024x1024 PNG's base64 took milliseconds a job (and megabytes of log at DEBUG)."""
+    out = handle(GOOD_JOB)
+    assert isinstance(out, dict) and set(out) == CONTRACT_KEYS
+    text = f"Handler output: {out}"
+    assert out["image_base64"] not in text
+    assert f"'image_base64': <{len(out['image_base64'])} characters>" in text and "'seed': 11" in text
+    assert json.loads(json.dumps({"output": out}, ensure_ascii=False)) == {"output": dict(out)}
+
+
 # ---- Runpod's per-job stop (a cancel, an execution timeout) -------------------------------------
 @contextmanager
 def transformer_calls(service: Service) -> Iterator[list[str]]:
