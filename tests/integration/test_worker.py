@@ -148,11 +148,12 @@ def test_test_input_good_job(run_worker_once: Callable, model_id: str) -> None:
     run = run_worker_once({"HF_MODEL_ID": model_id}, job(seed=5))
     assert run.returncode == 0, run.log[-3000:]
     assert "Job local_test completed successfully." in run.log
-    # The SDK cuts log lines over 4096 characters in the middle: the head shows the PNG, the tail
-    # the other keys, in the contract's order.
+    # The result line shows the head of the PNG's base64 and its length (runtime.handler's
+    # JobOutput; spelt out, the SDK cut it in the middle at 4096 characters), then the other
+    # keys, in the contract's order.
     assert f"Job result: {{'output': {{'image_base64': '{PNG_B64_PREFIX}" in run.log
-    assert re.search(r"', 'model_id': '%s', 'seed': 5, 'height': 256, 'width': 256\}\}\n"
-                     % re.escape(model_id), run.log), run.log[-2000:]
+    assert re.search(r"' \+ <\d+ more characters>, 'model_id': '%s', 'seed': 5, 'height': 256, "
+                     r"'width': 256\}\}\n" % re.escape(model_id), run.log), run.log[-2000:]
 
 
 @pytest.mark.parametrize("model_id", ["visgate/tiny-flux", "visgate/tiny-sdxl"])

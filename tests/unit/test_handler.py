@@ -317,8 +317,11 @@ def test_the_response_prints_short_and_serializes_as_the_contract(handle: Callab
     out = handle(GOOD_JOB)
     assert isinstance(out, dict) and set(out) == CONTRACT_KEYS
     text = f"Handler output: {out}"
-    assert out["image_base64"] not in text
-    assert f"'image_base64': <{len(out['image_base64'])} characters>" in text and "'seed': 11" in text
+    encoded = out["image_base64"]
+    assert encoded not in text and len(text) < 300
+    assert (f"{{'image_base64': '{encoded[:32]}' + <{len(encoded) - 32} more characters>, "
+            f"'model_id': '{MODEL_ID}', 'seed': 11, 'height': 256, 'width': 320}}") in text
+    assert base64.b64decode(encoded[:32])[:8] == b"\x89PNG\r\n\x1a\n"  # the head shows a PNG
     assert json.loads(json.dumps({"output": out}, ensure_ascii=False)) == {"output": dict(out)}
 
 
