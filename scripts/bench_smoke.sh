@@ -48,7 +48,8 @@ run coldstart python -m warmup.bench_coldstart --repeat 1 --scenarios "$scenario
 # synthetic SDXL written to a volume, a priming boot that compiles the aot packages, and a boot
 # that loads them; keeps that never-yet-run GPU path working on every CI run.
 VISGATE_SYNTHETIC_SCALE=small run coldstart-synthetic python -m warmup.bench_coldstart --mode synthetic \
-  --model sdxl --device cpu --volume "$OUT/volume" --repeat 1 --compile aot --scenarios warm-cache --jobs 2
+  --model sdxl --device cpu --volume "$OUT/volume" --repeat 1 --compile aot --scenarios warm-cache --jobs 2 \
+  --entry queue
 # One strategy (one compile, ~1 minute) runs the parent/child machinery; bench_shapes runs all three.
 run shapes python -m warmup.bench_shapes --strategies eager-fallback --size 256 --new 256x320 \
   --steps 1 --runs 1 --cache-dir "$OUT/cache"

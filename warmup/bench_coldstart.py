@@ -4,6 +4,7 @@
     python -m warmup.bench_coldstart --scenarios all --repeat 3        # + compile cache cold / warm
     python -m warmup.bench_coldstart --mode synthetic --model sdxl --device cuda --volume /mnt/ci
     python -m warmup.bench_coldstart --mode real --model black-forest-labs/FLUX.1-dev --device cuda
+    python -m warmup.bench_coldstart --entry queue --jobs 5            # as on an endpoint: the job queue
 
 Each boot is ``python -m runtime --rp_serve_api`` (warmup.local_worker) with ``VISGATE_WEBHOOK``
 pointing at a real receiver on 127.0.0.1 (tests.support.receiver), a fresh ``TMPDIR`` (a new
@@ -52,7 +53,7 @@ from runtime.errors import redact_values  # noqa: E402
 from runtime.settings import COMPILE_MODES, secrets_in  # noqa: E402
 from warmup.bench_latency import p95  # noqa: E402
 from warmup.check_args import comma_choices  # noqa: E402
-from warmup.local_worker import LocalWorker, worker_env  # noqa: E402
+from warmup.local_worker import LocalWorker, QueuedWorker, worker_env  # noqa: E402
 from warmup.machine import machine_info, result_path  # noqa: E402
 from warmup.report import coldstart_section, machine_label  # noqa: E402
 from warmup.synthetic import record_mode  # noqa: E402
@@ -74,6 +75,8 @@ LOAD_PARTS = ("load_imports_s", "load_device_init_s", "load_weights_s")
 # The scenario the cold-start target (warmup/targets.py) is for: warm caches.
 TARGET_SCENARIO = "warm-cache"
 JOB = {"prompt": "a lighthouse on a cliff at dusk", "seed": 1}
+# How jobs reach the worker: the SDK's local API server, or Runpod's job queue (a stand-in).
+WORKERS = {"api": LocalWorker, "queue": QueuedWorker}
 
 
 # ---- where the weights come from ------------------------------------------------------------------
@@ -149,8 +152,9 @@ class SyntheticDir(Source):
 
 # ---- one boot ---------------------------------------------------------------------------------------
 def boot_once(env: dict[str, str], work: Path, name: str, timeout: float,
-              first_job: bool, jobs: int = 0) -> dict[str, Any]:
-    """Boot the worker once; return its timings (or ``error`` and the log's tail)."""
+              first_job: bool, jobs: int = 0, entry: str = "api") -> dict[str, Any]:
+    """Boot the worker once; return its timings (or ``error`` and the log's tail). ``entry``:
+    "api", the SDK's local API server (/runsync); "queue", Runpod's job queue (a stand-in)."""
     from tests.support.receiver import WebhookReceiver
 
     tmp = work / "tmp" / name  # a new container's empty /tmp: no local inductor cache
@@ -159,9 +163,9 @@ def boot_once(env: dict[str, str], work: Path, name: str, timeout: float,
     log_path = work / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with WebhookReceiver() as hook:
-        worker = LocalWorker({**env, "VISGATE_WEBHOOK": hook.url, "TMPDIR": str(tmp),
-                              "CUDA_CACHE_PATH": str(tmp / "nv")},
-                             log_path=log_path, boot_timeout=timeout)
+        worker = WORKERS[entry]({**env, "VISGATE_WEBHOOK": hook.url, "TMPDIR": str(tmp),
+                                 "CUDA_CACHE_PATH": str(tmp / "nv")},
+                                log_path=log_path, boot_timeout=timeout)
         for inherited in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
             worker.env.pop(inherited, None)  # the worker chooses these itself (compile cache)
         spawn = time.time()
@@ -192,17 +196,24 @@ def boot_once(env: dict[str, str], work: Path, name: str, timeout: float,
     return result
 
 
-def steady_jobs(worker: LocalWorker, jobs: int, timeout: float) -> dict[str, Any]:
-    """Seconds per image once the worker is warm: ``jobs`` jobs after the first, each a /runsync
-    round trip at the model's defaults (so PNG encoding, base64 and the local HTTP hop count
-    too: a little more than bench_latency's median, which stops at the image)."""
-    seconds = []
-    for seed in range(2, 2 + jobs):
-        t0 = time.perf_counter()
-        answer = worker.runsync({**JOB, "seed": seed}, timeout=timeout)
-        seconds.append(time.perf_counter() - t0)
+def steady_jobs(worker: LocalWorker | QueuedWorker, jobs: int, timeout: float) -> dict[str, Any]:
+    """Seconds per image once the worker is warm: ``jobs`` jobs after the first at the model's
+    defaults (so PNG encoding, base64 and the HTTP hops count too: a little more than
+    bench_latency's median, which stops at the image). Through the local API, each a /runsync
+    round trip; on the queue, all queued at once (a busy endpoint), each job's seconds from the
+    last one's result to its own: the worker's time between jobs counts too."""
+    inputs = [{**JOB, "seed": seed} for seed in range(2, 2 + jobs)]
+    if isinstance(worker, QueuedWorker):
+        seconds, answers = worker.backlog(inputs, timeout=timeout)
+    else:
+        seconds, answers = [], []
+        for job_input in inputs:
+            t0 = time.perf_counter()
+            answers.append(worker.runsync(job_input, timeout=timeout))
+            seconds.append(time.perf_counter() - t0)
+    for n, answer in enumerate(answers, start=1):
         if answer.get("status") != "COMPLETED" or "error" in (answer.get("output") or {}):
-            return {"error": f"job {seed - 1} after the first failed: {str(answer)[:300]}"}
+            return {"error": f"job {n} after the first failed: {str(answer)[:300]}"}
     return {"job_s": round(statistics.median(seconds), 3), "job_p95_s": round(p95(seconds), 3),
             "jobs": len(seconds)}
 
@@ -298,11 +309,12 @@ def run_all(args: argparse.Namespace, source: Source, work: Path,
             if scenario == "warm-cache" and not any((cache / "compile").glob("*.tar")):
                 log.info("priming the compile cache (one boot, kept beside the scenario: its cold compile)")
                 priming = boot_once(scenario_env(scenario, source, cache, args), work, f"prime-{i}",
-                                    args.boot_timeout, first_job=False)
+                                    args.boot_timeout, first_job=False, entry=args.entry)
             before = source.hub_requests()
             log.info("boot %d/%d: %s", i + 1, args.repeat, scenario)
             result = boot_once(scenario_env(scenario, source, cache, args), work,
-                               f"{scenario}-{i}", args.boot_timeout, args.first_job, args.jobs)
+                               f"{scenario}-{i}", args.boot_timeout, args.first_job, args.jobs,
+                               entry=args.entry)
             after = source.hub_requests()
             if before is not None and after is not None:
                 result["hub_requests_seen"] = after - before
@@ -353,7 +365,8 @@ def summarize(args: argparse.Namespace, source: Source,
         scenarios[name] = entry
     return {"what": "coldstart", "mode": record_mode(args.mode), "model": args.model,
             "model_id": source.model_id,
-            "device": args.device, "repeat": args.repeat, "first_job": args.first_job, "jobs": args.jobs,
+            "device": args.device, "entry": args.entry, "repeat": args.repeat,
+            "first_job": args.first_job, "jobs": args.jobs,
             "env": args.extra_env,  # part of the regression check's key (secrets are redacted)
             "command": " ".join(["python", "-m", "warmup.bench_coldstart", *args.argv]),
             "parts": list(PARTS), "machine": machine_info(args.device), "scenarios": scenarios}
@@ -368,7 +381,8 @@ def recorded_secrets(args: argparse.Namespace, source: Source) -> tuple[str, ...
 
 
 def render(result: dict[str, Any]) -> str:
-    return "\n".join([f"## cold start: {result['mode']} {result['model']} on "
+    entry = " on the job queue" if result.get("entry") == "queue" else ""
+    return "\n".join([f"## cold start{entry}: {result['mode']} {result['model']} on "
                       f"{machine_label(result['machine'])} (median of {result['repeat']})", "",
                       *coldstart_section(result)])
 
@@ -387,6 +401,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--compile", default=None, choices=COMPILE_MODES,
                         help="VISGATE_COMPILE for (a) (default: the worker's default for the device) "
                              "and for (b)/(c) (default regional); a result file of its own")
+    parser.add_argument("--entry", choices=tuple(WORKERS), default="api",
+                        help="how jobs reach the worker: the SDK's local API server (/runsync), or "
+                             "Runpod's job queue (a stand-in on 127.0.0.1: `python -m runtime` as on "
+                             "an endpoint, its ready after the SDK's start-up checks)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--first-job", action=argparse.BooleanOptionalAction, default=True,
                         help="time one job after the worker serves")
@@ -451,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         source = make_source(args, work)
-        slug = args.model.replace("/", "_") + (f"-{args.compile}" if args.compile else "")
+        slug = (args.model.replace("/", "_") + (f"-{args.compile}" if args.compile else "")
+                + ("-queue" if args.entry == "queue" else ""))
         out = args.out or result_path(f"coldstart-{record_mode(args.mode)}-{slug}", args.device)
         out.parent.mkdir(parents=True, exist_ok=True)
         secrets = recorded_secrets(args, source)

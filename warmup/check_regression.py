@@ -6,8 +6,8 @@
 The baseline is keyed by GPU name (``machine.gpu`` of a result), then by what was measured
 (``latency/<mode>/<model>/<size>/<steps>[/<option>=<value>...]``, the options being compile,
 quantize, attention and precision where not the default, or
-``coldstart/<mode>/<model>/<scenario>[/compile=<mode>][/<VISGATE_ setting>=<value>...]``, the
-settings being those given with ``--env``). A check fails when, on the same GPU:
+``coldstart/<mode>/<model>/<scenario>[/entry=queue][/compile=<mode>][/<VISGATE_ setting>=<value>...]``,
+the settings being those given with ``--env``; ``entry=queue``: booted on the job queue). A check fails when, on the same GPU:
 
 - tuned seconds per image > baseline x ``latency_ratio`` (1.15);
 - the compile cache hit takes more than ``cache_hit_ratio_max`` (0.25) of the cold compile
@@ -71,6 +71,8 @@ def coldstart_key(result: dict[str, Any], scenario: str, entry: dict[str, Any]) 
     # A compile mode other than the scenario's usual one (regional; off without compile) is
     # another configuration: an aot boot is not compared with a regional baseline.
     key = f"coldstart/{result['mode']}/{result['model']}/{scenario}"
+    if result.get("entry", "api") != "api":  # on the job queue: the SDK's checks count too
+        key += f"/entry={result['entry']}"
     if entry.get("compile") not in (None, "regional", "off"):
         key += f"/compile={entry['compile']}"
     # Worker settings given with --env (VISGATE_QUANTIZE=fp8, VISGATE_PRECISION=bf16, ...) are

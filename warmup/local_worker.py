@@ -94,3 +94,79 @@ class LocalWorker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class QueuedWorker(LocalWorker):
+    """The worker as Runpod starts it on an endpoint (``python -m runtime``, no flags), taking
+    its jobs from a stand-in for Runpod's job API on 127.0.0.1 (tests.support.runpod_api). Its
+    "ready" comes after the job SDK's start-up checks, as on Runpod: its GPU health check (the
+    gpu_test binary) on a GPU host; its system checks (memory, disk, a TCP connection to
+    8.8.8.8 and, on a GPU, CUDA's version, initialisation and a matrix multiply) only where
+    ``env`` sets RUNPOD_SKIP_AUTO_SYSTEM_CHECKS=false, since the network check needs the
+    internet. Its jobs go through the SDK's job loop: take, run, post.
+
+    LocalWorker's calls; ``ready_seconds`` runs to the worker's first job-take, where it can
+    first be handed a job, and ``runsync`` answers as the SDK's /runsync would."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path | None = None,
+                 boot_timeout: float = 600.0) -> None:
+        from tests.support.runpod_api import RunpodApi
+
+        self.api = RunpodApi(take_hold=5.0, stop_hold=5.0)
+        super().__init__({"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", **env,
+                          **self.api.worker_env(ping_interval_ms=10_000)}, log_path, boot_timeout)
+        self._serving_api = False
+
+    def start(self) -> "QueuedWorker":
+        self.api.start()
+        self._serving_api = True
+        self._log = open(self.log_path, "wb")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "runtime"], cwd=ROOT, env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.boot_timeout
+        while time.monotonic() < deadline:
+            if self.api.wait_until(lambda: self.api.of_kind("take"), 0.2):
+                self.ready_seconds = time.perf_counter() - t0
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode} before taking a "
+                                   f"job; log: {self.log_path}")
+        self.stop()
+        raise TimeoutError(f"worker took no job within {self.boot_timeout}s; log: {self.log_path}")
+
+    def runsync(self, job_input: Any, timeout: float = 600.0) -> dict[str, Any]:
+        """One job through the queue, answered as the SDK's /runsync answers it."""
+        job_id = self.api.queue(job_input)
+        [result] = self._results([job_id], timeout)
+        return _as_runsync(result.json())
+
+    def backlog(self, inputs: list[Any], timeout: float = 600.0) -> tuple[list[float], list[dict[str, Any]]]:
+        """``inputs`` queued at once, as on a busy endpoint: the seconds between one job's result
+        and the next's (the first from its job-take), which include the worker's time between
+        jobs; and each answer, as /runsync's."""
+        ids = [self.api.queue(job_input) for job_input in inputs]
+        results = self._results(ids, timeout)
+        [taken] = [call for call in self.api.of_kind("take") if ids[0] in call.jobs]
+        ends = [taken.answered_at] + [call.at for call in results]
+        return [b - a for a, b in zip(ends, ends[1:])], [_as_runsync(call.json()) for call in results]
+
+    def _results(self, ids: list[str], timeout: float) -> list[Any]:
+        done = self.api.wait_until(lambda: all(self.api.results(i) for i in ids), timeout)
+        if not done:
+            raise TimeoutError(f"no result for every job within {timeout}s; calls: {self.api.summary()[-10:]}")
+        return [self.api.results(i)[0] for i in ids]
+
+    def stop(self) -> None:
+        super().stop()  # SIGTERM: on the queue the worker exits at once when idle (143)
+        if self._serving_api:
+            self.api.stop()
+            self._serving_api = False
+
+
+def _as_runsync(body: dict[str, Any]) -> dict[str, Any]:
+    """A result as Runpod's job API received it ({"output"} and/or {"error"}), as /runsync
+    answers it: an error's output carries it back, as the handler returned it."""
+    if "error" in body:
+        return {"status": "FAILED", "output": {**(body.get("output") or {}), "error": body["error"]}}
+    return {"status": "COMPLETED", "output": body.get("output")}

@@ -32,7 +32,7 @@ LATENCY_STAGES = (("text_encode_s", "text encoding", "#8fb3d9"), ("denoise_s", "
 COLDSTART_PARTS = (("import_s", "process start + imports", "#bbbbbb"), ("settings_s", "settings", "#666666"),
                    ("fetch_s", "fetch", "#4c9a5f"), ("load_s", "load", "#2f6db3"),
                    ("optimize_s", "optimize", "#9b59b6"), ("warmup_s", "warmup", "#f0a04b"),
-                   ("serve_s", "serve (job SDK import)", "#17a2b8"),
+                   ("serve_s", "serve (job SDK; on the queue its checks)", "#17a2b8"),
                    ("other_s", "other (no stage)", "#d9534f"), ("announce_s", "announce", "#333333"))
 # Facts about a result that its numbers cannot carry, shown beside it.
 CAVEATS = {
@@ -208,8 +208,15 @@ def coldstart_section(r: dict[str, Any]) -> list[str]:
               + (f", {verdict(s['median']['job_s'], s['target_job_s'])}" if s.get("target_job_s") else "")
               + ")" for s in r["scenarios"].values() if "job_s" in s.get("median", {})]
     if steady:
-        lines += ["", f"Seconds per image after the first job ({r.get('jobs')} `/runsync` round trips "
-                  "at the model's defaults, PNG included), median: " + "; ".join(steady) + "."]
+        how = (f"{r.get('jobs')} jobs queued at once on the job queue, each from the last one's "
+               "result to its own" if r.get("entry") == "queue"
+               else f"{r.get('jobs')} `/runsync` round trips")
+        lines += ["", f"Seconds per image after the first job ({how}, at the model's defaults, "
+                  "PNG included), median: " + "; ".join(steady) + "."]
+    if r.get("entry") == "queue":
+        lines += ["", "Booted as on a Runpod endpoint (`python -m runtime`, its jobs from a stand-in "
+                  "for Runpod's job queue): ready includes the job SDK's start-up checks (serve stage); "
+                  "serving is the worker's first job-take."]
     return lines
 
 

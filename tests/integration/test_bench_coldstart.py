@@ -89,3 +89,26 @@ def child_pids(pid: int) -> list[int]:
 def running(pid: int) -> bool:
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "zombie" not in status.read_text().lower()
+
+
+def test_on_the_job_queue_it_times_the_boot_as_an_endpoint_runs_it(tmp_path: Path) -> None:
+    """``--entry queue``: the worker as Runpod starts it (``python -m runtime``, no flags), its
+    jobs from a stand-in for Runpod's job queue: ready comes after the SDK's start-up checks,
+    serving at the worker's first job-take, and the backlog's seconds per image count the
+    worker's time between jobs (the SDK's job loop idled up to a second there; that is what
+    the API server's round trips could not show)."""
+    out = tmp_path / "coldstart-queue.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "warmup.bench_coldstart", "--entry", "queue", "--scenarios", "warm-eager",
+         "--jobs", "3", "--workdir", str(tmp_path / "work"), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["entry"] == "queue" and "## cold start on the job queue:" in proc.stdout
+    [run] = result["scenarios"]["warm-eager"]["runs"]
+    assert "error" not in run and run["jobs"] == 3
+    assert run["ready_s"] > run["load_s"] and run["serve_s"] is not None
+    assert run["serving_s"] >= run["ready_s"] - 0.2  # its first job-take: once ready was announced
+    assert run["first_job_s"] > 0 and run["job_s"] > 0
+    log = (tmp_path / "work" / "logs" / "warm-eager-0.log").read_text(errors="replace")
+    assert "job SDK's start-up checks passed before ready" in log  # checked on the queue only

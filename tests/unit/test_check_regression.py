@@ -155,6 +155,15 @@ def test_an_aot_cold_start_is_not_compared_with_a_regional_baseline() -> None:
     assert statuses(cr.check(coldstart(ready=9.0), both))["ready_s"] == "ok"
 
 
+def test_a_cold_start_on_the_job_queue_is_not_compared_with_one_through_the_api_server() -> None:
+    """On the queue, ready comes after the job SDK's start-up checks: another measurement."""
+    base = baseline_of(coldstart(ready=10.0))
+    assert statuses(cr.check({**coldstart(ready=10.5), "entry": "queue"}, base))["ready_s"] == "new"
+    both = baseline_of(coldstart(ready=10.0), {**coldstart(ready=11.0), "entry": "queue"})
+    assert statuses(cr.check({**coldstart(ready=14.0), "entry": "queue"}, both))["ready_s"] == "regression"
+    assert statuses(cr.check({**coldstart(ready=10.5), "entry": "api"}, both))["ready_s"] == "ok"
+
+
 def test_failed_boots_fail_the_check() -> None:
     base = baseline_of(coldstart(ready=10.0))
     checks = cr.check(coldstart(ready=10.0, errors=1), base)
