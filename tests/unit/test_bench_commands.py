@@ -121,15 +121,21 @@ def test_check_args_names_an_unknown_benchmark(capsys) -> None:
 
 def test_the_cpu_smoke_runs_every_benchmark_and_mode_the_gpu_workflow_runs() -> None:
     """scripts/bench_smoke.sh (every CI run) is where a GPU step's code path first runs: a
-    benchmark mode the GPU workflow uses and the smoke does not (bench_latency's synthetic build
-    was one) would first run, and break, on the GPU runner."""
+    benchmark mode (or a cold start's entry) the GPU workflow uses and the smoke does not
+    (bench_latency's synthetic build was one) would first run, and break, on the GPU runner."""
     def runs(path: Path) -> set[tuple[str, str]]:
         text = re.sub(r"\\\n\s*", " ", path.read_text())
-        return {(bench, (re.search(r"--mode (\S+)", args) or [None, "tiny"])[1])
-                for bench, args in COMMAND.findall(text)}
+        found = set()
+        for bench, args in COMMAND.findall(text):
+            found.add((bench, "mode=" + (re.search(r"--mode (\S+)", args) or [None, "tiny"])[1]))
+            if bench == "bench_coldstart":
+                found.add((bench, "entry=" + (re.search(r"--entry (\S+)", args) or [None, "api"])[1]))
+        return found
 
-    gpu = runs(ROOT / ".github" / "workflows" / "gpu-benchmarks.yml") - {("check_regression", "tiny"), ("report", "tiny")}
-    assert {("bench_latency", "synthetic"), ("bench_coldstart", "synthetic")} <= gpu
+    gpu = runs(ROOT / ".github" / "workflows" / "gpu-benchmarks.yml") - {
+        ("check_regression", "mode=tiny"), ("report", "mode=tiny")}
+    assert {("bench_latency", "mode=synthetic"), ("bench_coldstart", "mode=synthetic"),
+            ("bench_coldstart", "entry=queue")} <= gpu
     assert gpu <= runs(ROOT / "scripts" / "bench_smoke.sh")
 
 
