@@ -168,7 +168,7 @@ def test_serves_the_contract_after_ready_and_an_idle_sigterm_exits_143_at_once(c
     assert not taken_late and api.queued() == ["late"]
     assert not late_pings
     assert "stopped by SIGTERM: no job in progress; exiting" in log
-    # A job's lines name it, as Runpod shows it (the handler runs on the SDK's event loop).
+    # A job's lines name it, as Runpod shows it (set on the pipeline thread, where the job runs).
     assert "INFO runtime.handler [job ok-1]: job done: 320x256, 1 steps" in log
 
     # "ready" before the worker asked the queue for anything (a job included).
