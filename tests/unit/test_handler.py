@@ -364,7 +364,9 @@ def test_the_sdk_stopping_a_job_ends_its_generation_within_a_step_and_frees_the_
     steps = 40
     pipeline = PipelineThread()
     handle = job_handler(tiny_flux_service, pipeline)
-    job = {"id": "cancelled", "input": {**GOOD_JOB["input"], "num_inference_steps": steps}}
+    # 512x512: steps long enough (tens of ms here) that a busy machine's scheduling is not a step
+    job = {"id": "cancelled", "input": {**GOOD_JOB["input"], "height": 512, "width": 512,
+                                        "num_inference_steps": steps}}
 
     async def cancel_after_two_steps(calls: list[str]) -> tuple[int, int]:
         task = asyncio.create_task(run_job(handle, job))
