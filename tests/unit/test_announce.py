@@ -687,13 +687,18 @@ def test_a_stop_signal_while_booting_unwinds_the_stage_and_is_reported_there(sig
 
 
 def test_a_second_stop_signal_ends_a_slow_clean_up_at_once():
+    # Short sleeps: a signal that lands after the print and just before a sleep's system call
+    # starts is seen only when that call returns (CPython checks for signals only between
+    # calls); a 30 s sleep there once made this test wait 30 s in CI.
     code = ("import os, signal, sys, time\n"
             "from runtime.boot import stop_signals_raise\n"
             "with stop_signals_raise():\n"
             "    try:\n"
-            "        print('booting', flush=True); time.sleep(30)\n"
+            "        print('booting', flush=True)\n"
+            "        for _ in range(300): time.sleep(0.1)\n"
             "    finally:\n"
-            "        print('cleaning up', flush=True); time.sleep(30)\n")
+            "        print('cleaning up', flush=True)\n"
+            "        for _ in range(300): time.sleep(0.1)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
                             stdout=subprocess.PIPE, text=True)
     t0 = time.monotonic()
