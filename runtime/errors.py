@@ -53,7 +53,6 @@ class JobStopped(WorkerError):
     def __init__(self, done: int, total: int) -> None:
         super().__init__(f"stopped by Runpod (cancelled, or past its execution timeout) after "
                          f"{done} of {total} steps")
-        self.done, self.total = done, total
 
 
 # How Runpod scales a worker down (SIGTERM), and an operator's Ctrl-C.
