@@ -20,7 +20,7 @@ from runtime.boot_report import BootRecord
 from runtime.errors import Stopped
 from runtime.handler import job_handler
 from runtime.logs import setup_logging
-from runtime.job_api import PacedJobTakes, PromptJobLoop, RetriedResults
+from runtime.job_api import JobsInHand, PacedJobTakes, PromptJobLoop, RetriedResults
 from runtime.pipeline_thread import PipelineThread
 from runtime.serve import JobSdk, StopWhenIdle, end_process
 from runtime.settings import check_runpod_flags
@@ -63,7 +63,8 @@ def main() -> int:
     # On Runpod's queue a stop signal from here on ends the worker once no job is in progress
     # (the SDK's own shutdown could take a job and drop it). Installed before the announce,
     # whose own stop handlers put it back when they end: no moment without a handler.
-    stop = StopWhenIdle() if on_queue else None
+    in_hand = JobsInHand()  # counted from a job-take's response on, not once its body is parsed
+    stop = StopWhenIdle(in_hand.count, in_hand.lock, in_hand.close) if on_queue else None
     if stop:
         stop.install()
     try:
@@ -80,6 +81,7 @@ def main() -> int:
     config: dict[str, Any] = {"handler": job_handler(service, pipeline)}
     if stop:
         config["concurrency_modifier"] = stop.concurrency_modifier  # chains our stop handler
+        in_hand.install()
         PacedJobTakes.install()  # a failing job queue is not asked again at once
         RetriedResults.install()  # nor is a made image dropped when Runpod fails to take it
         PromptJobLoop.install()  # the next job is taken as soon as one ends, not up to 1 s later

@@ -39,15 +39,17 @@ def _failure(exc: BaseException) -> str:
     return " ".join(str(part) for part in (type(exc).__name__, getattr(exc, "status", ""))).strip()
 
 
-def _wrap_sdk(module: str, name: str, wrapper: Callable[[Any], Any]) -> None:
+def _wrap_sdk(module: str, name: str, wrapper: Callable[[Any], Any]) -> bool:
     """Replace one of the SDK's module functions by ``wrapper(it)``; where this SDK version has
-    no such function, its own behaviour stays, with a warning."""
+    no such function, its own behaviour stays, with a warning (and False)."""
     try:
         sdk_module = importlib.import_module(module)
         setattr(sdk_module, name, wrapper(getattr(sdk_module, name)))
     except (ImportError, AttributeError) as exc:
-        log.warning("job SDK's %s.%s not wrapped (%s): its own retries apply", module, name,
+        log.warning("job SDK's %s.%s not wrapped (%s): its own behaviour stays", module, name,
                     brief(exc))
+        return False
+    return True
 
 
 class PacedJobTakes:
@@ -89,6 +91,118 @@ class PacedJobTakes:
     def install(cls) -> None:
         """Before the SDK's job loop is made: it takes its job-take function from its module."""
         _wrap_sdk("runpod.serverless.modules.rp_scale", "get_job", cls)
+
+
+class JobsInHand:
+    """On Runpod's job queue: the jobs a stop signal must let this worker see through. The job
+    SDK (runpod 1.12) counts a job in progress (``JobsProgress``) only once its job-take's
+    response has been read and parsed. From the response's arrival until then the job was Runpod's
+    no longer and not yet in the count: a SIGTERM landing then ended the worker as idle, and the
+    job, handed over, was never run (CI: test_sigterm_during_a_job_posts_its_result_takes_no_other
+    _and_exits_143, once in its 900 tests). Here a job-take whose response arrives with a job holds
+    it in hand until the SDK counts it, or the take ends with none.
+
+    Each change is made under ``lock``, under which the stop decides to end the process and
+    does: a response arriving after that decision waits for the end, as one still on the wire
+    would (Runpod's to hand out again). The in-hand mark is cleared only after the SDK's count
+    has taken the job in, so the two together never read zero in between. After ``close`` (the
+    stop signal) no job-take is made: each waits, unanswered, for the process to end."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._arriving = False  # a job-take's response has come with a job the count lacks yet
+        self._installed = False
+        self._closed = False
+
+    def count(self) -> int:
+        """Jobs in hand: the SDK's count, and one arriving. Read under ``lock``."""
+        return int(self._arriving) + sdk_jobs_in_progress()
+
+    def close(self) -> bool:
+        """From a signal handler: no job-take from now on. False where not installed (another SDK
+        version): its own shutdown must stop its job-takes."""
+        self._closed = self._installed
+        return self._closed
+
+    def install(self) -> None:
+        """Before ``PacedJobTakes`` (inside it: a failed take's pause is not spent in hand)."""
+        try:
+            progress = importlib.import_module("runpod.serverless.modules.worker_state").JobsProgress
+            add = progress.add
+        except (ImportError, AttributeError) as exc:
+            log.warning("job SDK's count of jobs in progress not found (%s): a stop signal may "
+                        "end the worker while a job-take's response is being read", brief(exc))
+            return
+
+        def added(sdk_progress: Any, element: Any) -> Any:
+            try:
+                return add(sdk_progress, element)
+            finally:
+                self._settle()  # after: the job is in the count before it leaves our hand
+
+        progress.add = added
+        self._installed = _wrap_sdk("runpod.serverless.modules.rp_scale", "get_job", self._watched)
+
+    def _watched(self, fetch: Callable[..., Any]) -> Callable[..., Any]:
+        async def take(session: Any, num_jobs: int = 1) -> Any:
+            if self._closed:  # stopping: left unanswered until the process ends (the SDK's
+                await asyncio.get_running_loop().create_future()  # own timeout asks again)
+            self._settle()  # a new take: the last one's jobs were counted (or there were none)
+            jobs = None
+            try:
+                jobs = await fetch(_ArrivalSession(session, self._arrived), num_jobs)
+                return jobs
+            finally:
+                if not jobs:  # none to count (204, an error, a cancel): nothing stays in hand
+                    self._settle()
+
+        return take
+
+    def _arrived(self, response: Any) -> None:
+        if getattr(response, "status", None) == 200:  # Runpod's "here is a job"; 204 is none
+            with self.lock:
+                self._arriving = True
+
+    def _settle(self) -> None:
+        with self.lock:
+            self._arriving = False
+
+
+def sdk_jobs_in_progress() -> int:
+    """Jobs the SDK has taken and not finished: it adds a job once its job-take's response is
+    parsed, and removes it only once the job's result is posted."""
+    from runpod.serverless.modules.worker_state import JobsProgress
+
+    return JobsProgress().get_job_count()
+
+
+class _ArrivalSession:
+    """The SDK's HTTP session as its job-take sees it: ``get``'s response is told to ``arrived``
+    as soon as its status and headers are in, before its body is read."""
+
+    def __init__(self, session: Any, arrived: Callable[[Any], None]) -> None:
+        self._session = session
+        self._arrived = arrived
+
+    def get(self, *args: Any, **kwargs: Any) -> "_Arrival":
+        return _Arrival(self._session.get(*args, **kwargs), self._arrived)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+class _Arrival:
+    def __init__(self, request: Any, arrived: Callable[[Any], None]) -> None:
+        self._request = request
+        self._arrived = arrived
+
+    async def __aenter__(self) -> Any:
+        response = await self._request.__aenter__()
+        self._arrived(response)
+        return response
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._request.__aexit__(*exc)
 
 
 class PromptJobLoop:

@@ -12,10 +12,12 @@ import signal
 import sys
 import threading
 import time
+from contextlib import AbstractContextManager
 from types import FrameType
 from typing import Any, Callable
 
 from runtime.errors import STOP_SIGNALS, BootError, brief
+from runtime.job_api import sdk_jobs_in_progress
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +153,23 @@ class StopWhenIdle:
 
     So our handler is installed before "ready" is announced, and chained ahead of the SDK's when
     the SDK first asks for its concurrency (``concurrency_modifier``, called by its job loop,
-    in the main thread, once its own handlers are in): the SDK still stops taking jobs, while a
-    thread here waits until the SDK counts no job in progress (a job leaves its count only after
-    its result is posted) and ends the process, its heartbeat process with it."""
+    in the main thread, once its own handlers are in). A thread here waits until no job is in
+    hand (``jobs_in_progress``: a job leaves it only once its result is posted) and ends the
+    process, its heartbeat process with it. No job is taken after the signal: ``stop_taking``
+    (``JobsInHand.close``) holds back every job-take not yet made, and the SDK's own handler is
+    then not run, since its job runner, stopped by it, would leave a job that a job-take made
+    before the signal brings back after it queued and never run. Without ``stop_taking`` the
+    SDK's handler stops its job-takes."""
 
     POLL_SECONDS = 0.05
 
-    def __init__(self, jobs_in_progress: Callable[[], int] | None = None) -> None:
-        self._jobs_in_progress = jobs_in_progress or _sdk_jobs_in_progress
+    def __init__(self, jobs_in_progress: Callable[[], int] | None = None,
+                 hold: AbstractContextManager[Any] | None = None,
+                 stop_taking: Callable[[], bool] | None = None) -> None:
+        self._jobs_in_progress = jobs_in_progress or sdk_jobs_in_progress
+        self._hold = hold or threading.Lock()  # held from the last count to the process's end
+        self._stop_taking = stop_taking or (lambda: False)  # True: the SDK's handler is not needed
+        self._takes_stopped = False
         self.signum: int | None = None
         self._pid = os.getpid()
         self._chained = False
@@ -194,8 +205,8 @@ class StopWhenIdle:
     def _chain(self, sdk_handler: Any) -> Callable[[int, FrameType | None], None]:
         def both(signum: int, frame: FrameType | None) -> None:
             self._on_signal(signum, frame)
-            if callable(sdk_handler):
-                sdk_handler(signum, frame)  # the SDK stops taking jobs
+            if callable(sdk_handler) and not self._takes_stopped:
+                sdk_handler(signum, frame)  # the SDK stops taking jobs, and running them
 
         return both
 
@@ -207,34 +218,32 @@ class StopWhenIdle:
             os._exit(128 + signum)
         if self.signum is None:  # the first decides the exit status; Runpod sends one
             self.signum = signum
+        self._takes_stopped = self._takes_stopped or self._stop_taking()  # no lock taken: a flag
         self._stopping.set()  # the rest in the thread: no logging inside a signal handler
 
     def _watch(self) -> None:
         self._stopping.wait()
         name = signal.Signals(self.signum).name
-        try:
-            busy = self._jobs_in_progress()
-        except Exception as exc:  # noqa: BLE001 - another SDK's internals: ending now could cut a job short
-            log.warning("stopped by %s: the job SDK's jobs in progress cannot be read (%s); leaving "
-                        "the shutdown to the SDK", name, brief(exc))
-            return
-        if busy:
-            log.warning("stopped by %s: taking no more jobs; exiting once the job in progress has "
-                        "posted its result", name)
-            while self._jobs_in_progress():  # a count, no event to wait on: polled
-                time.sleep(self.POLL_SECONDS)
-            log.warning("stopped by %s: the job in progress posted its result; exiting", name)
-        else:
-            log.warning("stopped by %s: no job in progress; exiting", name)
-        end_process(128 + self.signum)
-
-
-def _sdk_jobs_in_progress() -> int:
-    """Jobs the SDK has taken and not finished: it adds a job as it takes it, and removes it
-    only once the job's result is posted."""
-    from runpod.serverless.modules.worker_state import JobsProgress
-
-    return JobsProgress().get_job_count()
+        said = False
+        while True:
+            # The count is read, and the process ended, under the hold: with ``JobsInHand``'s
+            # lock, a job being handed over meanwhile is either counted here or not yet in.
+            with self._hold:
+                try:
+                    busy = self._jobs_in_progress()
+                except Exception as exc:  # noqa: BLE001 - another SDK's internals: ending now could cut a job short
+                    log.warning("stopped by %s: the job SDK's jobs in progress cannot be read "
+                                "(%s); leaving the shutdown to the SDK", name, brief(exc))
+                    return
+                if not busy:
+                    log.warning("stopped by %s: %s; exiting", name, "the job in progress posted "
+                                "its result" if said else "no job in progress")
+                    end_process(128 + self.signum)
+            if not said:
+                log.warning("stopped by %s: taking no more jobs; exiting once the job in progress "
+                            "has posted its result", name)
+                said = True
+            time.sleep(self.POLL_SECONDS)  # a count, no event to wait on: polled
 
 
 def end_process(code: int) -> None:

@@ -125,6 +125,13 @@ def with_nvidia_smi(tmp_path: Path, script: str) -> str:
     return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
 
+def in_progress(api: RunpodApi, job_id: str) -> bool:
+    """Whether the worker has the job in progress as Runpod sees it: a heartbeat names it.
+    ("Taken" alone, the stand-in having sent it, is not that: a SIGTERM or a stop can beat the
+    answer to the worker.)"""
+    return any(p.query.get("job_id") == job_id for p in api.of_kind("ping"))
+
+
 def assert_no_secrets(text: str) -> None:
     assert API_KEY not in text and HF_TOKEN not in text
 
@@ -213,8 +220,8 @@ def test_sigterm_during_a_job_posts_its_result_takes_no_other_and_exits_143(cach
                    "num_inference_steps": 8}, job_id="slow")
         api.queue({"prompt": "next", "height": 256, "width": 256}, job_id="next")
         with QueueWorker(queue_env(cache_dir, api), tmp_path / "worker.log") as worker:
-            assert api.wait_until(lambda: "slow" in api.taken(), 240), api.summary()
-            worker.signal(signal.SIGTERM)  # the job is running (or about to: taken is enough)
+            assert api.wait_until(lambda: in_progress(api, "slow"), 240), api.summary()
+            worker.signal(signal.SIGTERM)
             code = worker.wait(timeout=HOLD - 5)  # no waiting out a held poll
             log = worker.log()
             exited_at = worker.exited_at
@@ -227,6 +234,39 @@ def test_sigterm_during_a_job_posts_its_result_takes_no_other_and_exits_143(cach
     assert "exiting once the job in progress has posted its result" in log
     assert "stopped by SIGTERM: the job in progress posted its result; exiting" in log
     assert_no_secrets(log)
+    assert "Traceback" not in log
+
+
+def test_sigterm_while_a_job_is_being_handed_over_runs_that_job_and_posts_its_result(
+        cache_dir, tmp_path, png_tools):
+    """A SIGTERM lands while a job-take's response is being read: Runpod has handed the job
+    over, the SDK does not count it in progress yet. Ended as idle there, the worker lost the
+    job: taken, never run (CI, once, in the test above). The stand-in sends the take's status
+    and headers, holds its body until after the signal: the worker must wait for it, run the
+    job, post its result, then exit."""
+    with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api:
+        api.hold_body("handed")
+        with QueueWorker(queue_env(cache_dir, api), tmp_path / "worker.log") as worker:
+            assert api.wait_until(lambda: api.of_kind("take"), 240), api.summary()
+            api.queue({"prompt": "in hand", "height": 256, "width": 256, "seed": 5},
+                      job_id="handed")
+            assert api.wait_until(lambda: "handed" in api.taken(), 30), api.summary()
+            time.sleep(1.0)  # the headers reach the worker, idle but for this take
+            worker.signal(signal.SIGTERM)
+            assert api.wait_until(lambda: "stopped by SIGTERM" in worker.log(), 10), worker.log()
+            still = worker.wait(timeout=1.0)  # the old worker ended here, the job unread
+            api.release_body()
+            code = worker.wait(timeout=HOLD - 5) if still is None else still
+            log = worker.log()
+            exited_at = worker.exited_at
+
+    assert still is None, f"exit {still} with the job half-read\n{log[-3000:]}"
+    assert code == 143, f"exit {code}\n{log[-3000:]}"
+    [result] = api.results("handed")
+    assert_success(png_tools, result, "handed", seed=5, height=256, width=256)
+    assert exited_at - result.at < 5
+    assert "stopped by SIGTERM: taking no more jobs; exiting once the job in progress" in log
+    assert "stopped by SIGTERM: the job in progress posted its result; exiting" in log
     assert "Traceback" not in log
 
 
@@ -268,8 +308,7 @@ def test_a_job_runpod_stops_ends_at_its_next_step_posts_nothing_and_the_next_job
         api.queue({"prompt": "a long one", "height": 1024, "width": 1024, "seed": 3,
                    "num_inference_steps": steps}, job_id="long")
         with QueueWorker(queue_env(cache_dir, api), tmp_path / "worker.log") as worker:
-            assert api.wait_until(lambda: "long" in api.taken(), 240), api.summary()
-            time.sleep(1.0)  # into its denoising loop
+            assert api.wait_until(lambda: in_progress(api, "long"), 240), api.summary()
             api.stop_job("long")
             api.queue({"prompt": "next", "height": 256, "width": 256, "seed": 5,
                        "num_inference_steps": 1}, job_id="next")

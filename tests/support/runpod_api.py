@@ -15,6 +15,10 @@ asks, at the URLs ``worker_env()`` gives it, in the shape Runpod's own variables
     POST /v2/{endpoint}/job-stream/{worker}/{job}?..                  a streamed part, the same way
     GET  /v2/{endpoint}/ping/{worker}?gpu=..&job_id=..&runpod_version=..  the heartbeat
 
+``hold_body(job_id)`` hands that job over slowly: the job-take's status and headers are sent
+(and the job counts as taken), its body only once ``release_body()`` is called: a response that
+a stop signal meets half-read.
+
 ``fail_takes(status)`` and ``fail_done(status or "drop")`` stand for outages: every job-take, or
 every result posted, is answered with that status at once (or its connection dropped).
 
@@ -93,6 +97,8 @@ class RunpodApi:
         self._counter = 0
         self._take_failure: int | None = None
         self._done_failure: int | str | None = None
+        self._held_bodies: set[str] = set()
+        self._bodies_released = threading.Event()
         # Re-entrant: a wait_until predicate reads the record (under the lock) while waiting on it.
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -147,6 +153,15 @@ class RunpodApi:
         with self._changed:
             self._done_failure = failure
             self._changed.notify_all()
+
+    def hold_body(self, job_id: str) -> None:
+        """The job-take that hands ``job_id`` out sends its headers at once, its body (the job)
+        only at ``release_body()``."""
+        with self._changed:
+            self._held_bodies.add(job_id)
+
+    def release_body(self) -> None:
+        self._bodies_released.set()
 
     def stop_job(self, job_id: str) -> None:
         """Runpod's per-job stop (a cancel, a timeout): the next job-stop poll names it."""
@@ -203,6 +218,7 @@ class RunpodApi:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._bodies_released.set()
         with self._changed:
             self._changed.notify_all()  # releases held polls
         self._server.shutdown()
@@ -314,6 +330,10 @@ class RunpodApi:
                     self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if api._held_bodies.intersection(jobs):
+                    self.wfile.flush()  # the status and headers: the worker knows a job is coming
+                    api._answered(call, status, jobs)
+                    api._bodies_released.wait()
                 self.wfile.write(body)
                 self.wfile.flush()
                 api._answered(call, status, jobs)

@@ -258,3 +258,59 @@ def test_installed_a_job_taken_or_ended_wakes_the_sdks_job_loop(monkeypatch) -> 
         return seen
 
     assert asyncio.run(scenario()) == ["job-take", "job-run"]
+
+
+# ---- JobsInHand: a job being handed over when a stop signal lands -------------------------------
+def test_a_job_take_answered_holds_its_job_in_hand_from_its_headers_until_the_sdk_counts_it(
+        monkeypatch) -> None:
+    """The SDK's own job-take (get_job, real aiohttp) against the stand-in of Runpod's job API,
+    which sends the answer's headers and holds its body: from the headers on, the job counts as
+    in hand, though the SDK's count of jobs in progress has it only once it adds it. A 204 (no
+    job) leaves nothing in hand; once closed (a stop signal), no job-take is made at all."""
+    import asyncio
+
+    import aiohttp
+    from runpod.serverless.modules import rp_job, rp_scale, worker_state
+
+    from runtime.job_api import JobsInHand
+    from tests.support.runpod_api import RunpodApi
+
+    progress = worker_state.JobsProgress
+    monkeypatch.setattr(rp_scale, "get_job", rp_job.get_job)  # put back after the test
+    monkeypatch.setattr(progress, "add", progress.add)
+    in_hand = JobsInHand()
+    assert not in_hand.close()  # not installed: the SDK's own shutdown must stop its takes
+    in_hand.install()
+    take, sdk_count = rp_scale.get_job, progress().get_job_count
+
+    async def scenario(api: RunpodApi) -> None:
+        async with aiohttp.ClientSession(headers={"Authorization": api.api_key}) as session:
+            assert await take(session, 1) is None and in_hand.count() == 0  # a 204 after the hold
+
+            api.hold_body("handed")
+            api.queue({"prompt": "a cat"}, job_id="handed")
+            taking = asyncio.ensure_future(take(session, 1))
+            for _ in range(200):  # the headers reach the session: nothing to await but the mark
+                if in_hand.count():
+                    break
+                await asyncio.sleep(0.01)
+            assert not taking.done() and in_hand.count() == 1 and sdk_count() == 0
+            api.release_body()
+            jobs = await asyncio.wait_for(taking, 10)
+            assert [job["id"] for job in jobs] == ["handed"]
+            assert in_hand.count() == 1  # parsed, not yet counted by the SDK: still in hand
+            progress().add(jobs[0])  # what the SDK's job loop does next
+            assert in_hand.count() == 1 and sdk_count() == 1  # counted once, by the SDK alone
+            progress().remove(jobs[0])
+            assert in_hand.count() == 0
+
+            assert in_hand.close()
+            takes = len(api.of_kind("take"))
+            api.queue({"prompt": "too late"}, job_id="late")
+            with pytest.raises(asyncio.TimeoutError):  # left unanswered, as the SDK's timeout ends it
+                await asyncio.wait_for(take(session, 1), 0.5)
+            assert len(api.of_kind("take")) == takes and api.queued() == ["late"]
+
+    with RunpodApi(take_hold=0.2) as api:
+        monkeypatch.setattr(rp_job, "JOB_GET_URL", api.worker_env()["RUNPOD_WEBHOOK_GET_JOB"])
+        asyncio.run(scenario(api))

@@ -192,6 +192,29 @@ def test_once_chained_a_sigterm_reaches_the_sdk_and_ends_the_process_when_its_jo
     assert "stopped by SIGTERM: the job in progress posted its result; exiting" in done.stderr
 
 
+def test_where_job_takes_can_be_stopped_the_sdks_handler_is_not_run() -> None:
+    """The SDK's handler stops its job runner too: a job that a job-take made before the signal
+    brought back after it was queued and never run. So where ``stop_taking`` stops the job-takes
+    (JobsInHand.close), the SDK's handler is left out, and the job in hand still runs."""
+    done = run_script("""
+        jobs, closed = [1], []
+        stop = StopWhenIdle(jobs_in_progress=lambda: jobs[0],
+                            stop_taking=lambda: closed.append(True) or True)
+        stop.install()
+        signal.signal(signal.SIGTERM, lambda signum, frame: print("sdk handler", flush=True))
+        stop.concurrency_modifier(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop._stopping.wait(5)
+        time.sleep(0.2)
+        print("takes stopped", closed, flush=True)
+        jobs[0] = 0
+        time.sleep(20)
+    """)
+    assert done.returncode == 143, done.stderr
+    assert done.stdout.splitlines() == ["takes stopped [True]"]
+    assert "stopped by SIGTERM: the job in progress posted its result; exiting" in done.stderr
+
+
 def test_a_job_count_that_cannot_be_read_leaves_the_shutdown_to_the_sdk() -> None:
     """The count is the SDK's internals (runpod 1.12's JobsProgress): where another version
     lacks it, ending at once could cut a job short, so the SDK's own shutdown is left to run."""
