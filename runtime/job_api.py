@@ -52,6 +52,18 @@ def _wrap_sdk(module: str, name: str, wrapper: Callable[[Any], Any]) -> bool:
     return True
 
 
+def _then(method: Callable[[Any, Any], Any], after: Callable[[], None]) -> Callable[[Any, Any], Any]:
+    """One of the SDK's ``JobsProgress`` methods (``add``, ``remove``), followed by ``after()``
+    whatever it returned or raised."""
+    def wrapped(sdk_self: Any, element: Any) -> Any:
+        try:
+            return method(sdk_self, element)
+        finally:
+            after()
+
+    return wrapped
+
+
 class PacedJobTakes:
     """On Runpod's job queue: a pause after each failed job-take (``_pause``), back to none after
     one that succeeds.
@@ -134,13 +146,7 @@ class JobsInHand:
                         "end the worker while a job-take's response is being read", brief(exc))
             return
 
-        def added(sdk_progress: Any, element: Any) -> Any:
-            try:
-                return add(sdk_progress, element)
-            finally:
-                self._settle()  # after: the job is in the count before it leaves our hand
-
-        progress.add = added
+        progress.add = _then(add, self._settle)  # after: the job is counted before it leaves our hand
         self._installed = _wrap_sdk("runpod.serverless.modules.rp_scale", "get_job", self._watched)
 
     def _watched(self, fetch: Callable[..., Any]) -> Callable[..., Any]:
@@ -215,9 +221,10 @@ class PromptJobLoop:
     thus seen up to a second late: measured 0.53-0.93 s with nothing to do between back-to-back
     jobs (tiny FLUX on the CPU, medians 0.69-0.90 s; warmup/results/cpu-logs/
     2026-11-29-queue-back-to-back.txt), which next to SDXL's 1.1 s per image on an H200 would be
-    about 40% of a busy worker's time; and a job taken while idle waited up to 0.1 s to start. Here every pause of those tasks also ends when a job enters or leaves the SDK's count
-    of jobs in progress (``JobsProgress``: a job enters it as it is taken, and leaves it once
-    its result is posted); the loop then checks again at once. An early wake is harmless to
+    about 40% of a busy worker's time; and a job taken while idle waited up to 0.1 s to start.
+    Here every pause of those tasks also ends when a job enters or leaves the SDK's count of jobs
+    in progress (``JobsProgress``: a job enters it once its job-take's answer is parsed, and
+    leaves it once its result is posted); the loop then checks again at once. An early wake is harmless to
     every one of those pauses: each is a wait before checking again."""
 
     def __init__(self) -> None:
@@ -262,17 +269,7 @@ class PromptJobLoop:
                         "second late", brief(exc))
             return None
         loop = cls()
-
-        def told(method: Callable[..., Any]) -> Callable[..., Any]:
-            def counted(self: Any, element: Any) -> Any:
-                try:
-                    return method(self, element)
-                finally:
-                    loop.changed()
-
-            return counted
-
-        progress.add, progress.remove = told(add), told(remove)
+        progress.add, progress.remove = _then(add, loop.changed), _then(remove, loop.changed)
         scale.asyncio = _WithSleep(loop.sleep)
         return loop
 
