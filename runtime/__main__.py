@@ -20,7 +20,8 @@ from runtime.boot_report import BootRecord
 from runtime.errors import Stopped
 from runtime.handler import job_handler
 from runtime.logs import setup_logging
-from runtime.job_api import JobsInHand, PacedJobTakes, PromptJobLoop, RetriedResults
+from runtime.job_api import (JobsInHand, OverlappedTakes, PacedJobTakes, PromptJobLoop,
+                             RetriedResults)
 from runtime.pipeline_thread import PipelineThread
 from runtime.serve import JobSdk, StopWhenIdle, end_process
 from runtime.settings import check_runpod_flags
@@ -80,11 +81,15 @@ def main() -> int:
         return exc.exit_code
     config: dict[str, Any] = {"handler": job_handler(service, pipeline)}
     if stop:
-        config["concurrency_modifier"] = stop.concurrency_modifier  # chains our stop handler
+        overlapped = OverlappedTakes()  # the next job is taken while the last result posts
+        config["handler"] = overlapped.handler(config["handler"])
+        config["concurrency_modifier"] = lambda current: overlapped.concurrency(
+            stop.concurrency_modifier(current))  # which chains our stop handler
         in_hand.install()
         PacedJobTakes.install()  # a failing job queue is not asked again at once
         RetriedResults.install()  # nor is a made image dropped when Runpod fails to take it
-        PromptJobLoop.install()  # the next job is taken as soon as one ends, not up to 1 s later
+        job_loop = PromptJobLoop.install()  # the next job is taken as soon as one ends, not up to 1 s later
+        overlapped.install(job_loop)
     start(config)
     return stop.exit_code if stop else 0
 

@@ -2,7 +2,8 @@
 its failures: a failed job-take is asked again after a pause rather than at once
 (``PacedJobTakes``), and a result Runpod failed to take is posted again rather than dropped
 (``RetriedResults``); and its job loop takes the next job as soon as one ends, rather than at its
-next once-a-second check (``PromptJobLoop``). Each wraps some of the SDK's module functions,
+next once-a-second check (``PromptJobLoop``), while the last result is still being posted
+(``OverlappedTakes``). Each wraps some of the SDK's module functions,
 installed before its job loop starts; where another SDK version has no such function, its own
 behaviour stays."""
 
@@ -289,6 +290,102 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+class OverlappedTakes:
+    """On Runpod's job queue: the next job is taken as soon as the pipeline is free, while the
+    last job's result is still on its way to Runpod, not once Runpod has answered it.
+
+    The job SDK (runpod 1.12) counts a job in progress until its result is posted, and takes
+    jobs only below its concurrency (1 by default): a busy worker's pipeline idled through every
+    result's post (JSON-encoding megabytes of base64, the upload, Runpod's answer) before the
+    next job-take even began. Against the stand-in answering each result 150 ms late, one-step
+    tiny-FLUX jobs on the CPU took 0.263 s each, 0.153 s of it idle; 0.169 s overlapped
+    (warmup/results/cpu-logs/2026-11-30-queue-overlapped-takes.txt).
+
+    Here the SDK's concurrency is 2, and each job-take first waits until every job in its count
+    has left the handler: jobs still generate one at a time, the next is handed over while the
+    last one's result posts, and a result that Runpod is slow to take (``RetriedResults``)
+    holds back at most one more job. After a result asking Runpod to replace this worker (an
+    unrecoverable GPU error: ``refresh_worker``), no job is taken again: it would fail too."""
+
+    CONCURRENCY = 2
+
+    def __init__(self) -> None:
+        self._past_handler: set[str] = set()  # job ids out of the handler, results not yet posted
+        self._replaced = False
+        self._installed = False
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._wake_job_loop: Callable[[], None] | None = None
+
+    def concurrency(self, current: int) -> int:
+        """The SDK's concurrency (its modifier hook): 2 once the job-takes wait for the pipeline."""
+        return self.CONCURRENCY if self._installed else current
+
+    def handler(self, handle: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+        """The job handler, telling when each job leaves it (its generation over, or stopped)."""
+        async def handled(job: dict[str, Any]) -> Any:
+            self._changed()  # out of the SDK's queue: its job-take loop may go on to the gate
+            try:
+                result = await handle(job)
+                if isinstance(result, dict) and result.get("refresh_worker") and not self._replaced:
+                    self._replaced = True
+                    log.warning("job queue: no more jobs are taken: this worker asked Runpod to "
+                                "replace it")
+                return result
+            finally:
+                self._past_handler.add(_job_id(job))
+                self._changed()
+
+        return handled
+
+    def install(self, job_loop: "PromptJobLoop | None") -> None:
+        """Before the SDK's job loop is made, after ``PacedJobTakes`` (a job-take's wait for the
+        pipeline is no failure's pause). ``job_loop`` wakes the SDK's job-take loop when a job
+        leaves its queue: it counts a queued job twice (queued, and in progress), so with one
+        job queued it pauses as if full, and without a wake would go on only at the next job's
+        entry or exit from its count (the last result posted: what this is for)."""
+        self._wake_job_loop = job_loop.changed if job_loop else None
+        try:
+            progress = importlib.import_module("runpod.serverless.modules.worker_state").JobsProgress
+            progress.remove = _then(progress.remove, self._changed)
+        except (ImportError, AttributeError) as exc:
+            log.warning("job SDK's count of jobs in progress not found (%s): the next job is "
+                        "taken once the last one's result is posted", brief(exc))
+            return
+        self._installed = _wrap_sdk("runpod.serverless.modules.rp_scale", "get_job", self._gated)
+
+    def _pipeline_free(self) -> bool:
+        from runpod.serverless.modules.worker_state import JobsProgress
+
+        in_progress = {str(job.id) for job in JobsProgress()}
+        self._past_handler &= in_progress  # posted since: out of the count
+        return not self._replaced and in_progress <= self._past_handler
+
+    def _gated(self, fetch: Callable[..., Any]) -> Callable[..., Any]:
+        async def take(session: Any, num_jobs: int = 1) -> Any:
+            while not self._pipeline_free():
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.add(waiter)
+                try:
+                    await waiter
+                finally:
+                    self._waiters.discard(waiter)
+            # One job: with one free, a second taken would only wait behind it.
+            return await fetch(session, 1)
+
+        return take
+
+    def _changed(self) -> None:
+        """A job entered or left the handler, or left the SDK's count."""
+        for waiter in list(self._waiters):
+            waiter.get_loop().call_soon_threadsafe(_wake, waiter)
+        if self._wake_job_loop:
+            self._wake_job_loop()
+
+
+def _job_id(job: Any) -> str:
+    return str(job.get("id")) if isinstance(job, dict) else str(job)
+
+
 class RetriedResults:
     """On Runpod's job queue: a job's result that Runpod did not take is posted again, after a
     pause (``_pause``, or the server's ``Retry-After`` where longer), for up to ``PATIENCE_S``.
@@ -313,9 +410,15 @@ class RetriedResults:
 
     async def __call__(self, session: Any, url: str, job_data: Any) -> Any:
         started, failures = self._clock(), 0
-        # The SDK names the job in the session's headers just before posting its result.
-        with job_context(getattr(session, "headers", {}).get("X-Request-ID")):
+        # The SDK names the job in the session's headers just before posting its result. The
+        # session is shared: another job's result may be posted meanwhile (OverlappedTakes) and
+        # rename it, so each try names this job again.
+        headers = getattr(session, "headers", None)
+        job_id = headers.get("X-Request-ID") if headers is not None else None
+        with job_context(job_id):
             while True:
+                if job_id is not None:
+                    headers["X-Request-ID"] = job_id
                 try:
                     result = await self._transmit(session, url, job_data)
                 except Exception as exc:  # noqa: BLE001 - sorted below; re-raised to the SDK

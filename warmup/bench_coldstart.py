@@ -152,7 +152,8 @@ class SyntheticDir(Source):
 
 # ---- one boot ---------------------------------------------------------------------------------------
 def boot_once(env: dict[str, str], work: Path, name: str, timeout: float,
-              first_job: bool, jobs: int = 0, entry: str = "api") -> dict[str, Any]:
+              first_job: bool, jobs: int = 0, entry: str = "api",
+              result_latency: float = 0.0) -> dict[str, Any]:
     """Boot the worker once; return its timings (or ``error`` and the log's tail). ``entry``:
     "api", the SDK's local API server (/runsync); "queue", Runpod's job queue (a stand-in)."""
     from tests.support.receiver import WebhookReceiver
@@ -165,7 +166,8 @@ def boot_once(env: dict[str, str], work: Path, name: str, timeout: float,
     with WebhookReceiver() as hook:
         worker = WORKERS[entry]({**env, "VISGATE_WEBHOOK": hook.url, "TMPDIR": str(tmp),
                                  "CUDA_CACHE_PATH": str(tmp / "nv")},
-                                log_path=log_path, boot_timeout=timeout)
+                                log_path=log_path, boot_timeout=timeout,
+                                **({"result_latency": result_latency} if result_latency else {}))
         for inherited in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
             worker.env.pop(inherited, None)  # the worker chooses these itself (compile cache)
         spawn = time.time()
@@ -314,7 +316,7 @@ def run_all(args: argparse.Namespace, source: Source, work: Path,
             log.info("boot %d/%d: %s", i + 1, args.repeat, scenario)
             result = boot_once(scenario_env(scenario, source, cache, args), work,
                                f"{scenario}-{i}", args.boot_timeout, args.first_job, args.jobs,
-                               entry=args.entry)
+                               entry=args.entry, result_latency=args.result_latency)
             after = source.hub_requests()
             if before is not None and after is not None:
                 result["hub_requests_seen"] = after - before
@@ -367,6 +369,7 @@ def summarize(args: argparse.Namespace, source: Source,
             "model_id": source.model_id,
             "device": args.device, "entry": args.entry, "repeat": args.repeat,
             "first_job": args.first_job, "jobs": args.jobs,
+            **({"result_latency_s": args.result_latency} if args.result_latency else {}),
             "env": args.extra_env,  # part of the regression check's key (secrets are redacted)
             "command": " ".join(["python", "-m", "warmup.bench_coldstart", *args.argv]),
             "parts": list(PARTS), "machine": machine_info(args.device), "scenarios": scenarios}
@@ -405,6 +408,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="how jobs reach the worker: the SDK's local API server (/runsync), or "
                              "Runpod's job queue (a stand-in on 127.0.0.1: `python -m runtime` as on "
                              "an endpoint, its ready after the SDK's start-up checks)")
+    parser.add_argument("--result-latency", type=float, default=0.0, metavar="SECONDS",
+                        help="--entry queue: the stand-in answers each result this late, as the "
+                             "network to Runpod's API would (upload and round trip)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--first-job", action=argparse.BooleanOptionalAction, default=True,
                         help="time one job after the worker serves")
@@ -441,6 +447,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--repeat must be at least 1")
     if args.jobs < 0 or (args.jobs and not args.first_job):
         parser.error("--jobs needs a non-negative count and --first-job")
+    if args.result_latency < 0 or (args.result_latency and args.entry != "queue"):
+        parser.error("--result-latency needs a non-negative number of seconds and --entry queue")
     return args
 
 

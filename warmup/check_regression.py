@@ -6,7 +6,7 @@
 The baseline is keyed by GPU name (``machine.gpu`` of a result), then by what was measured
 (``latency/<mode>/<model>/<size>/<steps>[/<option>=<value>...]``, the options being compile,
 quantize, attention and precision where not the default, or
-``coldstart/<mode>/<model>/<scenario>[/entry=queue][/compile=<mode>][/<VISGATE_ setting>=<value>...]``,
+``coldstart/<mode>/<model>/<scenario>[/entry=queue][/result_latency=<s>][/compile=<mode>][/<VISGATE_ setting>=<value>...]``,
 the settings being those given with ``--env``; ``entry=queue``: booted on the job queue). A check fails when, on the same GPU:
 
 - tuned seconds per image > baseline x ``latency_ratio`` (1.15);
@@ -73,6 +73,8 @@ def coldstart_key(result: dict[str, Any], scenario: str, entry: dict[str, Any]) 
     key = f"coldstart/{result['mode']}/{result['model']}/{scenario}"
     if result.get("entry", "api") != "api":  # on the job queue: the SDK's checks count too
         key += f"/entry={result['entry']}"
+    if result.get("result_latency_s"):  # results answered late: another per-image figure
+        key += f"/result_latency={result['result_latency_s']:g}"
     if entry.get("compile") not in (None, "regional", "off"):
         key += f"/compile={entry['compile']}"
     # Worker settings given with --env (VISGATE_QUANTIZE=fp8, VISGATE_PRECISION=bf16, ...) are

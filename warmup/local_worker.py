@@ -145,13 +145,14 @@ class QueuedWorker(LocalWorker):
     internet. Its jobs go through the SDK's job loop: take, run, post.
 
     LocalWorker's calls; ``ready_seconds`` runs to the worker's first job-take, where it can
-    first be handed a job, and ``runsync`` answers as the SDK's /runsync would."""
+    first be handed a job, and ``runsync`` answers as the SDK's /runsync would. ``result_latency``:
+    seconds the stand-in takes to answer each result (the network to Runpod's API)."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path | None = None,
-                 boot_timeout: float = 600.0) -> None:
+                 boot_timeout: float = 600.0, result_latency: float = 0.0) -> None:
         from tests.support.runpod_api import RunpodApi
 
-        self.api = RunpodApi(take_hold=5.0, stop_hold=5.0)
+        self.api = RunpodApi(take_hold=5.0, stop_hold=5.0, result_latency=result_latency)
         super().__init__({"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", **env,
                           **self.api.worker_env(ping_interval_ms=10_000)}, log_path, boot_timeout)
         self._serving_api = False

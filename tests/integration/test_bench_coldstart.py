@@ -96,15 +96,17 @@ def test_on_the_job_queue_it_times_the_boot_as_an_endpoint_runs_it(tmp_path: Pat
     jobs from a stand-in for Runpod's job queue: ready comes after the SDK's start-up checks,
     serving at the worker's first job-take, and the backlog's seconds per image count the
     worker's time between jobs (the SDK's job loop idled up to a second there; that is what
-    the API server's round trips could not show)."""
+    the API server's round trips could not show), with results answered as late as asked."""
     out = tmp_path / "coldstart-queue.json"
     proc = subprocess.run(
         [sys.executable, "-m", "warmup.bench_coldstart", "--entry", "queue", "--scenarios", "warm-eager",
-         "--jobs", "3", "--workdir", str(tmp_path / "work"), "--out", str(out)],
+         "--jobs", "3", "--result-latency", "0.05", "--workdir", str(tmp_path / "work"),
+         "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["entry"] == "queue" and "## cold start on the job queue:" in proc.stdout
+    assert result["result_latency_s"] == 0.05  # results answered late, as over the internet
     [run] = result["scenarios"]["warm-eager"]["runs"]
     assert "error" not in run and run["jobs"] == 3
     assert run["ready_s"] > run["load_s"] and run["serve_s"] is not None

@@ -132,6 +132,14 @@ def in_progress(api: RunpodApi, job_id: str) -> bool:
     return any(p.query.get("job_id") == job_id for p in api.of_kind("ping"))
 
 
+def idle_since(api: RunpodApi, result) -> bool:
+    """Whether a heartbeat after ``result`` was answered names no job: the worker has seen its
+    answer, and has no job in progress."""
+    answered = result.answered_at
+    return answered is not None and any(p.at > answered and "job_id" not in p.query
+                                        for p in api.of_kind("ping"))
+
+
 def assert_no_secrets(text: str) -> None:
     assert API_KEY not in text and HF_TOKEN not in text
 
@@ -155,8 +163,10 @@ def test_serves_the_contract_after_ready_and_an_idle_sigterm_exits_143_at_once(c
         env = queue_env(cache_dir, api, VISGATE_WEBHOOK=hook.url)
         with QueueWorker(env, tmp_path / "worker.log") as worker:
             last = api.wait_for_result("ok-2", timeout=240)
-            # Idle now: its next job-take is held open, with nothing to hand out.
+            # Idle now: its next job-take is held open, with nothing to hand out, and the last
+            # result posted (the take is made while it posts).
             assert api.wait_until(lambda: any(c.status is None for c in api.of_kind("take")), 10)
+            assert api.wait_until(lambda: idle_since(api, last), 10), api.summary()
             sigterm_at = worker.signal(signal.SIGTERM)
             code = worker.wait(timeout=10)
             # Queued after the SIGTERM: a worker still polling would take it (and drop it).
@@ -270,29 +280,51 @@ def test_sigterm_while_a_job_is_being_handed_over_runs_that_job_and_posts_its_re
     assert "Traceback" not in log
 
 
-def test_jobs_waiting_in_the_queue_are_taken_one_as_the_last_ends_not_at_the_sdks_next_tick(
-        cache_dir, tmp_path):
-    """A busy endpoint: jobs wait in Runpod's queue. The SDK's job-take task, while a job is in
-    progress, checks once a second whether it may take another: each job's end was seen up to
-    a second late (0.53-0.93 s between a result and the next job-take, measured against this
-    stand-in), idle time a busy worker paid between every two jobs. A behaviour, not a speed
-    target: the next job-take follows the result's post, where the SDK's tick is a second."""
-    count = 6
-    with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD) as api:
-        for i in range(count):
-            api.queue({"prompt": f"job {i}", "height": 256, "width": 256, "seed": i,
-                       "num_inference_steps": 1}, job_id=f"job-{i}")
-        with QueueWorker(queue_env(cache_dir, api), tmp_path / "worker.log") as worker:
-            api.wait_for_result(f"job-{count - 1}", timeout=240)
-            log = worker.log()
+def test_waiting_jobs_are_taken_as_the_last_generation_ends_while_its_result_posts(
+        cache_dir, tmp_path, png_tools):
+    """A busy endpoint: jobs wait in Runpod's queue, and Runpod's API takes a second to answer
+    each result (the stand-in's ``result_latency``; over the internet, megabytes of base64).
+    The SDK took the next job only once the last result was answered, and then at its next
+    once-a-second check: the pipeline idled through both. Now the next job is handed over as
+    soon as the last one's generation ends, while its result is still posting; one generation
+    at a time, at most one result posting beside it. A SIGTERM landing with a result posting
+    and a job generating lets both post their results, then ends the worker.
 
-    assert api.taken() == [f"job-{i}" for i in range(count)]
-    takes = [call for call in api.of_kind("take") if call.jobs]
+    Behaviours, not speed targets: the margins are generations of 1024x1024 images on the CPU."""
+    count = 5
+    with RunpodApi(api_key=API_KEY, take_hold=HOLD, stop_hold=HOLD, result_latency=1.0) as api:
+        for i in range(count - 1):
+            api.queue({"prompt": f"job {i}", "height": 1024, "width": 1024, "seed": i,
+                       "num_inference_steps": 1}, job_id=f"job-{i}")
+        api.queue({"prompt": "last", "height": 1024, "width": 1024, "seed": 9,
+                   "num_inference_steps": 4}, job_id="last")
+        with QueueWorker(queue_env(cache_dir, api), tmp_path / "worker.log") as worker:
+            assert api.wait_until(lambda: "last" in api.taken(), 240), api.summary()
+            worker.signal(signal.SIGTERM)  # job-3's result posting, the last one handed over
+            code = worker.wait(timeout=HOLD - 5)
+            log = worker.log()
+            exited_at = worker.exited_at
+
+    ids = [f"job-{i}" for i in range(count - 1)] + ["last"]
+    assert code == 143, f"exit {code}\n{log[-3000:]}"
+    assert api.taken() == ids
     results = api.delivered()
-    assert [c.job_id for c in results] == api.taken()
-    gaps = sorted(take.at - result.at for result, take in zip(results, takes[1:]))
-    assert all(gap > 0 for gap in gaps), gaps  # one job at a time: a take only after a result
-    assert gaps[len(gaps) // 2] < 0.25, gaps  # the median, against the SDK's one-second tick
+    assert [c.job_id for c in results] == ids and len(api.results()) == count
+    assert_success(png_tools, results[-1], "last", seed=9, height=1024, width=1024)
+    assert exited_at - results[-1].answered_at < 5
+    takes = [call for call in api.of_kind("take") if call.jobs]
+    for k in range(count - 1):
+        # The next job asked for before Runpod answered this one's result...
+        assert takes[k + 1].at < results[k].answered_at, api.summary()
+        # ...yet only once this one had generated: a 1024x1024 image, not milliseconds.
+        assert takes[k + 1].at - takes[k].answered_at > 0.1, api.summary()
+    # And at once: as this one's generation ended, or the result before it was answered (at
+    # most one result posts beside a generation), not at the SDK's next tick, a second later.
+    lags = sorted(takes[k + 1].at - max(results[k].at, results[k - 1].answered_at if k else 0.0)
+                  for k in range(count - 1))
+    assert lags[len(lags) // 2] < 0.25, lags
+    assert "stopped by SIGTERM: the job in progress posted its result; exiting" in log
+    assert_no_secrets(log)
     assert "Traceback" not in log
 
 

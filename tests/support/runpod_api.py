@@ -19,6 +19,9 @@ asks, at the URLs ``worker_env()`` gives it, in the shape Runpod's own variables
 (and the job counts as taken), its body only once ``release_body()`` is called: a response that
 a stop signal meets half-read.
 
+``result_latency`` (seconds) delays every answer to a result, as the network between a worker
+and Runpod would (the result is recorded when it is read, before the delay).
+
 ``fail_takes(status)`` and ``fail_done(status or "drop")`` stand for outages: every job-take, or
 every result posted, is answered with that status at once (or its connection dropped).
 
@@ -85,12 +88,15 @@ class _Server(ThreadingHTTPServer):
 class RunpodApi:
     def __init__(self, api_key: str = "rpa_STANDIN0123456789abcdef", worker_id: str = "wkr-7q2x9",
                  endpoint_id: str = "ep-visgate01", take_hold: float = 2.0,
-                 stop_hold: float = 2.0) -> None:
+                 stop_hold: float = 2.0, result_latency: float = 0.0) -> None:
         self.api_key = api_key
         self.worker_id = worker_id
         self.endpoint_id = endpoint_id
         self.take_hold = take_hold
         self.stop_hold = stop_hold
+        # Seconds before a result is answered: the network between a worker and Runpod's API
+        # (an upload of megabytes of base64 and its round trip), which 127.0.0.1 leaves out.
+        self.result_latency = result_latency
         self.calls: list[Call] = []
         self._jobs: deque[dict[str, Any]] = deque()
         self._stops: list[str] = []
@@ -320,6 +326,8 @@ class RunpodApi:
                     return api._answered(call, 0)
                 if kind == "done" and api._done_failure is not None:
                     return self._reply(call, api._done_failure, b'{"error": "service unavailable"}')
+                if kind == "done" and api.result_latency:
+                    time.sleep(api.result_latency)
                 if kind in ("done", "stream", "ping"):
                     return self._reply(call, 200, b"{}")
                 return self._reply(call, 404, b'{"error": "not found"}')

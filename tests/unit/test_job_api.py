@@ -147,6 +147,28 @@ def test_a_result_is_posted_again_after_a_5xx_a_reset_or_a_rate_limit_until_take
     assert "job result delivered after 5 failed tries" in caplog.text
 
 
+def test_each_try_of_a_result_names_its_own_job_though_another_was_posted_meanwhile() -> None:
+    """The SDK names the job in its shared session's headers as it posts a result; the next
+    job's result, posted while this one waits to be tried again (OverlappedTakes), renames it."""
+    from runtime.job_api import RetriedResults
+
+    class Session:
+        headers = {"X-Request-ID": "job-9"}
+
+    named: list[str] = []
+    flaky = flaky_post(http_error(503), http_error(503))
+
+    async def transmit(session: Session, url: str, data: str) -> object:
+        named.append(session.headers["X-Request-ID"])
+        return await flaky(session, url, data)
+
+    async def meanwhile(seconds: float) -> None:
+        Session.headers["X-Request-ID"] = "job-10"  # the next job's result, posted meanwhile
+
+    assert post(RetriedResults(transmit, sleep=meanwhile, draw=lambda: 1.0), Session()) == "taken"
+    assert named == ["job-9"] * 3
+
+
 @pytest.mark.parametrize("status", [400, 401, 404, 413])
 def test_a_result_runpod_refuses_is_not_posted_again(status: int) -> None:
     from runtime.job_api import RetriedResults
@@ -314,3 +336,80 @@ def test_a_job_take_answered_holds_its_job_in_hand_from_its_headers_until_the_sd
     with RunpodApi(take_hold=0.2) as api:
         monkeypatch.setattr(rp_job, "JOB_GET_URL", api.worker_env()["RUNPOD_WEBHOOK_GET_JOB"])
         asyncio.run(scenario(api))
+
+
+# ---- OverlappedTakes: the next job taken while the last one's result posts ---------------------
+def test_a_job_take_waits_for_the_handler_not_for_the_last_result_and_for_good_after_a_replace(
+        monkeypatch) -> None:
+    """Installed as the worker does: a job-take waits while a job in the SDK's count is in the
+    handler, and goes on as soon as it has left it, though its result (still being posted) keeps
+    it in the count; a stopped job leaves the handler too. One job is asked for, whatever the
+    SDK asks. After a result asking Runpod to replace the worker, no job-take goes on."""
+    import asyncio
+
+    from runpod.serverless.modules import rp_scale, worker_state
+
+    from runtime.job_api import OverlappedTakes
+
+    progress = worker_state.JobsProgress
+    asked: list[int] = []
+
+    async def fetch(session: object, num_jobs: int = 1) -> list[dict[str, object]]:
+        asked.append(num_jobs)
+        return [{"id": f"job-{len(asked)}", "input": {}}]
+
+    monkeypatch.setattr(rp_scale, "get_job", fetch)  # the SDK's, put back after the test
+    monkeypatch.setattr(progress, "remove", progress.remove)
+    overlapped = OverlappedTakes()
+    assert overlapped.concurrency(1) == 1  # not installed: the SDK's own
+    overlapped.install(None)
+    assert overlapped.concurrency(1) == 2
+    take = rp_scale.get_job
+
+    async def scenario() -> None:
+        jobs = progress()
+        release = asyncio.Event()
+        answer: dict[str, object] = {"model_id": "m"}
+
+        async def generate(job: dict[str, object]) -> dict[str, object]:
+            await release.wait()
+            return dict(answer)
+
+        handler = overlapped.handler(generate)
+
+        async def run(job: dict[str, object]) -> "asyncio.Future[object]":
+            jobs.add(job)  # the SDK's job loop counts it, then runs it
+            return asyncio.ensure_future(handler(job))
+
+        async def still_waiting(taking: "asyncio.Future[object]") -> bool:
+            await asyncio.sleep(0.05)
+            return not taking.done()
+
+        [first] = await asyncio.wait_for(take(None, 2), 5)  # idle: at once, one job of the two
+        running = await run(first)
+        taking = asyncio.ensure_future(take(None, 1))
+        assert await still_waiting(taking)  # the first is generating
+        release.set()
+        await running  # out of the handler; its result not posted yet: still in the count
+        assert jobs.get_job_count() == 1
+        [second] = await asyncio.wait_for(taking, 5)
+        release.clear()
+        running = await run(second)
+        taking = asyncio.ensure_future(take(None, 1))
+        assert await still_waiting(taking)
+        running.cancel()  # Runpod stops it: out of the handler too
+        await asyncio.gather(running, return_exceptions=True)
+        [third] = await asyncio.wait_for(taking, 5)
+        for job in (first, second):
+            jobs.remove(job)  # their results posted
+
+        answer["refresh_worker"] = True  # an unrecoverable GPU error: Runpod replaces us
+        release.set()
+        await (await run(third))
+        jobs.remove(third)
+        assert jobs.get_job_count() == 0
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(take(None, 1), 0.3)
+        assert asked == [1, 1, 1]
+
+    asyncio.run(scenario())
