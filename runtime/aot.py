@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime.compile_cache import (ABANDONED_TEMP_S, STALE_ARCHIVE_S, atomic_file, mark_used,
-                                   remove_older_than)
+from runtime.compile_cache import atomic_file, mark_used, prune
 from runtime.errors import brief, is_no_space, is_out_of_memory
 
 log = logging.getLogger(__name__)
@@ -62,9 +61,7 @@ class AotStore:
         """Copy a package onto the volume under a temporary name, then rename: never torn."""
         final.parent.mkdir(parents=True, exist_ok=True)
         # Packages age out like archives: keyed by versions and options, most outlive their use.
-        remove_older_than(final.parent, ".*.tmp", ABANDONED_TEMP_S)
-        remove_older_than(final.parent, "*.pt2", STALE_ARCHIVE_S)
-        remove_older_than(final.parent, "*.isa.json", STALE_ARCHIVE_S)
+        prune(final.parent)
         with atomic_file(final) as out, open(local, "rb") as src:
             shutil.copyfileobj(src, out, 16 << 20)
 
@@ -77,14 +74,25 @@ class Unsupported(Exception):
 PLAIN_VALUES: tuple[type, ...] = (type(None), bool, int, float, str)
 
 
-def signature(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def structure(module: Any) -> str:
+    """The module's tensors as a package binds them, hashed: each one's name, shape, dtype and
+    class. A package reads its constants at the shapes it was compiled for, unchecked: bound to
+    the tensors of another model under the same key (a local model directory whose model was
+    changed in place: its key holds the directory's name), it ran, and served wrong images."""
+    parts = [f"{name}:{tuple(tensor.shape)}{tensor.dtype}{type(tensor).__name__}"
+             for name, tensor in module.state_dict(keep_vars=True).items()]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def signature(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], tensors: str = "") -> str:
     """What an exported program is specialised on, hashed: two calls with the same signature
-    can share a package; anything else needs its own (or runs eagerly once frozen)."""
+    can share a package; anything else needs its own (or runs eagerly once frozen).
+    ``tensors``: the module's ``structure``, taken once (its ~1,000 tensors, not at every call)."""
     import torch
     from torch.utils._pytree import tree_flatten
 
     leaves, spec = tree_flatten((args, kwargs))
-    parts = [str(spec)]
+    parts = [str(spec), tensors]
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
             parts.append(f"T{tuple(leaf.shape)}{leaf.stride()}{leaf.dtype}{leaf.device}")
@@ -282,6 +290,7 @@ class AotModule:
         self.device = device
         self.fallback = fallback  # installs the torch.compile route; returns what it did
         self.eager = module.forward  # the bound method, before the wrapper replaces it
+        self.tensors = structure(module)
         self.runners: dict[str, _Runner] = {}
         self.frozen = False
         self.pool: Any = None  # the CUDA graphs' shared memory pool, made with the first graph
@@ -298,7 +307,7 @@ class AotModule:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            sig = signature(self.module, args, kwargs)
+            sig = signature(self.module, args, kwargs, self.tensors)
         except Unsupported as exc:
             if self.frozen:
                 return self.eager(*args, **kwargs)

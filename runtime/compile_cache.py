@@ -107,9 +107,19 @@ class CompileCache:
 
         Must run before the first compiled call. Returns what happened, for the boot record.
         """
-        self.local_dir.mkdir(parents=True, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.local_dir / INDUCTOR_DIR_NAME)
         self.status = {"key": self.key, "archive": str(self.archive)}
+        try:
+            self.local_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            # A disk out of inodes (or of the blocks a user may take) refuses even a directory:
+            # as when the restore meets it, compile from scratch and keep the archive (finish).
+            log.warning("compile cache %s not restored: no space left in %s; compiling from "
+                        "scratch, the archive is kept", self.archive.name, self.local_root)
+            self.status["restored"] = "no local space"
+            return self.status
         if not self.archive.is_file():
             self.status["restored"] = "miss"
             return self.status
@@ -175,8 +185,7 @@ class CompileCache:
         result = torch.compiler.save_cache_artifacts()
         blob = result[0] if result else b""
         self.volume_dir.mkdir(parents=True, exist_ok=True)
-        remove_older_than(self.volume_dir, ".*.tmp", ABANDONED_TEMP_S)
-        remove_older_than(self.volume_dir, "*.tar", STALE_ARCHIVE_S, keep=self.archive)
+        prune(self.volume_dir, keep=self.archive)
         with atomic_file(self.archive) as raw, tarfile.open(fileobj=raw, mode="w") as tar:
             meta = json.dumps({"key": self.key, "parts": self.parts}, default=str).encode()
             _add_bytes(tar, META_NAME, meta)
@@ -227,6 +236,17 @@ def mark_used(archive: Path) -> None:
         os.utime(archive)
     except OSError:  # a read-only volume: the archive then ages, and may be pruned and rewritten
         pass
+
+
+def prune(volume_dir: Path, keep: Path | None = None) -> None:
+    """What the compile cache's folder holds and no boot uses any more: temporary files
+    abandoned by a writer that died, and archives, ahead-of-time packages and their CPU probes
+    untouched for STALE_ARCHIVE_S (each boot that uses one marks it: ``mark_used``). Run by
+    every writer of either kind: an endpoint that left ``aot`` for ``regional`` (or changed
+    torch) writes no package again, and left its old ones on the volume for good."""
+    remove_older_than(volume_dir, ".*.tmp", ABANDONED_TEMP_S)
+    for pattern in ("*.tar", "*.pt2", "*.isa.json"):
+        remove_older_than(volume_dir, pattern, STALE_ARCHIVE_S, keep=keep)
 
 
 def remove_older_than(volume_dir: Path, pattern: str, max_age_s: float, keep: Path | None = None,

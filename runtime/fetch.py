@@ -183,6 +183,7 @@ def _cold(settings: Settings, cache: RepoCache, client: HubClient, options: Fetc
                         totals={"files_skipped": len(skipped),
                                 "bytes_skipped": sum(f.size for f in skipped)})
     manifest.save(cache)  # last: only a complete, verified, linked set gets a marker
+    cache.write_precision_ref(settings.revision, precision, listing.commit)
     state = "partial" if reused > 0 else "miss"
     return _result(settings, cache, manifest, client, started, state, downloaded, reused)
 
@@ -236,7 +237,14 @@ def _cached_manifest(settings: Settings, cache: RepoCache) -> Manifest | None:
     except BootError:
         return None  # a damaged model_index.json: the cold path fetches it again
     precision = fetch_precision(settings, family_class_for(index), snapshot, index)
-    return Manifest.load(cache, commit, precision)
+    manifest = Manifest.load(cache, commit, precision)
+    if manifest is None:
+        # The branch moved under a worker of another precision (one volume, two endpoints):
+        # this precision's complete set is of the commit it fetched before.
+        earlier = cache.resolve_precision(settings.revision, precision)
+        if earlier is not None and earlier != commit:
+            manifest = Manifest.load(cache, earlier, precision)
+    return manifest
 
 
 def _require_online(settings: Settings, cache: RepoCache, why: str) -> None:
@@ -272,14 +280,18 @@ def _check_disk(cache: RepoCache, files: list[RemoteFile], options: FetchOptions
     cache.blobs.mkdir(parents=True, exist_ok=True)
     missing = {f.blob_name: f for f in _unique(files)
                if not stamp_valid(cache.stamp_path(f), cache.blob(f), f)}
-    parts = {name: list(cache.blobs.glob(f"{name}.*.part")) for name in missing}
+    # A blob of the right size without our stamp (a cache filled by another tool, or copied
+    # without its times) is rehashed under its lock, not downloaded, unless its bytes are wrong:
+    # counted as missing, a disk with less free space than the model refused a complete cache.
+    absent = {name: f for name, f in missing.items() if part_size(cache.blob(f)) != f.size}
+    parts = {name: list(cache.blobs.glob(f"{name}.*.part")) for name in absent}
     # Other workers rename and remove partial files at any moment: one gone counts for nothing.
     partial = sum(max(0, part_size(p)) for found in parts.values() for p in found)
-    need = max(0, sum(f.size for f in missing.values()) - partial)
+    need = max(0, sum(f.size for f in absent.values()) - partial)
     free = options.disk_free(cache.blobs)
     if need and need + options.disk_reserve_bytes > free:
         raise BootError(f"not enough disk space in {cache.blobs}: {cache.repo_id} needs "
-                        f"{human_bytes(need)} more ({len(missing)} files) plus "
+                        f"{human_bytes(need)} more ({len(absent)} files) plus "
                         f"{human_bytes(options.disk_reserve_bytes)} headroom, and "
                         f"{human_bytes(free)} is free: free space there or set VISGATE_CACHE_DIR "
                         "to a larger disk", stage="fetch")
@@ -292,7 +304,7 @@ def _check_disk(cache: RepoCache, files: list[RemoteFile], options: FetchOptions
     if not missing or inodes is None:
         return
     folders = {Path(f.path).parents[i] for f in files for i in range(len(Path(f.path).parents) - 1)}
-    creates = (sum(1 if parts[name] else 2 for name in missing)
+    creates = (sum(1 if parts.get(name) or name not in absent else 2 for name in missing)
                + sum(1 for f in files if f.blob_name in missing)
                + (sum(not (snapshot / d).is_dir() for d in folders) if snapshot else 0) + 2)
     if creates > inodes:

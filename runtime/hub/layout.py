@@ -7,6 +7,7 @@
     <state>/locks/models--org--name/<blob>.lock              one lock per blob (see lock.py)
     <state>/verified/models--org--name/<blob>.json           size + mtime when the hash last matched
     <state>/manifests/models--org--name/<commit>.<precision>.json   the complete-set marker
+    <state>/refs/models--org--name/<precision>/<revision>    the commit that set is of
 
 The hub part is what ``huggingface_hub`` writes itself, so ``hf cache`` tools and
 ``from_pretrained(cache_dir=...)`` understand it. Our state lives outside it so the hub's cache
@@ -147,6 +148,24 @@ class RepoCache:
     def write_ref(self, revision: str, commit: str) -> None:
         if revision != commit:
             write_atomic(self.folder / "refs" / revision, commit)
+
+    def precision_ref(self, revision: str, precision: str) -> Path:
+        """Where the commit of the complete set a precision last fetched for ``revision`` is
+        named: the hub's ``refs/`` is one per revision, and a worker of another precision that
+        fetched the branch after it moved left this one's complete set unnamed (its next boot
+        went to the hub, and failed offline)."""
+        return self.state / "refs" / self._name / precision / revision
+
+    def resolve_precision(self, revision: str, precision: str) -> str | None:
+        try:
+            commit = self.precision_ref(revision, precision).read_text().strip()
+        except OSError:
+            return None
+        return commit if COMMIT_RE.match(commit) else None
+
+    def write_precision_ref(self, revision: str, precision: str, commit: str) -> None:
+        if revision != commit:
+            write_atomic(self.precision_ref(revision, precision), commit)
 
     # ---- snapshot links ------------------------------------------------------------------
     def link(self, commit: str, f: RemoteFile) -> Path:

@@ -107,13 +107,24 @@ class Transfer:
     # ---- the download ------------------------------------------------------------------------
     def _download(self, f: RemoteFile, blob: Path, stamp: Path, lock: BlobLock) -> int:
         part = self._adopt_partial(f, lock.token)
+        try:
+            return self._download_into(part, f, blob, stamp, lock)
+        except FileNotFoundError:
+            # Our partial file gone: a worker that found our lock stale (we stalled past
+            # stale_after_s) adopted it. Between two of _fill's checks (at the last chunk, say)
+            # this surfaced as a bare FileNotFoundError that failed the boot.
+            if part.exists() and not lock.lost:
+                raise
+            raise LockLost("partial file adopted by another worker") from None
+
+    def _download_into(self, part: Path, f: RemoteFile, blob: Path, stamp: Path, lock: BlobLock) -> int:
         received = 0
         for attempt in (1, 2):  # a second full try after a hash mismatch, then give up
             hasher = Hasher(f)
             with open(part, "rb") as prefix:
                 hasher.feed_file(prefix)  # resumed bytes count towards the hash too
             received += self._fill(f, part, hasher, lock)
-            size = part.stat().st_size
+            size = _part_size(part, lock)
             if size == f.size and hasher.matches():
                 break
             detail = f"size {size}, expected {f.size}" if size != f.size else hasher.describe()
@@ -126,6 +137,7 @@ class Transfer:
                             "(the hub, a proxy or the disk changes its bytes)", stage="fetch")
         with open(part, "rb+") as out:
             os.fsync(out.fileno())  # other hosts must read the bytes, not a promise of them
+        _part_size(part, lock)  # taken over meanwhile: the new owner publishes it, not us
         os.replace(part, blob)
         write_stamp(stamp, blob)
         return received

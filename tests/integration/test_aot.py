@@ -300,6 +300,37 @@ def test_compiling_a_package_leaves_later_compiles_cache_keys_alone(tmp_path):
     assert package.get_metadata()["AOTI_DEVICE_KEY"] == "cpu"  # the package still has its own
 
 
+def test_another_model_under_the_same_key_gets_its_own_package_not_the_first_ones(tmp_path):
+    """A local model directory's key holds its name, not its contents: a model changed in place
+    (another width, the same tensor names and inputs) got the first model's package, bound to
+    its own tensors, read at the first one's shapes: no error, wrong images (max |aot - eager|
+    0.49 here, a FLUX with one more block 16 levels off). Each model's tensors are in the key."""
+    import torch
+
+    from runtime.aot import AotModule, AotStore
+
+    def model(width: int) -> Any:
+        torch.manual_seed(width)
+        return torch.nn.Sequential(torch.nn.Linear(8, width, bias=False), torch.nn.GELU(),
+                                   torch.nn.Linear(width, 8, bias=False)).eval()
+
+    x = torch.randn(4, 8)
+    results = []
+    for width in (16, 32):
+        module = model(width)
+        store = AotStore(tmp_path, "a local model's key")
+        wrapper = AotModule(module, "transformer", store, "cpu", fallback=lambda: "eager")
+        try:
+            with torch.inference_mode():
+                served, eager = module(x), wrapper.eager(x)
+        finally:
+            wrapper.uninstall()
+        results.append([entry.get("result") for entry in store.status.values()])
+        torch.testing.assert_close(served, eager, rtol=1e-4, atol=1e-5)
+    assert results == [["compiled"], ["compiled"]]
+    assert len(list(tmp_path.glob("*.pt2"))) == 2
+
+
 def _compiled_linear(volume: Path) -> Any:
     """One small package compiled into ``volume`` in this process; returns its store."""
     import torch

@@ -131,6 +131,23 @@ def test_another_precision_fetches_its_own_variant_into_the_same_snapshot(hub: H
     assert half.report["bytes_reused"] > 0
 
 
+def test_a_worker_of_another_precision_moving_the_branch_leaves_this_ones_commit_to_it(
+        hub: HubServer, hub_repo_dirs: dict[str, Path], tmp_path: Path):
+    """Two endpoints of one model share a volume, fp16 and fp32. The branch moves on the hub;
+    the fp32 worker, fetching it for the first time, caches the new commit and moves the
+    branch's ref. The fp16 worker's complete set, of the commit it first cached, was then
+    unnamed: it went to the hub (and moved on) and, offline, failed to boot."""
+    first = fetch(hub_settings(hub, tmp_path, VISGATE_PRECISION="fp16"), FAST)
+    moved = rewrite_history(hub, hub_repo_dirs["sdxl"], tmp_path)
+    other = fetch(hub_settings(hub, tmp_path, VISGATE_PRECISION="fp32"), FAST)
+    assert other.model_dir.name == moved != first.model_dir.name
+    hub.clear()
+    for offline in ("1", "0"):
+        again = fetch(hub_settings(hub, tmp_path, VISGATE_PRECISION="fp16", HF_HUB_OFFLINE=offline), FAST)
+        assert again.report["cache"] == "hit" and again.model_dir == first.model_dir
+    assert hub.log == []
+
+
 # ---- damage and recovery ------------------------------------------------------------------------------
 def test_a_connection_cut_mid_file_is_resumed(hub: HubServer, tmp_path: Path):
     target = "unet/diffusion_pytorch_model.safetensors"
@@ -271,6 +288,58 @@ def test_a_stale_owner_still_writing_cannot_spoil_the_download_that_resumed_its_
     stalled.close()
     assert (result.model_dir / target).read_bytes() == entry.file.read_bytes()
     assert [r.range for r in hub.requests(kind="cdn") if r.path == target] == [f"bytes={half}-"]
+
+
+def test_an_owner_stalled_after_its_last_chunk_waits_for_the_worker_that_took_over(
+        hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Worker A has every byte when it stalls (a frozen process: no heartbeat) past the stale
+    timeout; worker B takes the lock over, adopts A's partial file and publishes the blob. A,
+    resuming, found its partial gone at its size check: a bare FileNotFoundError failed its
+    boot. It must wait for B instead, as it does when the takeover lands mid-download."""
+    import runtime.hub.transfer as transfer
+    from runtime.hub.api import HubClient
+    from runtime.hub.layout import RepoCache
+    from runtime.hub.lock import BlobLock
+    from runtime.hub.progress import Progress
+
+    cache = RepoCache(tmp_path / "hf" / "hub", tmp_path / "hf" / "visgate", SDXL)
+    listing = HubClient(hub.url, SDXL, None).listing("main")
+    f = listing.files["unet/diffusion_pytorch_model.safetensors"]
+    options = transfer.TransferOptions(heartbeat_s=0.1, stale_after_s=1.0, backoff_s=0.05)
+    stalled, resume = threading.Event(), threading.Event()
+
+    class FrozenLock(BlobLock):
+        def _start_heartbeat(self) -> None:  # a frozen process beats no more
+            pass
+
+    class StallingTransfer(transfer.Transfer):
+        def _fill(self, *args, **kwargs) -> int:
+            received = super()._fill(*args, **kwargs)
+            stalled.set()  # every byte written, not yet published: frozen here
+            resume.wait(30)
+            return received
+
+    def worker(kind: type, name: str) -> transfer.Transfer:
+        return kind(cache, HubClient(hub.url, SDXL, None), listing.commit, Progress(name, f.size), options)
+
+    outcome: dict[str, object] = {}
+
+    def run_a() -> None:
+        try:
+            outcome["a"] = worker(StallingTransfer, "a").ensure(f)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["a"] = exc
+
+    monkeypatch.setattr(transfer, "BlobLock", FrozenLock)
+    a = threading.Thread(target=run_a)
+    a.start()
+    assert stalled.wait(30)
+    monkeypatch.setattr(transfer, "BlobLock", BlobLock)
+    assert worker(transfer.Transfer, "b").ensure(f) == 0  # took over, resumed A's bytes, published
+    resume.set()
+    a.join(30)
+    assert outcome["a"] == 0, outcome["a"]  # waited for B, which had published it
+    assert cache.blob(f).read_bytes() == hub.repos[SDXL].entries[f.path].file.read_bytes()
 
 
 def test_a_partial_file_with_wrong_bytes_is_downloaded_again(hub: HubServer, tmp_path: Path):

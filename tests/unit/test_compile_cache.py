@@ -152,10 +152,37 @@ def test_unusable_archive_means_compile_again_never_a_crash(tmp_path: Path, memb
 
 
 
-def test_a_full_local_disk_at_restore_leaves_the_archive_on_the_volume_as_it_was(tmp_path: Path) -> None:
+# The child process's boot up to finish(), on a full disk; FILL_INODES first takes every inode.
+FULL_DISK_BOOT = """
+import json, sys
+from pathlib import Path
+from runtime import compile_cache
+import torch._dynamo  # as in the worker: imported by its load stage (diffusers)
+disk = Path(sys.argv[3])
+n = 0
+while sys.argv[4] == "fill-inodes":
+    try:
+        (disk / f"f{n}").touch()
+        n += 1
+    except OSError:
+        break
+cache = compile_cache.CompileCache(volume_dir=Path(sys.argv[1]), parts=json.loads(sys.argv[2]),
+                                   local_root=disk / "visgate-inductor")
+cache.activate()
+compile_cache.inductor_cache_counters = lambda: {"fxgraph_cache_miss": 1}  # compiled here
+print(json.dumps(compile_cache.finish(cache)))
+"""
+
+
+@pytest.mark.parametrize("disk_options, fill", [("size=128k", "no"), ("nr_inodes=16", "fill-inodes")],
+                         ids=["no room for the restore", "no room for its directory"])
+def test_a_full_local_disk_leaves_the_archive_on_the_volume_as_it_was(
+        tmp_path: Path, disk_options: str, fill: str) -> None:
     # The archive is restored into the container's disk (/tmp). Full, the restore failed as if
     # the archive were "corrupt", and the worker then overwrote the volume's good archive with
-    # what it could compile on that full disk: every other worker lost the cache.
+    # what it could compile on that full disk: every other worker lost the cache. Out of inodes
+    # (or of the blocks a user may take), the disk refuses even the local directory: activate()
+    # raised there, and the boot failed.
     require_small_disk()
     cache = _cache(tmp_path)
     cache.activate()
@@ -164,17 +191,10 @@ def test_a_full_local_disk_at_restore_leaves_the_archive_on_the_volume_as_it_was
     kernel.write_bytes(os.urandom(512 * 1024))
     cache.save()
     archive = cache.archive.read_bytes()
-    code = ("import json, sys\n"
-            "from pathlib import Path\n"
-            "from runtime import compile_cache\n"
-            "cache = compile_cache.CompileCache(volume_dir=Path(sys.argv[1]), parts=json.loads(sys.argv[2]),\n"
-            "                                   local_root=Path(sys.argv[3]))\n"
-            "cache.activate()\n"
-            "compile_cache.inductor_cache_counters = lambda: {'fxgraph_cache_miss': 1}  # compiled here\n"
-            "print(json.dumps(compile_cache.finish(cache)))\n")
     disk = tmp_path / "small-tmp"
-    child = run_on_small_disk(disk, "size=128k", [sys.executable, "-c", code, str(cache.volume_dir),
-                                                  json.dumps(cache.parts), str(disk)])
+    child = run_on_small_disk(disk, disk_options, [sys.executable, "-c", FULL_DISK_BOOT,
+                                                   str(cache.volume_dir), json.dumps(cache.parts),
+                                                   str(disk), fill])
     assert child.returncode == 0, child.stderr[-2000:]
     status = json.loads(child.stdout.splitlines()[-1])
     assert status["restored"] == "no local space" and "saved_bytes" not in status
@@ -243,6 +263,23 @@ def test_archives_unused_for_two_weeks_are_removed_when_a_new_one_is_written(tmp
     cache.save()
     assert not stale.exists()
     assert in_use.archive.is_file() and cache.archive.is_file()
+
+
+def test_an_archive_save_prunes_ahead_of_time_packages_no_boot_uses_any_more(tmp_path: Path) -> None:
+    # An endpoint that left VISGATE_COMPILE=aot (or changed torch) writes no package again:
+    # only a package's writer pruned packages, so its old ones stayed on the volume for good.
+    cache = _cache(tmp_path)
+    cache.volume_dir.mkdir(parents=True)
+    long_ago = time.time() - compile_cache.STALE_ARCHIVE_S - 3600
+    old = [cache.volume_dir / f"{'b' * 24}.{name}" for name in ("transformer-abc.pt2", "isa.json")]
+    used = cache.volume_dir / f"{'c' * 24}.transformer-def.pt2"
+    for path in (*old, used):
+        path.write_bytes(b"a package")
+        os.utime(path, (long_ago, long_ago))
+    compile_cache.mark_used(used)  # loaded by a boot of another endpoint
+    cache.activate()
+    cache.save()
+    assert not any(path.exists() for path in old) and used.is_file()
 
 
 

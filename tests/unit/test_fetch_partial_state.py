@@ -64,3 +64,21 @@ def test_the_disk_check_ignores_a_partial_file_another_worker_just_moved(tmp_pat
     _check_disk(cache, [weights], FetchOptions(disk_reserve_bytes=0, disk_free=lambda path: 10**9))
     with pytest.raises(Exception, match="not enough disk space.*600 B more"):
         _check_disk(cache, [weights], FetchOptions(disk_reserve_bytes=0, disk_free=lambda path: 599))
+
+
+def test_the_disk_check_counts_a_blob_of_the_right_size_without_a_stamp_as_there(tmp_path: Path) -> None:
+    """A cache filled by another tool (or copied without its times) has every blob but none of
+    our stamps: they are rehashed under their locks, not downloaded. Counted as missing, they
+    made a disk with less free space than the model refuse a complete cache."""
+    from runtime.fetch import FetchOptions, _check_disk
+    from runtime.hub.layout import RemoteFile, RepoCache
+
+    cache = RepoCache(tmp_path / "hub", tmp_path / "state", "org/model")
+    there = RemoteFile(path="unet/w.safetensors", size=1000, sha256="ab" * 32)
+    short = RemoteFile(path="vae/w.safetensors", size=300, sha256="cd" * 32)
+    cache.blobs.mkdir(parents=True)
+    cache.blob(there).write_bytes(b"x" * 1000)  # no stamp
+    cache.blob(short).write_bytes(b"x" * 100)  # cut short: downloaded again, whole
+    _check_disk(cache, [there, short], FetchOptions(disk_reserve_bytes=0, disk_free=lambda path: 300))
+    with pytest.raises(Exception, match=r"not enough disk space.*300 B more \(1 files\)"):
+        _check_disk(cache, [there, short], FetchOptions(disk_reserve_bytes=0, disk_free=lambda path: 299))
