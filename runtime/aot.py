@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runtime.compile_cache import atomic_file, mark_used, prune
-from runtime.errors import brief, is_no_space, is_out_of_memory
+from runtime.errors import brief, is_fatal_device_error, is_no_space, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -343,8 +343,10 @@ class AotModule:
         nothing about a package other workers share."""
         self.store.status.pop(f"{self.name}-{sig}", None)
         # Nor after this container's disk filled up: the package is extracted (and compiled)
-        # into the local temporary directory, so a full one fails them all, sound or not.
-        if not is_out_of_memory(exc) and not is_no_space(exc):
+        # into the local temporary directory, so a full one fails them all, sound or not. Nor
+        # after this GPU failed (an illegal address, an ECC error: the process's CUDA context
+        # is lost): the package ran on the others, which would each compile it again, minutes.
+        if not is_out_of_memory(exc) and not is_no_space(exc) and not is_fatal_device_error(exc):
             try:
                 self.store.path(self.name, sig).unlink(missing_ok=True)
             except OSError:  # a read-only volume (EROFS comes before "missing"): still fall back

@@ -440,11 +440,13 @@ def test_a_package_that_failed_is_removed_so_the_next_boot_compiles_it(tmp_path)
     assert not store.path("linear", "bad").exists() and store.path("linear", "other").exists()
     assert set(store.status) == {"linear-other"}
     wrapper._discard("never-compiled")  # an export that failed: nothing on the volume, no error
-    # Out of memory, as the allocator says it or as a package run reports it (a RuntimeError):
-    # this worker's trouble, not the shared package's, which stays for the others.
-    for oom in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                RuntimeError("run_func_(...) API call failed: CUDA error: out of memory")):
-        wrapper._discard("other", oom)
+    # Out of memory, as the allocator says it or as a package run reports it (a RuntimeError),
+    # or a GPU that failed: this worker's trouble, not the shared package's, which stays for
+    # the others.
+    for ours in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                 RuntimeError("run_func_(...) API call failed: CUDA error: out of memory"),
+                 RuntimeError("CUDA error: an illegal memory access was encountered")):
+        wrapper._discard("other", ours)
         assert store.path("linear", "other").exists()
     wrapper.uninstall()
 
