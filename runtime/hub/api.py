@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ import requests
 import requests.auth
 
 from runtime.errors import BootError, safe_target
-from runtime.hub.layout import RemoteFile
+from runtime.hub.layout import COMMIT_RE, RemoteFile
 from runtime.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+# A git object id (40 hex digits, SHA-1) or a sha256 (64): what names a blob in the cache.
+HASH_RE = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
 
 
 class TransientHubError(Exception):
@@ -273,18 +276,35 @@ def reset_seconds(status: int, headers: Mapping[str, str]) -> float | None:
 
 
 def _parse_listing(data: Any) -> Listing:
-    if not isinstance(data, dict) or not isinstance(data.get("sha"), str):
+    # The commit, file names and hashes become paths in the cache (snapshots/<commit>/<name>,
+    # blobs/<hash>): from a hub (HF_ENDPOINT: any server) they must be what the hub's are, or
+    # "../" in one would write outside the cache.
+    if not isinstance(data, dict) or not COMMIT_RE.match(str(data.get("sha"))):
         raise TransientHubError("the hub's answer has no commit sha")
     files: dict[str, RemoteFile] = {}
     for sibling in data.get("siblings") or ():
+        name = sibling.get("rfilename")
+        if not _plain_path(name):
+            log.warning("the hub's listing names a file %.80r outside the repository: ignored", name)
+            continue
         lfs = sibling.get("lfs") or {}
         size = sibling.get("size", lfs.get("size"))
         if not isinstance(size, int):
-            raise TransientHubError(f"the hub gave no size for {sibling.get('rfilename')}")
-        files[sibling["rfilename"]] = RemoteFile(
-            path=sibling["rfilename"], size=size, blob_id=sibling.get("blobId"),
-            sha256=lfs.get("sha256") or lfs.get("oid"))
+            raise TransientHubError(f"the hub gave no size for {name}")
+        files[name] = RemoteFile(path=name, size=size, blob_id=_hex(sibling.get("blobId")),
+                                 sha256=_hex(lfs.get("sha256") or lfs.get("oid")))
     return Listing(commit=data["sha"], files=files)
+
+
+def _plain_path(name: Any) -> bool:
+    """A relative path inside the repository: no absolute path, no "..", no empty part."""
+    return (isinstance(name, str) and bool(name) and not name.startswith("/") and "\\" not in name
+            and "\0" not in name and all(part not in ("", ".", "..") for part in name.split("/")))
+
+
+def _hex(value: Any) -> str | None:
+    """A git object id or sha256 as the hub gives them (else none: the file is named otherwise)."""
+    return value if isinstance(value, str) and HASH_RE.match(value) else None
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -300,9 +320,10 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def iter_body(response: requests.Response, chunk: int) -> Iterator[bytes]:
-    """The body as it arrives; a cut connection surfaces as TransientHubError."""
+    """The body as it arrives; a cut connection surfaces as TransientHubError (a compressed
+    body cut short fails to decode: the same cut)."""
     try:
         yield from response.iter_content(chunk_size=chunk)
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
-            requests.Timeout) as exc:
+            requests.exceptions.ContentDecodingError, requests.Timeout) as exc:
         raise TransientHubError(f"connection cut ({exc.__class__.__name__})") from None

@@ -61,3 +61,25 @@ def test_no_more_waiting_once_the_budget_since_the_first_wait_is_spent(monkeypat
     now[0] += 300.0
     assert hub.retry_pause(limited, 1.0) is None
     assert hub.retry_pause(TransientHubError("cut"), 1.0) == 1.0  # plain backoff is not budgeted
+
+
+def test_a_listing_naming_paths_outside_the_repository_writes_nothing_there() -> None:
+    """HF_ENDPOINT may be any server: the commit, file names and hashes of its listing become
+    paths in the cache (snapshots/<commit>/<name>, blobs/<hash>), so "../" in one would write
+    outside it. Such files are left out, such hashes not used, such a commit refused."""
+    from runtime.hub.api import _parse_listing
+
+    commit, sha = "a" * 40, "b" * 64
+    listing = _parse_listing({"sha": commit, "siblings": [
+        {"rfilename": "unet/config.json", "size": 3, "blobId": "c" * 40},
+        {"rfilename": "unet/w.safetensors", "size": 9, "lfs": {"sha256": sha, "size": 9}},
+        {"rfilename": "vae/w.safetensors", "size": 9, "lfs": {"sha256": "../../escape", "size": 9}},
+        *({"rfilename": name, "size": 1} for name in
+          ("../../etc/cron.d/x", "/etc/passwd", "unet/../../x", "", "a//b", "./x", None)),
+    ]})
+    assert sorted(listing.files) == ["unet/config.json", "unet/w.safetensors", "vae/w.safetensors"]
+    assert listing.files["unet/w.safetensors"].blob_name == sha
+    assert listing.files["vae/w.safetensors"].blob_name == "size-9-vae--w.safetensors"
+    for bad in ("../" + "a" * 37, "A" * 40, None):
+        with pytest.raises(TransientHubError, match="no commit sha"):
+            _parse_listing({"sha": bad, "siblings": []})
