@@ -218,10 +218,13 @@ def atomic_file(final: Path) -> Iterator[BinaryIO]:
     sharing the volume see the old file or the new one, never a torn one."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp", dir=final.parent)
     try:
-        # mkstemp makes it 0600: readable by this user alone, where the volume's other files (the
-        # hub cache, our locks) are 0644 and workers of an image with another USER share it too.
-        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as out:
+            # mkstemp makes it 0600: readable by this user alone, where the volume's other files
+            # (the hub cache, our locks) are 0644 and workers of an image with another USER
+            # share it too. A volume that refuses modes (some FUSE and CIFS mounts) keeps its
+            # own: refused, this failed every save (and left the descriptor open).
+            with contextlib.suppress(OSError):
+                os.fchmod(out.fileno(), 0o644)
             yield out
             out.flush()
             os.fsync(out.fileno())

@@ -82,6 +82,22 @@ def test_missing_archive_is_a_miss_and_points_inductor_at_a_local_dir(tmp_path: 
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "local" / cache.key / "inductor")
 
 
+def test_a_volume_that_refuses_file_modes_still_takes_the_archive(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Some FUSE and CIFS mounts refuse chmod (EPERM): every save failed there, each leaving its
+    # file descriptor open. (No such mount here: the refusal is the kernel's answer, injected.)
+    def refused(fd: int, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    cache = _cache(tmp_path)
+    cache.activate()
+    open_before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "fchmod", refused)
+    saved = cache.save()
+    assert saved["saved_bytes"] == cache.archive.stat().st_size > 0
+    assert len(os.listdir("/proc/self/fd")) == open_before
+
+
 def test_saved_archive_restores_in_a_new_container(tmp_path: Path) -> None:
     first = _cache(tmp_path, local="container-1")
     first.activate()
