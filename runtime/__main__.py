@@ -8,8 +8,18 @@ ready webhook.
 
 from __future__ import annotations
 
-import logging
 import signal
+
+# As PID 1 the worker is sent no signal it has no handler for (the kernel drops it), and its
+# imports take 0.5 s and more: from here on a stop signal is kept, and acted on as soon as the
+# boot's own handlers are in (stop_signals_raise). Dropped, it let the worker boot and serve.
+_ORIGINAL_HANDLERS = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+_early_stops: list[int] = []
+for _signum in _ORIGINAL_HANDLERS:
+    signal.signal(_signum, lambda signum, frame: _early_stops.append(signum))
+
+# The imports, after the handlers.
+import logging
 import sys
 from typing import Any
 
@@ -47,7 +57,7 @@ def main() -> int:
     sdk = JobSdk()  # imported on a side thread while the weights load
     pipeline = PipelineThread()  # warmup's generations, then every job's
     try:
-        with stop_signals_raise():  # SIGTERM mid-boot unwinds the stages: no lock left on the volume
+        with stop_signals_raise(_early_stops):  # SIGTERM mid-boot unwinds the stages: no lock left on the volume
             service = boot(settings, record, before_warmup=sdk.wait,  # fetch -> load -> optimize -> warmup
                            pipeline=pipeline)
             with record.stage("serve"):  # the SDK is in before "ready": ready means able to take a job
@@ -73,12 +83,15 @@ def main() -> int:
         # the worker had no handler here, so SIGTERM was dropped: it went on to take jobs until
         # the SIGKILL cut them short. Stopped now, it exits without serving; "ready" was (or is
         # being) announced, and no other event follows it, as after any stop while serving.
-        with stop_signals_raise():
+        with stop_signals_raise(_early_stops):
             announce_ready(announcer, service, record)  # only now, and before any job is taken
     except Stopped as exc:
         log.warning("stopped by %s while announcing ready: exiting, no job taken",
                     signal.Signals(exc.signum).name)
         return exc.exit_code
+    if not stop:  # a local job or API server: the job SDK's own handling of signals, as before
+        for signum, handler in _ORIGINAL_HANDLERS.items():
+            signal.signal(signum, handler)
     config: dict[str, Any] = {"handler": job_handler(service, pipeline)}
     if stop:
         overlapped = OverlappedTakes()  # the next job is taken while the last result posts

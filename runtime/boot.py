@@ -134,7 +134,7 @@ def read_webhook_settings(env: Mapping[str, str] | None = None) -> Settings | No
 
 
 @contextmanager
-def stop_signals_raise() -> Iterator[None]:
+def stop_signals_raise(pending: list[int] | None = None) -> Iterator[None]:
     """While booting, SIGTERM and SIGINT raise ``Stopped`` in the main thread, so that the boot
     unwinds as it does for any error: the fetch stops its downloads and releases its locks on
     the volume, temporary files are removed, the failure is logged and announced. Ended by
@@ -146,20 +146,22 @@ def stop_signals_raise() -> Iterator[None]:
 
     A second signal ends the process at once, for an operator who does not want to wait for the
     clean-up (``os._exit``: a default action would be dropped too, as PID 1). The previous
-    handlers are back on the way out: serving keeps the job SDK's own."""
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    handlers are back on the way out: serving keeps the job SDK's own.
 
-    def now(signum: int, frame: object) -> None:
-        os._exit(128 + signum)
+    ``pending``: signals that came before any handler of ours (``runtime.__main__`` keeps them
+    from its first line), acted on at once."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
     def stop(signum: int, frame: object) -> None:
         for each in STOP_SIGNALS:
-            signal.signal(each, now)
+            signal.signal(each, _end_now)
         raise Stopped(signum)
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
     try:
+        if pending:
+            stop(pending[0], None)
         yield
     finally:
         for signum, handler in previous.items():
@@ -173,12 +175,26 @@ def announce_ready(announcer: Announcer, service: Service, record: BootRecord) -
 
 
 def report_failure(announcer: Announcer, exc: BaseException, record: BootRecord) -> None:
-    """Log the failure and post it (status "failed"); the caller then exits non-zero."""
+    """Log the failure and post it (status "failed"); the caller then exits non-zero. A stop
+    signal while it is posted (a slow receiver holds it up to the webhook budget, 600 s at most)
+    ends the process at once: as PID 1 the worker dropped it, and outlived Runpod's grace."""
     secrets = announcer.settings.secrets if announcer.settings else ()
     stage, message = failure_message(exc, secrets, record.failed_stage)
     log.error("boot failed at %s: %s", stage, message)
     log.debug("boot failure detail", exc_info=exc)
-    announcer.failed(stage, message, record)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _end_now)
+    try:
+        announcer.failed(stage, message, record)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _end_now(signum: int, frame: object) -> None:
+    """Exit 128 + the signal, now (a default action would be dropped too, as PID 1)."""
+    os._exit(128 + signum)
 
 
 def failure_message(exc: BaseException, secrets: tuple[str, ...],

@@ -251,6 +251,55 @@ def test_sigterm_during_warmup_exits_143_at_once_and_posts_failed(cache_dir, tmp
     assert_no_secrets(log, received[0].body.decode())
 
 
+EARLY_SIGNAL = """
+import os, signal, sys
+import runtime.__main__ as entry  # its first lines: the stop handlers, before the imports
+os.kill(os.getpid(), signal.SIGTERM)  # lands during the imports, as Runpod's may
+sys.exit(entry.main())
+"""
+
+
+def test_a_sigterm_before_the_boots_handlers_stops_the_boot_not_the_worker_unsaid(cache_dir, tmp_path):
+    """The stop handlers came only after 0.5 s and more of imports: as PID 1 a SIGTERM then was
+    dropped (the worker booted, announced ready and served); not PID 1, it killed the worker
+    without a word. It is kept now, and the boot stops at once, with a failed event."""
+    with WebhookReceiver() as hook:
+        done = subprocess.run([sys.executable, "-c", EARLY_SIGNAL], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, env=worker_env(env_for(cache_dir, hook)))
+        received = hook.wait_for(1, timeout=5)
+    log = done.stdout + done.stderr
+    assert done.returncode == 143, log[-3000:]
+    assert [r.json()["status"] for r in received] == ["failed"]
+    assert "stopped by SIGTERM before the worker was ready" in received[0].json()["error"]
+    assert "fetch" not in received[0].json()["boot"]["stages"]  # stopped before any loading
+    assert "Traceback" not in log
+
+
+def test_a_sigterm_while_a_failure_is_being_posted_ends_the_worker_at_once(cache_dir, tmp_path):
+    """A boot failed; its receiver is slow to take the failed event. The stop handlers had
+    ended with the boot: as PID 1 the worker dropped Runpod's SIGTERM and waited out the
+    webhook budget (40 s here, 600 s at most)."""
+    argv, pid_1 = as_pid_1([sys.executable, "-m", "runtime", "--test_input",
+                            '{"input": {"prompt": "never"}}'])
+    with WebhookReceiver(default=Reply(hang=True)) as hook:
+        env = env_for(cache_dir, hook, HF_MODEL_ID="/nonexistent/dir", VISGATE_WEBHOOK_TIMEOUT="20",
+                      VISGATE_WEBHOOK_BUDGET="40")
+        proc = subprocess.Popen(argv, cwd=ROOT, env=worker_env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        try:
+            [failed] = hook.wait_for(1, timeout=120)
+            stopped_at = time.monotonic()
+            os.kill(inner_pid(proc, pid_1), signal.SIGTERM)
+            log = proc.communicate(timeout=60)[0].decode(errors="replace")
+            exited_in = time.monotonic() - stopped_at
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert failed.json()["status"] == "failed"
+    assert proc.returncode == 143, log[-3000:]
+    assert exited_in < 10, exited_in
+
+
 # ---- failed -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["/nonexistent/dir", "empty-dir"])
 def test_bad_model_posts_failed_and_exits_non_zero(cache_dir, tmp_path, model):
