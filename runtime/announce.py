@@ -130,12 +130,22 @@ class Delivery:
                 "seconds": self.seconds, "reason": self.reason}
 
 
+class _NoRedirects(requests.Session):
+    """Redirects are not followed (every POST passes ``allow_redirects=False``: a 3xx is a final
+    answer), nor looked at: requests still prepares the redirect it does not follow
+    (``Response.next``), reading the 3xx's whole body to do it, whatever ``stream`` says. A
+    redirect with a large or endless body grew the worker's memory, and held the attempt until
+    its timeout, after which it was counted as no answer and sent again."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
 def new_session(ca_bundle: str | None = None) -> requests.Session:
     """A session that takes no credentials or proxies from the environment (no .netrc
     Authorization header can leak to the receiver). That also ignores REQUESTS_CA_BUNDLE, so the
-    CA bundle the settings read from it is given here. Redirects: every POST passes
-    ``allow_redirects=False`` (a 3xx is a final answer)."""
-    session = requests.Session()
+    CA bundle the settings read from it is given here. Redirects: ``_NoRedirects``."""
+    session = _NoRedirects()
     session.trust_env = False
     if ca_bundle:
         session.verify = ca_bundle

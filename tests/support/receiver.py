@@ -26,13 +26,16 @@ from typing import Any, Iterable
 
 @dataclass(frozen=True)
 class Reply:
-    """How to answer one request. ``hang``: read it, then never answer (until the receiver stops)."""
+    """How to answer one request. ``hang``: read it, then never answer (until the receiver stops).
+    ``body_length``: the Content-Length announced, when more than the body: the rest never comes
+    (a body that stalls, until the receiver stops)."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
     delay: float = 0.0
     hang: bool = False
+    body_length: int | None = None
 
 
 @dataclass
@@ -147,9 +150,13 @@ class WebhookReceiver:
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(reply.body)))
+                self.send_header("Content-Length", str(reply.body_length or len(reply.body)))
                 self.end_headers()
                 self.wfile.write(reply.body)
+                if (reply.body_length or 0) > len(reply.body):
+                    self.wfile.flush()
+                    receiver._stopping.wait(120)
+                    self.close_connection = True
 
             do_POST = do_GET = do_PUT = _handle
 

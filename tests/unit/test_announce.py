@@ -234,6 +234,21 @@ def test_redirects_are_not_followed(status):
     assert not result.delivered and result.status == status and "redirect" in result.reason
 
 
+def test_a_redirects_body_is_not_read():
+    """requests prepares the redirect it does not follow, reading the 3xx's whole body to do it:
+    a large (here: stalled) one held the attempt to its timeout, which then counted as no
+    answer and was sent again; a large one grew the worker's memory by its size."""
+    policy = RetryPolicy(attempt_timeout=1.0, budget=5.0, backoff_base=0.05, backoff_cap=0.1)
+    stalled = Reply(302, {"Location": "/elsewhere"}, body=b"<html>" * 100, body_length=10**9)
+    with WebhookReceiver([stalled], default=200) as hook:
+        t0 = time.monotonic()
+        result = deliver(hook.url, b"{}", "ready", "d-1", policy)
+        took = time.monotonic() - t0
+        received = list(hook.received)
+    assert (result.delivered, result.attempts, result.status) == (False, 1, 302), result
+    assert len(received) == 1 and took < 0.9, took
+
+
 def test_receiver_that_never_answers_is_bounded_by_the_budget():
     policy = RetryPolicy(attempt_timeout=0.4, budget=1.5, backoff_base=0.05, backoff_cap=0.1)
     with WebhookReceiver(default=Reply(hang=True)) as hook:
