@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 import sys
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
@@ -48,8 +50,9 @@ def _takes_the_job(cls: type) -> bool:
     params = inspect.signature(cls.__call__).parameters
     if "num_frames" in params:  # a video pipeline (Helios): its output has frames, not images
         return False
-    return (any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-            or all(name in params for name in _CALL_ARGUMENTS))
+    # Each by name: a call that takes the rest as **kwargs (Wuerstchen's combined pipeline) hands
+    # them to its own stages, beside its own values: guidance_scale twice, a TypeError every job.
+    return all(name in params for name in _CALL_ARGUMENTS)
 
 
 def text2image_class_names() -> tuple[str, ...]:
@@ -118,6 +121,8 @@ class GenericFamily(PipelineFamily):
             steps, guidance = _DISTILLED_DEFAULTS[self.variant]
         if self._true_cfg:
             guidance = self._call_defaults.get("true_cfg_scale")
+        if guidance is None and self._guidance_schedule:
+            guidance = self._guidance_schedule[0]  # Ideogram 4: 7, its first 45 steps' guidance
         return Defaults(steps=steps if isinstance(steps, int) else 30,
                         guidance=float(guidance) if isinstance(guidance, (int, float)) else 5.0,
                         height=height, width=width)
@@ -131,7 +136,26 @@ class GenericFamily(PipelineFamily):
                 and self._call_defaults["guidance_scale"] is None
                 and not self._denoiser_config.get("guidance_embeds", False))
 
+    @cached_property
+    def _guidance_schedule(self) -> tuple[float, ...] | None:
+        """A per-step guidance the call defaults to instead of a constant ``guidance_scale``
+        (Ideogram 4: 7 for 45 steps, then 3 for its 3 "polish" steps; its guidance_scale
+        defaults to None, and it refuses both at once: every job failed)."""
+        schedule = self._call_defaults.get("guidance_schedule")
+        if (self._call_defaults.get("guidance_scale", 0) is not None
+                or not isinstance(schedule, (tuple, list)) or not schedule
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in schedule)):
+            return None
+        return tuple(float(v) for v in schedule)
+
     def call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
+        if self._guidance_schedule:
+            # At the model's own steps and guidance, the authors' schedule; any other job asks
+            # for a constant guidance over its steps (the schedule fits its own steps only).
+            own = self.defaults
+            if (request.steps, request.guidance) == (len(self._guidance_schedule), own.guidance):
+                return {"guidance_scale": None}
+            return {"guidance_schedule": None}
         if not self._true_cfg:
             return {}
         # The job's guidance_scale is the guidance these models have. Passed on as guidance_scale
@@ -200,16 +224,50 @@ class GenericFamily(PipelineFamily):
         return 1.0
 
     @property
+    def limits(self) -> dict[str, tuple[float, float]]:
+        limits = super().limits
+        floor = _guidance_floor(self._class) if self._class is not None else None
+        if floor is not None:
+            # PRX refuses guidance below 1 in its check_inputs: a job (or VISGATE_DEFAULT_GUIDANCE)
+            # that validation let through failed inside diffusers.
+            limits["guidance_scale"] = (max(floor, limits["guidance_scale"][0]), limits["guidance_scale"][1])
+        return limits
+
+    @property
     def size_rules(self) -> SizeRules:
         if self._class is not None and hasattr(self._class, "_pack_latents"):
             # Latents packed in 2x2 patches (Chroma, Flux 2, Qwen-Image): a side that is not a
             # multiple of twice the VAE's factor is silently rounded down by the pipeline, and the
             # image would not have the size the response states.
-            return SizeRules.with_factor(2 * self.vae_scale_factor)
-        if self.component_config("movq"):
+            rules = SizeRules.with_factor(2 * self.vae_scale_factor)
+        elif self.component_config("movq"):
             # Kandinsky 2.2/3 round each side up to a multiple of 64 (8 latent pixels of 8x).
-            return SizeRules.with_factor(64)
-        return SizeRules.with_factor(self.vae_scale_factor * self._patch())
+            rules = SizeRules.with_factor(64)
+        else:
+            rules = SizeRules.with_factor(self.vae_scale_factor * self._patch())
+        # What the pipeline's own check_inputs asks sides to divide by, where stricter (GLM-Image:
+        # the VAE's factor x the patch x 2 = 32, where the patched latents gave 16).
+        asked = _checked_multiples(self._class, self.vae_scale_factor, self._patch()) if self._class else ()
+        factor = math.lcm(rules.factor, *asked)
+        if factor != rules.factor:
+            rules = SizeRules.with_factor(factor)
+        most = self._position_table_side()
+        if most is not None and most < rules.max_side:
+            rules = replace(rules, max_side=max(rules.min_side, most - most % rules.factor))
+        return rules
+
+    def _position_table_side(self) -> int | None:
+        """The largest side, in pixels, the denoiser's table of positions covers
+        (``pos_embed_max_size``: patches along a side in SD3, CogView3-Plus, OmniGen and
+        GLM-Image; all of them, a square's, in AuraFlow). Past it AuraFlow indexed out of its
+        table (1552 px: an IndexError; on a GPU a device-side assert, which has the worker
+        replaced) and the others raised inside diffusers: an input error instead."""
+        config = self._denoiser_config
+        value = config.get("pos_embed_max_size")
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            return None
+        patches = math.isqrt(value) if config.get("_class_name") == "AuraFlowTransformer2DModel" else value
+        return patches * self._patch() * self.vae_scale_factor
 
     def _patch(self) -> int:
         """The transformer's patch side: ``patch_size`` (a list for video models), or Z-Image's
@@ -247,6 +305,46 @@ def _local_cfg_switch(cls: type) -> float | None:
     except (OSError, TypeError):
         return None
     found = _LOCAL_CFG_SWITCH.search(source)
+    return float(found[1]) if found else None
+
+
+_SIDE_MULTIPLE = re.compile(r"\b(?:height|width)\s*%\s*(\([^()]*\)|\d+)\s*!=\s*0")
+# The names such a check divides by, as this family knows them.
+_SIDE_NAMES = ("self.vae_scale_factor", "self.transformer.config.patch_size", "self.patch_size")
+
+
+@functools.lru_cache(maxsize=None)
+def _checked_multiples(cls: type, vae_scale_factor: int, patch: int) -> tuple[int, ...]:
+    """The multiples the pipeline's check_inputs requires of the height and width
+    (``if height % (self.vae_scale_factor * 2) != 0 ...: raise``), where each is a product of
+    numbers, the VAE's factor and the patch side; others (a local variable's) are left out."""
+    try:
+        source = inspect.getsource(cls.check_inputs)
+    except (AttributeError, OSError, TypeError):
+        return ()
+    values = {"self.vae_scale_factor": vae_scale_factor, "self.patch_size": patch,
+              "self.transformer.config.patch_size": patch}
+    found = []
+    for expression in _SIDE_MULTIPLE.findall(source):
+        terms = [term.strip() for term in expression.strip("()").split("*")]
+        numbers = [values[t] if t in _SIDE_NAMES else int(t) if t.isdigit() else None for t in terms]
+        if numbers and None not in numbers and math.prod(numbers) > 0:
+            found.append(math.prod(numbers))
+    return tuple(found)
+
+
+_GUIDANCE_FLOOR = re.compile(r"\bif\s+guidance_scale\s*<\s*([0-9]+(?:\.[0-9]*)?)\s*:")
+
+
+@functools.lru_cache(maxsize=None)
+def _guidance_floor(cls: type) -> float | None:
+    """The least guidance the pipeline's check_inputs accepts (``if guidance_scale < X:`` raises),
+    where it has such a check; None where it has none, or its source cannot be read."""
+    try:
+        source = inspect.getsource(cls.check_inputs)
+    except (AttributeError, OSError, TypeError):
+        return None
+    found = _GUIDANCE_FLOOR.search(source)
     return float(found[1]) if found else None
 
 

@@ -347,6 +347,106 @@ def test_a_guidance_switch_in_the_call_is_part_of_the_warm_key(tmp_path, pipelin
 
 
 
+@pytest.mark.parametrize("pipeline, transformer, table", [
+    ("AuraFlowPipeline", "AuraFlowTransformer2DModel", 9216),  # 96 x 96 patches, flattened
+    ("StableDiffusion3Pipeline", "SD3Transformer2DModel", 96),  # 96 patches along a side
+])
+def test_a_side_past_the_denoisers_position_table_is_an_input_error(tmp_path, pipeline, transformer,
+                                                                     table):
+    """AuraFlow's positions cover 96 x 96 patches of 16 px: a 1552 px side indexed past them
+    (an IndexError; on a GPU a device-side assert, which has the worker replaced), and SD3's
+    patch embedding refuses sides past its table. Both within the 2048 px every model allows."""
+    from pipelines.registry import detect_family
+    from runtime.errors import JobInputError
+    from runtime.validate import validate
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    for component, config in (("transformer", {"_class_name": transformer, "patch_size": 2,
+                                                "pos_embed_max_size": table, "sample_size": 128}),
+                               ("vae", {"_class_name": "AutoencoderKL",
+                                        "block_out_channels": [128, 256, 512, 512]})):
+        (tmp_path / component).mkdir()
+        (tmp_path / component / "config.json").write_text(json.dumps(config))
+    family = detect_family(tmp_path)
+    assert family.size_rules.max_side == 1536
+    ok = validate({"prompt": "x", "height": 1536, "width": 1024}, family.serving_defaults,
+                  family.size_rules, family.limits)
+    assert (ok.height, ok.width) == (1536, 1024)
+    with pytest.raises(JobInputError, match="'height' must be from 256 to 1536, got 1552"):
+        validate({"prompt": "x", "height": 1552, "width": 1024}, family.serving_defaults,
+                 family.size_rules, family.limits)
+
+
+def test_sides_are_multiples_of_what_the_pipelines_own_check_asks(tmp_path):
+    """GLM-Image's check_inputs asks for multiples of the VAE's factor x the patch x 2 (32): the
+    patched latents' 16 let 272x256 through, refused inside diffusers."""
+    from pipelines.registry import detect_family
+    from runtime.errors import JobInputError
+    from runtime.validate import validate
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "GlmImagePipeline"}))
+    for component, config in (("transformer", {"patch_size": 2, "sample_size": 128}),
+                              ("vae", {"block_out_channels": [128, 256, 512, 512]})):
+        (tmp_path / component).mkdir()
+        (tmp_path / component / "config.json").write_text(json.dumps(config))
+    family = detect_family(tmp_path)
+    assert family.size_rules.factor == 32
+    with pytest.raises(JobInputError, match="'height' must be a multiple of 32"):
+        validate({"prompt": "x", "height": 272, "width": 256}, family.serving_defaults,
+                 family.size_rules, family.limits)
+
+
+def test_guidance_below_what_the_pipeline_accepts_is_an_input_error(tmp_path):
+    """PRX's check_inputs refuses guidance below 1: a job with 0.5 passed validation and failed
+    inside diffusers, and VISGATE_DEFAULT_GUIDANCE=0.5 failed the boot at warmup."""
+    from pipelines.registry import detect_family
+    from runtime.errors import JobInputError
+    from runtime.validate import validate
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "PRXPipeline"}))
+    family = detect_family(tmp_path)
+    assert family.limits["guidance_scale"] == (1.0, 20.0)
+    with pytest.raises(JobInputError, match="'guidance_scale' must be from 1 to 20, got 0.5"):
+        validate({"prompt": "x", "guidance_scale": 0.5}, family.serving_defaults, family.size_rules,
+                 family.limits)
+    with pytest.raises(ValueError, match="VISGATE_DEFAULT_GUIDANCE=0.5 is outside"):
+        family.use_defaults(guidance=0.5)
+    sd3 = tmp_path / "sd3"
+    sd3.mkdir()
+    (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    assert detect_family(sd3).limits["guidance_scale"] == (0.0, 20.0)  # no such check: as before
+
+
+def test_a_per_step_guidance_schedule_is_kept_at_the_defaults_and_replaced_by_a_jobs_guidance(tmp_path):
+    """Ideogram 4's call defaults to a per-step guidance schedule (7 for 45 steps, 3 for its 3
+    last), its guidance_scale to None, and refuses both at once; the worker passed the job's
+    guidance_scale always, so every job (and the boot's warmup) failed in its check_inputs."""
+    import diffusers
+
+    from pipelines.base import GenerationRequest
+    from pipelines.registry import detect_family
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "Ideogram4Pipeline"}))
+    family = detect_family(tmp_path)
+    defaults = family.defaults
+    assert (defaults.steps, defaults.guidance) == (48, 7.0)
+
+    def checked(steps: int, guidance: float) -> dict[str, Any]:
+        request = GenerationRequest(prompt="x", steps=steps, guidance=guidance, height=1024,
+                                    width=1024, seed=0)
+        kwargs = {"guidance_scale": guidance, "guidance_schedule": (7.0,) * 45 + (3.0,) * 3,
+                  **family.call_kwargs(request)}  # the job's, then the family's, as _run passes them
+        pipe = object.__new__(diffusers.Ideogram4Pipeline)
+        pipe.vae_scale_factor, pipe.patch_size = 8, 2
+        pipe.check_inputs(prompt="x", height=1024, width=1024, num_inference_steps=steps,
+                          guidance_scale=kwargs["guidance_scale"],
+                          guidance_schedule=kwargs["guidance_schedule"])
+        return family.call_kwargs(request)
+
+    assert checked(48, 7.0) == {"guidance_scale": None}  # the authors' schedule
+    assert checked(48, 4.0) == checked(20, 7.0) == {"guidance_schedule": None}  # a constant
+
+
 @pytest.mark.parametrize("pipeline", ["ChromaPipeline", "Flux2KleinPipeline", "Krea2Pipeline",
                                       "OvisImagePipeline"])
 def test_guidance_run_as_a_second_call_is_not_part_of_the_warm_key(tmp_path, pipeline):

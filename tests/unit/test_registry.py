@@ -321,9 +321,11 @@ def test_generic_sizes_follow_the_pipelines_own_rules(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("class_name", ["StableCascadeCombinedPipeline", "QwenImage21Pipeline",
-                                        "HeliosPyramidPipeline", "HeliosPipeline"])
+                                        "HeliosPyramidPipeline", "HeliosPipeline",
+                                        "WuerstchenCombinedPipeline"])
 def test_a_pipeline_whose_call_cannot_take_a_job_is_refused_at_boot(tmp_path: Path, class_name: str) -> None:
-    # No guidance_scale (Stable Cascade's combined pipeline, Qwen-Image 2.1), no
+    # No guidance_scale (Stable Cascade's combined pipeline, Qwen-Image 2.1; Wuerstchen's takes
+    # it in **kwargs, then passes it to its decoder beside its own: a TypeError), no
     # num_inference_steps (Helios' pyramid), or video frames instead of images (Helios): every
     # call with the job's arguments would fail.
     from pipelines.generic import text2image_class_names
