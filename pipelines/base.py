@@ -54,6 +54,9 @@ class SizeRules:
     # Whose rules these are, in messages: a job's model, or (settings, before any model is known)
     # every model.
     scope: str = "this model"
+    # The only (height, width) sizes a model makes, where it has such a list (HunyuanDiT); None:
+    # any size within the rules above.
+    shapes: frozenset[tuple[int, int]] | None = None
 
     @classmethod
     def with_factor(cls, factor: int) -> "SizeRules":

@@ -254,7 +254,28 @@ class GenericFamily(PipelineFamily):
         most = self._position_table_side()
         if most is not None and most < rules.max_side:
             rules = replace(rules, max_side=max(rules.min_side, most - most % rules.factor))
-        return rules
+        shapes = self._standard_shapes(rules)
+        return replace(rules, shapes=shapes) if shapes else rules
+
+    def _standard_shapes(self, rules: SizeRules) -> frozenset[tuple[int, int]] | None:
+        """HunyuanDiT makes only the sizes of its SUPPORTED_SHAPE list: it generated any other at
+        the nearest of them (and did not resize back), so a job at another size spent its whole
+        generation on an image the worker then refused as the wrong size."""
+        if self._class is None or self._call_defaults.get("use_resolution_binning") is not True:
+            return None
+        module = sys.modules.get(self._class.__module__)
+        listed = getattr(module, "SUPPORTED_SHAPE", None)
+        try:
+            if "map_to_standard_shapes" not in inspect.getsource(self._class.__call__):
+                return None
+        except (OSError, TypeError):
+            return None
+        if not isinstance(listed, (list, tuple)):
+            return None
+        shapes = frozenset((int(h), int(w)) for h, w in listed)
+        # Within what every model allows (a listed size past it is refused as before).
+        return frozenset(s for s in shapes if all(rules.min_side <= v <= rules.max_side for v in s)
+                         and s[0] * s[1] <= rules.max_pixels) or None
 
     def _position_table_side(self) -> int | None:
         """The largest side, in pixels, the denoiser's table of positions covers

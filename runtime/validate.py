@@ -59,6 +59,10 @@ def validate(job_input: Any, defaults: Defaults, rules: SizeRules,
     if height * width > rules.max_pixels:
         raise JobInputError(f"height x width = {height * width} pixels is over {rules.scope}'s limit of "
                             f"{rules.max_pixels} pixels; reduce height or width")
+    if rules.shapes is not None and (height, width) not in rules.shapes:
+        made = ", ".join(f"{h}x{w}" for h, w in sorted(rules.shapes))
+        raise JobInputError(f"{rules.scope} makes only these sizes (height x width): {made}; "
+                            f"got {height}x{width}")
     seed = _integer(job_input, "seed", None, 0, SEED_MAX)
     if seed is None:
         # Drawn here and returned in the response, so any image can be reproduced.

@@ -347,6 +347,18 @@ def test_a_guidance_switch_in_the_call_is_part_of_the_warm_key(tmp_path, pipelin
 
 
 
+def configs_only(root: Path, pipeline: str, transformer: dict[str, Any] | None = None) -> Path:
+    """A repository of configs alone (no weights): the family's rules are read from them. A
+    patch of 2, 128 latent pixels, a VAE of 8x."""
+    (root / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    for component, config in (("transformer", {"patch_size": 2, "sample_size": 128, **(transformer or {})}),
+                              ("vae", {"_class_name": "AutoencoderKL",
+                                       "block_out_channels": [128, 256, 512, 512]})):
+        (root / component).mkdir()
+        (root / component / "config.json").write_text(json.dumps(config))
+    return root
+
+
 @pytest.mark.parametrize("pipeline, transformer, table", [
     ("AuraFlowPipeline", "AuraFlowTransformer2DModel", 9216),  # 96 x 96 patches, flattened
     ("StableDiffusion3Pipeline", "SD3Transformer2DModel", 96),  # 96 patches along a side
@@ -360,14 +372,8 @@ def test_a_side_past_the_denoisers_position_table_is_an_input_error(tmp_path, pi
     from runtime.errors import JobInputError
     from runtime.validate import validate
 
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
-    for component, config in (("transformer", {"_class_name": transformer, "patch_size": 2,
-                                                "pos_embed_max_size": table, "sample_size": 128}),
-                               ("vae", {"_class_name": "AutoencoderKL",
-                                        "block_out_channels": [128, 256, 512, 512]})):
-        (tmp_path / component).mkdir()
-        (tmp_path / component / "config.json").write_text(json.dumps(config))
-    family = detect_family(tmp_path)
+    family = detect_family(configs_only(tmp_path, pipeline, {"_class_name": transformer,
+                                                              "pos_embed_max_size": table}))
     assert family.size_rules.max_side == 1536
     ok = validate({"prompt": "x", "height": 1536, "width": 1024}, family.serving_defaults,
                   family.size_rules, family.limits)
@@ -384,16 +390,38 @@ def test_sides_are_multiples_of_what_the_pipelines_own_check_asks(tmp_path):
     from runtime.errors import JobInputError
     from runtime.validate import validate
 
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "GlmImagePipeline"}))
-    for component, config in (("transformer", {"patch_size": 2, "sample_size": 128}),
-                              ("vae", {"block_out_channels": [128, 256, 512, 512]})):
-        (tmp_path / component).mkdir()
-        (tmp_path / component / "config.json").write_text(json.dumps(config))
-    family = detect_family(tmp_path)
+    family = detect_family(configs_only(tmp_path, "GlmImagePipeline"))
     assert family.size_rules.factor == 32
     with pytest.raises(JobInputError, match="'height' must be a multiple of 32"):
         validate({"prompt": "x", "height": 272, "width": 256}, family.serving_defaults,
                  family.size_rules, family.limits)
+
+
+def test_a_model_that_makes_only_listed_sizes_refuses_the_others_up_front(tmp_path):
+    """HunyuanDiT makes only the sizes of its SUPPORTED_SHAPE list, generating any other at the
+    nearest of them: a 512x512 job ran all its steps at 1024x1024, then the worker refused the
+    image as the wrong size. Refused before generating now, with the sizes it makes."""
+    from pipelines.base import GenerationRequest
+    from pipelines.registry import detect_family
+    from runtime.errors import JobInputError
+    from runtime.validate import check_shape, validate
+
+    family = detect_family(configs_only(tmp_path, "HunyuanDiTPipeline"))
+    rules = family.size_rules
+    assert (1024, 1024) in rules.shapes and (864, 1152) in rules.shapes and len(rules.shapes) == 10
+    job = validate({"prompt": "x"}, family.serving_defaults, rules, family.limits)
+    assert isinstance(job, GenerationRequest) and (job.height, job.width) == (1024, 1024)
+    validate({"prompt": "x", "height": 864, "width": 1152}, family.serving_defaults, rules, family.limits)
+    with pytest.raises(JobInputError, match=r"makes only these sizes \(height x width\): 768x1024, "
+                                            r".*; got 512x512"):
+        validate({"prompt": "x", "height": 512, "width": 512}, family.serving_defaults, rules,
+                 family.limits)
+    with pytest.raises(JobInputError, match="got 1152x1152"):
+        check_shape(1152, 1152, rules)  # a warmup shape, as VISGATE_WARMUP_SHAPES gives it
+    sd3 = tmp_path / "sd3"
+    sd3.mkdir()
+    (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    assert detect_family(sd3).size_rules.shapes is None  # any size within the rules
 
 
 def test_guidance_below_what_the_pipeline_accepts_is_an_input_error(tmp_path):
