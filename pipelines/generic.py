@@ -265,12 +265,7 @@ class GenericFamily(PipelineFamily):
             return None
         module = sys.modules.get(self._class.__module__)
         listed = getattr(module, "SUPPORTED_SHAPE", None)
-        try:
-            if "map_to_standard_shapes" not in inspect.getsource(self._class.__call__):
-                return None
-        except (OSError, TypeError):
-            return None
-        if not isinstance(listed, (list, tuple)):
+        if not isinstance(listed, (list, tuple)) or "map_to_standard_shapes" not in _source(self._class.__call__):
             return None
         shapes = frozenset((int(h), int(w)) for h, w in listed)
         # Within what every model allows (a listed size past it is refused as before).
@@ -313,19 +308,25 @@ class GenericFamily(PipelineFamily):
         return AutoPipelineForText2Image
 
 
+@functools.lru_cache(maxsize=None)
+def _source(function: Any) -> str:
+    """A pipeline method's source, read once (size_rules and warm_key are read for every job);
+    empty where it cannot be read or there is no such method."""
+    try:
+        return inspect.getsource(function) if function is not None else ""
+    except (OSError, TypeError):
+        return ""
+
+
 _LOCAL_CFG_SWITCH = re.compile(r"\bdo_classifier_free_guidance\s*=\s*guidance_scale\s*>\s*([0-9]+(?:\.[0-9]*)?)\b")
 
 
-@functools.lru_cache(maxsize=None)  # read per job (warm_key): the source once per class
+@functools.lru_cache(maxsize=None)  # read per job (warm_key)
 def _local_cfg_switch(cls: type) -> float | None:
     """The threshold of ``do_classifier_free_guidance = guidance_scale > X`` in the pipeline's
     call, where it is computed there rather than as a property; None where it is not (or the
     source cannot be read: then guidance is taken to change no shape, as before)."""
-    try:
-        source = inspect.getsource(cls.__call__)
-    except (OSError, TypeError):
-        return None
-    found = _LOCAL_CFG_SWITCH.search(source)
+    found = _LOCAL_CFG_SWITCH.search(_source(cls.__call__))
     return float(found[1]) if found else None
 
 
@@ -339,10 +340,7 @@ def _checked_multiples(cls: type, vae_scale_factor: int, patch: int) -> tuple[in
     """The multiples the pipeline's check_inputs requires of the height and width
     (``if height % (self.vae_scale_factor * 2) != 0 ...: raise``), where each is a product of
     numbers, the VAE's factor and the patch side; others (a local variable's) are left out."""
-    try:
-        source = inspect.getsource(cls.check_inputs)
-    except (AttributeError, OSError, TypeError):
-        return ()
+    source = _source(getattr(cls, "check_inputs", None))
     values = {"self.vae_scale_factor": vae_scale_factor, "self.patch_size": patch,
               "self.transformer.config.patch_size": patch}
     found = []
@@ -361,11 +359,7 @@ _GUIDANCE_FLOOR = re.compile(r"\bif\s+guidance_scale\s*<\s*([0-9]+(?:\.[0-9]*)?)
 def _guidance_floor(cls: type) -> float | None:
     """The least guidance the pipeline's check_inputs accepts (``if guidance_scale < X:`` raises),
     where it has such a check; None where it has none, or its source cannot be read."""
-    try:
-        source = inspect.getsource(cls.check_inputs)
-    except (AttributeError, OSError, TypeError):
-        return None
-    found = _GUIDANCE_FLOOR.search(source)
+    found = _GUIDANCE_FLOOR.search(_source(getattr(cls, "check_inputs", None)))
     return float(found[1]) if found else None
 
 

@@ -150,22 +150,28 @@ def stop_signals_raise(pending: list[int] | None = None) -> Iterator[None]:
 
     ``pending``: signals that came before any handler of ours (``runtime.__main__`` keeps them
     from its first line), acted on at once."""
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-
     def stop(signum: int, frame: object) -> None:
         for each in STOP_SIGNALS:
             signal.signal(each, _end_now)
         raise Stopped(signum)
 
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, stop)
-    try:
+    with _stop_signals_handled_by(stop):
         if pending:
             stop(pending[0], None)
         yield
+
+
+@contextmanager
+def _stop_signals_handled_by(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT go to ``handler`` inside; the previous handlers are back after."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+    try:
+        yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def announce_ready(announcer: Announcer, service: Service, record: BootRecord) -> None:
@@ -182,14 +188,8 @@ def report_failure(announcer: Announcer, exc: BaseException, record: BootRecord)
     stage, message = failure_message(exc, secrets, record.failed_stage)
     log.error("boot failed at %s: %s", stage, message)
     log.debug("boot failure detail", exc_info=exc)
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _end_now)
-    try:
+    with _stop_signals_handled_by(_end_now):
         announcer.failed(stage, message, record)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _end_now(signum: int, frame: object) -> None:
